@@ -1,0 +1,162 @@
+"""``paradec`` command line: generate, models, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import click
+import typer
+
+from .errors import ParadecError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="paradec: lossless speculative decoding. Many tokens per model call, exactly the model's output.",
+)
+
+
+def _options(pairs: list[str] | None) -> dict:
+    out = {}
+    for kv in pairs or []:
+        if "=" not in kv:
+            raise ParadecError(f"--opt expects key=value, got '{kv}'")
+        k, v = kv.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="The prompt (chat-formatted when the model has a chat template)."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Packaged name, model dir, .gguf file or cached hub id."),
+    method: str = typer.Option("pld", "--method", help="Decoding method: ar, pld, draft."),
+    draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model (same tokenizer) for --method draft."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    top_k: int = typer.Option(0, "--top-k"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
+    opt: Optional[List[str]] = typer.Option(None, "--opt", help="Method option key=value (repeatable), e.g. draft_len=10."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: text, token_ids, stats."),
+) -> None:
+    """Generate text for PROMPT and print it (streamed), then the decoding stats."""
+    from .engine import load
+    from .models.loader import parse_device, parse_dtype
+
+    parse_dtype(dtype), parse_device(device)  # fail fast, before loading anything
+    if not prompt.strip():
+        raise ParadecError("the prompt is empty")
+    options = _options(opt)
+    engine = load(model, draft=draft_model, dtype=dtype, device=device)
+    stream = engine.stream(
+        prompt,
+        method=method,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        stop=stop,
+        chat=False if raw else None,
+        options=options,
+    )
+    if as_json:
+        for _ in stream:
+            pass
+        s = stream.stats
+        out = {
+            "text": stream.text,
+            "token_ids": stream.token_ids,
+            "model": engine.name,
+            "method": method,
+            "stats": {
+                **s.to_dict(),
+                "forwards": s.forwards,
+                "mean_accepted": s.mean_accepted,
+                "tokens_per_s": s.tokens_per_s,
+            },
+        }
+        print(json.dumps(out))
+        return
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    s = stream.stats
+    print(
+        f"[{method}] {s.new_tokens} tokens in {s.total_s:.2f}s = {s.tokens_per_s:.1f} tok/s | "
+        f"{s.forwards} forwards, {s.mean_accepted:.2f} tokens/forward | stop: {s.stop_reason}",
+        file=sys.stderr,
+    )
+
+
+@app.command()
+def models() -> None:
+    """List the packaged models and whether each is installed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .models.registry import DEFAULT_MODEL, REGISTRY
+
+    table = Table(title="packaged models")
+    for col in ("name", "installed", "description", "install"):
+        table.add_column(col)
+    for m in REGISTRY.values():
+        name = m.name + (" (default)" if m.name == DEFAULT_MODEL else "")
+        table.add_row(name, "yes" if m.installed else "no", m.description, "" if m.installed else m.install)
+    Console().print(table)
+    print("Also accepted: a local Hugging Face model directory, a .gguf file, or a hub id already in your HF cache.")
+
+
+@app.command()
+def methods() -> None:
+    """List the decoding methods."""
+    from .proposers import METHODS
+
+    for name, (desc, needs_draft) in METHODS.items():
+        print(f"{name:8s} {desc}{' [needs --draft-model]' if needs_draft else ''}")
+
+
+@app.command()
+def demo(
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto = bfloat16 where the CPU supports it natively, else float32."),
+    device: str = typer.Option("cpu", "--device"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
+) -> None:
+    """Generate for a few built-in prompts with ar and the drafters; print tokens/s, speedup and
+    mean accepted tokens per forward."""
+    from .demo import run_demo
+
+    run_demo(model=model, dtype=dtype, device=device, max_new_tokens=max_new_tokens)
+
+
+def main() -> None:
+    try:
+        rv = app(standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except ParadecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        code = 130
+    except click.exceptions.ClickException as e:
+        print(f"error: {e.format_message()}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The user-facing engine: text in, text + token ids + stats out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .decode import DecodeConfig, decode
+from .errors import ParadecError
+from .models.adapter import HFCausalLM
+from .models.loader import Loaded, load_hf
+from .proposers import METHODS, make_proposer
+from .sampling import SamplingParams
+from .stats import DecodeStats
+
+Messages = Sequence[dict[str, str]]
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    stats: DecodeStats
+    prompt_ids: list[int] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "token_ids": self.token_ids, "stats": self.stats.to_dict()}
+
+
+def _stop_prefix_len(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that could still grow into a stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+class Stream:
+    """Iterate for text pieces; afterwards ``text``, ``token_ids`` and ``stats`` hold the result."""
+
+    def __init__(self, engine: "Engine", prompt_ids: list[int], proposer, cfg: DecodeConfig, stop: Sequence[str]):
+        self.engine, self.prompt_ids, self.stop = engine, prompt_ids, [s for s in stop if s]
+        self.stats = DecodeStats()
+        self.token_ids: list[int] = []
+        self.text = ""
+        self._proposer, self._cfg = proposer, cfg
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.engine.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _hit(self, generated: list[int]) -> bool:
+        text = self._decode(generated)
+        return any(s in text for s in self.stop)
+
+    def __iter__(self) -> Iterator[str]:
+        sent = 0
+        stop_fn = self._hit if self.stop else None
+        for new in decode(self.engine.target, self._proposer, self.prompt_ids, self._cfg, self.stats, stop_fn):
+            self.token_ids.extend(new)
+            text = self._decode(self.token_ids)
+            if self.stats.stop_reason == "stop":
+                cut = min(text.find(s) for s in self.stop if s in text)
+                text = text[:cut]
+                safe = len(text)
+            else:
+                safe = len(text) - _stop_prefix_len(text, self.stop)
+                if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
+                    safe = min(safe, len(text) - 1)
+            self.text = text
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        if len(self.text) > sent:
+            yield self.text[sent:]
+
+
+class Engine:
+    """A loaded target model (and optional draft model), ready to generate with any method."""
+
+    def __init__(self, target: Loaded, draft: Loaded | None = None) -> None:
+        self.name = target.source.name
+        self.hf_model = target.model
+        self.tokenizer = target.tokenizer
+        self.target = HFCausalLM(target.model)
+        self.draft = None
+        if draft is not None:
+            if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+                raise ParadecError(
+                    f"draft model '{draft.source.name}' has a different tokenizer than '{self.name}'; "
+                    "a draft model must share the target's tokenizer"
+                )
+            self.draft = HFCausalLM(draft.model)
+            self.draft_name = draft.source.name
+        self.chat_default = target.source.chat if target.source.chat is not None else bool(
+            getattr(self.tokenizer, "chat_template", None)
+        )
+        self.eos_ids = self._eos_ids()
+
+    @property
+    def device(self) -> torch.device:
+        return self.target.device
+
+    @property
+    def methods(self) -> list[str]:
+        return [m for m, (_, needs_draft) in METHODS.items() if self.draft is not None or not needs_draft]
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for src in (getattr(self.hf_model, "generation_config", None), self.tokenizer):
+            eos = getattr(src, "eos_token_id", None)
+            if isinstance(eos, int):
+                ids.add(eos)
+            elif isinstance(eos, (list, tuple)):
+                ids.update(int(e) for e in eos)
+        return frozenset(ids)
+
+    # ---- tokenization ------------------------------------------------------------------------
+    def encode(self, prompt: str | Messages, chat: bool | None = None) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise ParadecError("the prompt is empty")
+            messages = [{"role": "user", "content": prompt}]
+        else:
+            messages = list(prompt)
+            if not messages:
+                raise ParadecError("messages is empty")
+            for m in messages:
+                if not isinstance(m, dict) or "role" not in m or not isinstance(m.get("content"), str):
+                    raise ParadecError("each message needs a 'role' and a string 'content'")
+        use_chat = self.chat_default if chat is None else chat
+        if use_chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ParadecError(f"model '{self.name}' has no chat template; pass a plain prompt")
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            if not isinstance(prompt, str):
+                raise ParadecError("messages need a chat model; pass a plain prompt")
+            ids = self.tokenizer(prompt)["input_ids"]
+        if not ids:
+            raise ParadecError("the prompt is empty after tokenization")
+        if len(ids) >= self.target.max_context:
+            raise ParadecError(f"the prompt has {len(ids)} tokens; the context window of '{self.name}' is {self.target.max_context}")
+        return list(ids)
+
+    # ---- generation ----------------------------------------------------------------------------
+    def stream(
+        self,
+        prompt: str | Messages | list[int],
+        method: str = "pld",
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        chat: bool | None = None,
+        options: dict | None = None,
+    ) -> Stream:
+        sampling = SamplingParams(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=seed)
+        cfg = DecodeConfig(max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=self.eos_ids)
+        proposer = make_proposer(method, draft_model=self.draft, target_vocab=self.target.vocab_size, options=options)
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            ids = prompt
+            if len(ids) >= self.target.max_context:
+                raise ParadecError(f"the prompt has {len(ids)} tokens; the context window is {self.target.max_context}")
+        else:
+            ids = self.encode(prompt, chat)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        return Stream(self, ids, proposer, cfg, stops)
+
+    def generate(self, prompt: str | Messages | list[int], method: str = "pld", **kwargs) -> Generation:
+        s = self.stream(prompt, method=method, **kwargs)
+        for _ in s:
+            pass
+        return Generation(s.text, s.token_ids, s.stats, s.prompt_ids)
+
+
+def load(
+    model: str | None = None,
+    draft: str | None = None,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = "cpu",
+) -> Engine:
+    """Load a target model (and optionally a draft model) by packaged name, directory or GGUF."""
+    target = load_hf(model, dtype, device)
+    draft_loaded = load_hf(draft, dtype, device) if draft else None
+    return Engine(target, draft_loaded)

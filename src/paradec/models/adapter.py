@@ -1,0 +1,107 @@
+"""The target-model adapter: ``forward(ids, positions, cache, attn_mask) -> logits``.
+
+The decode loop talks to models only through this Protocol, so another backend (a native
+kernel path, llama.cpp, a remote server) can stand in for Hugging Face transformers.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from ..cache import KVCache
+
+
+class CausalLM(Protocol):
+    vocab_size: int
+    max_context: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def new_cache(self, capacity: int) -> KVCache: ...
+
+    def forward(
+        self,
+        ids: torch.Tensor,  # [B, q] long
+        positions: torch.Tensor,  # [B, q] long, absolute positions
+        cache: KVCache,
+        attn_mask: torch.Tensor,  # [B, q, cache_len + q] bool, True = may attend
+    ) -> torch.Tensor:  # [B, q, V] logits
+        ...
+
+    def prefill(self, ids: torch.Tensor, cache: KVCache) -> None:
+        """Fill ``cache`` with a causal pass over ``ids`` [B, L] (logits not needed)."""
+
+
+class HFCausalLM:
+    """Any Hugging Face ``*ForCausalLM`` that accepts 4D attention masks and position ids."""
+
+    def __init__(self, model, max_context: int | None = None) -> None:
+        self.model = model.eval()
+        cfg = model.config
+        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        self.config = text_cfg
+        self.num_layers = int(text_cfg.num_hidden_layers)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.max_context = int(max_context or getattr(text_cfg, "max_position_embeddings", 0) or 2048)
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        impl = getattr(cfg, "_attn_implementation", None) or "eager"
+        self._additive_mask = impl == "eager"
+        layer_types = getattr(text_cfg, "layer_types", None) or []
+        window = getattr(text_cfg, "sliding_window", None)
+        self._sliding_window = int(window) if window and "sliding_attention" in layer_types else None
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return KVCache(self.num_layers, capacity)
+
+    def _hf_mask(self, mask: torch.Tensor, positions: torch.Tensor, cache_len: int):
+        # mask: [B, q, kv] bool -> [B, 1, q, kv] in the form the attention kernel expects.
+        def fmt(m: torch.Tensor) -> torch.Tensor:
+            m = m[:, None]
+            if self._additive_mask:
+                return torch.zeros(m.shape, dtype=self.dtype, device=m.device).masked_fill_(
+                    ~m, torch.finfo(self.dtype).min
+                )
+            return m
+
+        if self._sliding_window is None:
+            return fmt(mask)
+        # Keys in the cache sit at position == slot; new keys at their given positions.
+        kv_pos = torch.cat(
+            [torch.arange(cache_len, device=mask.device).expand(mask.shape[0], -1), positions], dim=1
+        )  # [B, kv]
+        near = (positions[:, :, None] - kv_pos[:, None, :]) < self._sliding_window  # [B, q, kv]
+        return {"full_attention": fmt(mask), "sliding_attention": fmt(mask & near)}
+
+    @torch.no_grad()
+    def forward(self, ids, positions, cache, attn_mask) -> torch.Tensor:
+        cache_len = cache.seq_len
+        out = self.model(
+            input_ids=ids.to(self.device),
+            position_ids=positions.to(self.device),
+            attention_mask=self._hf_mask(attn_mask.to(self.device), positions.to(self.device), cache_len),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.logits
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor, cache: KVCache, chunk: int = 512) -> None:
+        """Append ``ids`` [B, L] to ``cache`` causally (positions continue from the cache)."""
+        ids = ids.to(self.device)
+        b, n = ids.shape
+        for start in range(0, n, chunk):
+            piece = ids[:, start : start + chunk]
+            q, past = piece.shape[1], cache.seq_len
+            pos = torch.arange(past, past + q, device=self.device).expand(b, -1)
+            mask = torch.ones(q, past + q, dtype=torch.bool, device=self.device).tril_(past)
+            self.model(
+                input_ids=piece,
+                position_ids=pos,
+                attention_mask=self._hf_mask(mask.expand(b, -1, -1), pos, past),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )

@@ -1,0 +1,64 @@
+"""The proposer protocol: every drafter proposes a tree (a chain is a degenerate tree).
+
+Proposers never touch the target's KV cache. A proposer with its own model keeps its own cache
+and follows the accepted prefix by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..sampling import SamplingParams
+from ..tree import DraftTree
+from ..verify import Verdict
+
+
+@dataclass
+class ProposeContext:
+    tokens: list[int]  # prompt + every committed token; tokens[-1] is the step's root
+    n_prompt: int
+    max_nodes: int  # draft-size budget this step (the loop truncates to it anyway)
+    max_depth: int  # no use drafting past the remaining token budget
+    sampling: SamplingParams
+    generator: torch.Generator | None = None  # for drafters that sample their tokens
+
+
+@dataclass
+class StepResult:
+    draft: DraftTree
+    verdict: Verdict
+    tokens: list[int]  # committed sequence after this step (prompt included)
+    logits: torch.Tensor | None = field(default=None, repr=False)  # [n+1, V] target logits
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    name: str
+
+    def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
+        """A new request starts (reset per-request state unless configured to keep it)."""
+
+    def propose(self, ctx: ProposeContext) -> DraftTree:
+        """A draft tree continuing ``ctx.tokens``."""
+        ...
+
+    def observe(self, result: StepResult) -> None:
+        """What the target accepted (adaptive drafters learn from it)."""
+
+
+class NoDraft:
+    """``ar``: plain autoregressive decoding through the same loop (the baseline)."""
+
+    name = "ar"
+
+    def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
+        pass
+
+    def propose(self, ctx: ProposeContext) -> DraftTree:
+        return DraftTree()
+
+    def observe(self, result: StepResult) -> None:
+        pass

@@ -1,0 +1,146 @@
+"""``draft``: a smaller model with the target's tokenizer drafts a chain (plus top-k siblings).
+
+The drafter keeps its own KV cache and, before each proposal, rolls it back to the longest
+prefix it shares with the committed sequence, so it always follows the accepted prefix. Draft
+length adapts: drafting stops early when the drafter's confidence drops below a threshold, and
+the length cap grows after fully accepted drafts and shrinks after early rejections (PEARL's
+observation that the best draft length changes during a request).
+
+Under sampling each chain token is sampled from the drafter's distribution q (same temperature,
+top-k, top-p as the target) and q travels with the draft so verification stays exact; siblings
+are deterministic candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..cache import KVCache
+from ..models.adapter import CausalLM
+from ..sampling import SamplingParams, target_probs
+from ..tree import DraftTree
+from .base import ProposeContext, StepResult
+
+
+@dataclass(frozen=True)
+class DraftModelConfig:
+    max_len: int = 8  # longest chain
+    min_len: int = 2  # the adaptive cap never goes below this
+    min_confidence: float = 0.3  # stop drafting when the drafter's top probability falls below
+    width: int = 1  # 1 = chain; w > 1 adds the drafter's next w-1 candidates as leaves
+    sibling_depth: int = 2  # siblings only at the first depths, where they pay most
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_len <= self.max_len:
+            raise ValueError("draft needs 1 <= min_len <= max_len")
+        if not 0.0 <= self.min_confidence < 1.0:
+            raise ValueError("draft min_confidence must be in [0, 1)")
+        if self.width < 1:
+            raise ValueError("draft width must be >= 1")
+
+
+class DraftModelProposer:
+    name = "draft"
+
+    def __init__(self, model: CausalLM, target_vocab: int, config: DraftModelConfig | None = None) -> None:
+        self.model = model
+        self.target_vocab = target_vocab
+        self.config = config or DraftModelConfig()
+        self.cache: KVCache | None = None
+        self.cached: list[int] = []  # tokens whose KV sits in self.cache
+        self.cap = self.config.max_len
+        self.sampling = SamplingParams()
+
+    def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
+        self.cache = self.model.new_cache(len(prompt) + 512)
+        self.cached = []
+        self.cap = self.config.max_len
+        self.sampling = sampling
+
+    # ---- the drafter's own cache ---------------------------------------------------------
+    def _logits_after(self, tokens: list[int]) -> torch.Tensor:
+        """Bring the cache to tokens[:-1] + tokens[-1] and return the logits at the last token [V]."""
+        cache = self.cache
+        n = 0
+        limit = min(len(self.cached), len(tokens) - 1)  # the last token is always fed
+        while n < limit and self.cached[n] == tokens[n]:
+            n += 1
+        cache.truncate(n)
+        self.cached = self.cached[:n]
+        if len(tokens) - 1 > n:
+            self.model.prefill(torch.tensor([tokens[n:-1]]), cache)
+            self.cached.extend(tokens[n:-1])
+        return self._feed([tokens[-1]])
+
+    def _feed(self, new: list[int]) -> torch.Tensor:
+        cache = self.cache
+        base = cache.seq_len
+        q = len(new)
+        ids = torch.tensor([new])
+        pos = torch.arange(base, base + q)[None]
+        mask = torch.ones(q, base + q, dtype=torch.bool).tril_(base)[None]
+        logits = self.model.forward(ids, pos, cache, mask)[0, -1]
+        self.cached.extend(new)
+        return logits
+
+    def _dist(self, logits: torch.Tensor) -> torch.Tensor:
+        p = target_probs(logits, self.sampling) if not self.sampling.greedy else logits.float().softmax(-1)
+        v = self.target_vocab
+        if p.shape[-1] >= v:
+            return p[:v]
+        return torch.cat([p, p.new_zeros(v - p.shape[-1])])
+
+    # ---- protocol -----------------------------------------------------------------------------
+    def propose(self, ctx: ProposeContext) -> DraftTree:
+        c = self.config
+        length = min(self.cap, ctx.max_depth)
+        if length <= 0:
+            return DraftTree()
+        logits = self._logits_after(ctx.tokens)
+        tokens: list[int] = []
+        parents: list[int] = []
+        qs: list[torch.Tensor] = []
+        parent = -1
+        for depth in range(length):
+            p = self._dist(logits)
+            if self.sampling.greedy:
+                tok = int(p.argmax())
+                conf = float(p[tok])
+            else:
+                tok = int(torch.multinomial(p, 1, generator=ctx.generator))
+                conf = float(p.max())
+            if depth > 0 and conf < c.min_confidence:
+                break
+            tokens.append(tok)
+            parents.append(parent)
+            qs.append(p if not self.sampling.greedy else p.new_zeros(0))
+            chain_node = len(tokens) - 1
+            if c.width > 1 and depth < c.sibling_depth:
+                for alt in torch.topk(p, c.width).indices.tolist():
+                    if alt != tok and len(tokens) < ctx.max_nodes:
+                        tokens.append(int(alt))
+                        parents.append(parent)
+                        qs.append(p.new_zeros(0))
+            parent = chain_node
+            if depth + 1 < length and len(tokens) < ctx.max_nodes:
+                logits = self._feed([tok])
+            else:
+                break
+        q = None
+        if not self.sampling.greedy:
+            v = self.target_vocab
+            q = torch.stack([row if row.numel() else torch.zeros(v) for row in qs])
+        return DraftTree(tuple(tokens), tuple(parents), q)
+
+    def observe(self, result: StepResult) -> None:
+        draft, verdict = result.draft, result.verdict
+        if not len(draft):
+            return
+        chain_len = draft.depth
+        n_acc = len(verdict.accepted)
+        if n_acc >= chain_len:
+            self.cap = min(self.cap + 1, self.config.max_len)
+        else:
+            self.cap = max(self.config.min_len, n_acc + 1)

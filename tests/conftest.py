@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny randomly initialized HF models (float64, so batched and one-token
+forwards agree to the last bit and greedy identity is exact) and a character tokenizer."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from paradec.models.adapter import HFCausalLM
+
+CHARS = string.ascii_letters + string.digits + " .,!?'\n:-()"
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def tiny_llama(seed: int = 0, vocab: int = 80, layers: int = 2, std: float = 0.5, max_pos: int = 256) -> LlamaForCausalLM:
+    """A tiny random Llama. Large init std gives peaked, repetitive greedy output (so drafters
+    get both acceptances and rejections)."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_pos,
+        initializer_range=std,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(cfg).to(torch.float64).eval()
+
+
+def tiny_target(seed: int = 0, **kw) -> HFCausalLM:
+    return HFCausalLM(tiny_llama(seed, **kw))
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + list(CHARS))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny model + tokenizer saved as a local HF directory (loadable by path)."""
+    d = tmp_path_factory.mktemp("tiny-model")
+    tok = char_tokenizer()
+    model = tiny_llama(0, vocab=len(tok))
+    model.generation_config.eos_token_id = 2
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_draft_dir(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("tiny-draft")
+    tok = char_tokenizer()
+    tiny_llama(1, vocab=len(tok), layers=1).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
