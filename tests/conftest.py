@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from paradec.models.adapter import HFCausalLM
 
-CHARS = string.ascii_letters + string.digits + " .,!?'\n:-()"
+CHARS = string.ascii_letters + string.digits + " .,!?'\n:-()<>"
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"

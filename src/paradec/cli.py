@@ -6,7 +6,6 @@ import json
 import sys
 from typing import List, Optional
 
-import click
 import typer
 
 from .errors import ParadecError
@@ -147,12 +146,13 @@ def main() -> None:
     except ParadecError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         code = 130
-    except click.exceptions.ClickException as e:
-        print(f"error: {e.format_message()}", file=sys.stderr)
-        code = e.exit_code
+    except typer.TyperException as e:  # usage errors: bad option values, missing arguments
+        msg = e.format_message() if hasattr(e, "format_message") else str(e)
+        print(f"error: {' '.join(msg.split())}", file=sys.stderr)
+        code = getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

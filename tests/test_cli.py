@@ -1,0 +1,85 @@
+"""The CLI: JSON output, model listing, and one-line errors with a non-zero exit."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from paradec import cli
+
+
+def run_cli(args, capsys):
+    old = sys.argv
+    sys.argv = ["paradec", *args]
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def test_generate_json(tiny_model_dir, capsys):
+    code, out, err = run_cli(
+        ["generate", "abc abc abc", "--model", tiny_model_dir, "--method", "pld", "--dtype", "float64", "-n", "16", "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    obj = json.loads(out)
+    assert set(obj) >= {"text", "token_ids", "stats"}
+    assert set(obj["stats"]) >= {"forwards", "mean_accepted", "tokens_per_s"}
+    assert len(obj["token_ids"]) <= 16
+
+
+def test_generate_streams_text(tiny_model_dir, capsys):
+    code, out, err = run_cli(["generate", "hello", "--model", tiny_model_dir, "--dtype", "float64", "-n", "8"], capsys)
+    assert code == 0, err
+    assert "tok/s" in err and "tokens/forward" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "hi", "--model", "no-such-model"], "unknown model"),
+        (["generate", "hi", "--method", "bogus", "--model", "{tiny}"], "unknown method"),
+        (["generate", "", "--model", "{tiny}"], "empty"),
+        (["generate", "hi", "-n", "0", "--model", "{tiny}"], "max_new_tokens"),
+        (["generate", "hi", "--temperature", "-1", "--model", "{tiny}"], "temperature"),
+        (["generate", "hi", "--top-p", "0", "--model", "{tiny}"], "top_p"),
+        (["generate", "x" * 400, "--model", "{tiny}", "--raw"], "context window"),
+        (["generate", "hi", "--dtype", "float8", "--model", "{tiny}"], "dtype"),
+        (["generate", "hi", "--device", "tpu", "--model", "{tiny}"], "device"),
+        (["generate", "hi", "--opt", "nonsense", "--model", "{tiny}"], "key=value"),
+        (["generate", "hi", "-n", "abc", "--model", "{tiny}"], "Invalid value"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(args, message, tiny_model_dir, capsys):
+    args = [a.replace("{tiny}", tiny_model_dir) for a in args]
+    if "--dtype" not in args:
+        args += ["--dtype", "float64"]
+    code, out, err = run_cli(args, capsys)
+    assert code != 0
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert message in lines[0]
+    assert "Traceback" not in err
+
+
+def test_models_lists_packaged_models(capsys):
+    code, out, err = run_cli(["models"], capsys)
+    assert code == 0
+    for name in ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"):
+        assert name in out
+
+
+def test_console_script_error_has_no_traceback():
+    # the installed entry point, in a fresh process
+    p = subprocess.run(
+        [sys.executable, "-m", "paradec.cli", "generate", "hi", "--model", "no-such-model"],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith("error: unknown model") and "Traceback" not in p.stderr
