@@ -55,7 +55,7 @@ def verify_sampling(tree: DraftTree, probs: torch.Tensor, generator: torch.Gener
     """probs: [n+1, V] target distributions (after temperature/top-k/top-p) at the root and at
     each node. Exact for chains and trees, for sampled and deterministic drafts."""
     children = tree.children()
-    q_all = tree.q
+    q_all = None if tree.q is None else tree.q.to(probs.device)
     node, path = -1, []
     while True:
         p = probs[node + 1]

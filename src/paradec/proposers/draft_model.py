@@ -86,7 +86,13 @@ class DraftModelProposer:
         return logits
 
     def _dist(self, logits: torch.Tensor) -> torch.Tensor:
-        p = target_probs(logits, self.sampling) if not self.sampling.greedy else logits.float().softmax(-1)
+        """The drafter's distribution over the *target's* vocabulary. Under sampling it is the
+        distribution the draft token is sampled from (kept on the CPU, where the drafter's
+        generator lives)."""
+        if self.sampling.greedy:
+            p = logits.float().softmax(-1)
+        else:
+            p = target_probs(logits, self.sampling).cpu()
         v = self.target_vocab
         if p.shape[-1] >= v:
             return p[:v]
