@@ -120,3 +120,25 @@ def test_unknown_models_and_settings():
         paradec.load("nobody/no-such-repo-xyz")
     with pytest.raises(ParadecError, match="dtype"):
         paradec.load("smollm2-135m", dtype="float8")
+
+
+def test_hub_id_from_local_hf_cache(tiny_model_dir, tmp_path):
+    """A hub id already in the user's HF cache loads offline (in a fresh process, since the hub
+    cache location is read at import)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    snap = tmp_path / "hub" / "models--someorg--tiny" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_model_dir, snap)
+    (tmp_path / "hub" / "models--someorg--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someorg--tiny" / "refs" / "main").write_text("0123abcd")
+    code = (
+        "import paradec; e = paradec.load('someorg/tiny', dtype='float64'); "
+        "print(len(e.generate('abc', method='pld', max_new_tokens=5).token_ids))"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert 1 <= int(p.stdout.strip().splitlines()[-1]) <= 5

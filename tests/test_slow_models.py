@@ -107,3 +107,16 @@ def test_qwen_draft_pair_identical_to_ar():
         got = eng.generate(p, method="draft", max_new_tokens=48)
         assert got.token_ids == ref.token_ids
         assert got.stats.mean_accepted > 1.0
+
+
+def test_load_by_gguf_path(default_engine, tmp_path, monkeypatch):
+    """A .gguf file given by path is converted once into the cache and then loads like the
+    packaged name (same weights, same output)."""
+    monkeypatch.setenv("PARADEC_CACHE", str(tmp_path))
+    path = REGISTRY["smollm2-135m"].part_paths()[0]
+    eng = paradec.load(str(path), dtype="float32")
+    p = PROMPTS[1]
+    assert eng.generate(p, method="ar", max_new_tokens=16).token_ids == default_engine.generate(
+        p, method="ar", max_new_tokens=16
+    ).token_ids
+    assert any((tmp_path / "converted").iterdir())

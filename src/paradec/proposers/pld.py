@@ -21,9 +21,9 @@ from .base import ProposeContext, StepResult
 class PLDConfig:
     max_ngram: int = 4
     min_ngram: int = 1
-    draft_len: int = 8  # tokens per continuation
+    draft_len: int = 10  # tokens per continuation
     branches: int = 3  # continuations merged into one tree (1 = chain)
-    max_nodes: int = 24
+    max_nodes: int = 16
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ngram <= self.max_ngram:
