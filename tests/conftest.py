@@ -78,3 +78,16 @@ def tiny_draft_dir(tmp_path_factory) -> str:
     tiny_llama(1, vocab=len(tok), layers=1).save_pretrained(d)
     tok.save_pretrained(d)
     return str(d)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """Tiny models run fastest on one thread (and do not fight other processes for cores);
+    the slow tests on real models keep torch's default."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,10 +10,12 @@ import torch
 from conftest import tiny_llama
 from paradec.decode import DecodeConfig, decode
 from paradec.models.adapter import HFCausalLM
-from paradec.proposers import make_proposer
+from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import NoDraft
 from paradec.proposers.draft_model import DraftModelConfig, DraftModelProposer
+from paradec.models.quantize import int8_copy
 from paradec.proposers.pld import PLDConfig, PromptLookup
+from paradec.proposers.qdraft import QDraftConfig, QuantizedSelfDraft
 from paradec.sampling import SamplingParams, target_probs
 from paradec.stats import DecodeStats
 from paradec.tree import DraftTree
@@ -124,7 +126,18 @@ DRAFTERS = {
     "draft-chain": lambda d: DraftModelProposer(d, VOCAB, DraftModelConfig(min_confidence=0.0)),
     "draft-tree": lambda d: DraftModelProposer(d, VOCAB, DraftModelConfig(width=3, sibling_depth=3)),
     "random-tree": lambda d: RandomTree(),
+    "qdraft": lambda d: QuantizedSelfDraft(_int8(0, VOCAB), VOCAB, QDraftConfig()),
 }
+
+_INT8 = {}
+
+
+def _int8(seed, vocab, **kw):
+    """An int8 weight-only copy of the tiny target with this seed (cached)."""
+    key = (seed, vocab, tuple(sorted(kw.items())))
+    if key not in _INT8:
+        _INT8[key] = HFCausalLM(int8_copy(tiny_llama(seed, vocab=vocab, **kw)))
+    return _INT8[key]
 
 
 @pytest.mark.parametrize("name", list(DRAFTERS))
@@ -241,6 +254,7 @@ S_DRAFTERS = {
     "draft-chain": lambda d: DraftModelProposer(d, SV, DraftModelConfig(min_confidence=0.0)),
     "draft-tree": lambda d: DraftModelProposer(d, SV, DraftModelConfig(width=2, min_confidence=0.0)),
     "random-tree": lambda d: RandomTree(seed=next(_tree_seeds), vocab=SV, nodes=6),
+    "qdraft": lambda d: QuantizedSelfDraft(_int8(3, SV, std=0.15), SV, QDraftConfig(min_confidence=0.0)),
 }
 
 
@@ -291,10 +305,13 @@ def test_sampling_check_detects_a_lossy_verifier(s_target, s_drafter, monkeypatc
 def test_make_proposer_errors():
     from paradec.errors import ParadecError
 
+    models = Models(HFCausalLM(tiny_llama(0, vocab=VOCAB)))
     with pytest.raises(ParadecError, match="unknown method"):
-        make_proposer("nope")
+        make_proposer("nope", models)
     with pytest.raises(ParadecError, match="needs a draft model"):
-        make_proposer("draft")
+        make_proposer("draft", models)
     with pytest.raises(ParadecError, match="unknown option"):
-        make_proposer("pld", options={"bogus": 1})
-    assert make_proposer("pld", options={"draft_len": "5"}).config.draft_len == 5
+        make_proposer("pld", models, options={"bogus": 1})
+    with pytest.raises(ParadecError, match="expects int"):
+        make_proposer("pld", models, options={"draft_len": "many"})
+    assert make_proposer("pld", models, options={"draft_len": "5"}).config.draft_len == 5

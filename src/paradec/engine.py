@@ -11,7 +11,7 @@ from .decode import DecodeConfig, decode
 from .errors import ParadecError
 from .models.adapter import HFCausalLM
 from .models.loader import Loaded, load_hf
-from .proposers import METHODS, make_proposer
+from .proposers import METHODS, Models, make_proposer
 from .sampling import SamplingParams
 from .stats import DecodeStats
 
@@ -96,6 +96,7 @@ class Engine:
                 )
             self.draft = HFCausalLM(draft.model)
             self.draft_name = draft.source.name
+        self.models = Models(self.target, self.draft)
         self.chat_default = target.source.chat if target.source.chat is not None else bool(
             getattr(self.tokenizer, "chat_template", None)
         )
@@ -164,7 +165,7 @@ class Engine:
     ) -> Stream:
         sampling = SamplingParams(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=seed)
         cfg = DecodeConfig(max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=self.eos_ids)
-        proposer = make_proposer(method, draft_model=self.draft, target_vocab=self.target.vocab_size, options=options)
+        proposer = make_proposer(method, self.models, options)
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             ids = prompt
             if len(ids) >= self.target.max_context:

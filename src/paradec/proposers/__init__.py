@@ -3,20 +3,50 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import ParadecError
+from ..models.adapter import CausalLM
 from .base import NoDraft, ProposeContext, Proposer, StepResult
 from .draft_model import DraftModelConfig, DraftModelProposer
+from .aded import ADED, ADEDConfig
+from .lookahead import Lookahead, LookaheadConfig
 from .pld import PLDConfig, PromptLookup
+from .qdraft import QDraftConfig, QuantizedSelfDraft
+from .recycle import RecycleConfig, TokenRecycling
+from .suffix import SuffixConfig, SuffixDrafter
 
-__all__ = ["METHODS", "make_proposer", "Proposer", "ProposeContext", "StepResult", "NoDraft"]
+__all__ = ["METHODS", "Models", "make_proposer", "Proposer", "ProposeContext", "StepResult", "NoDraft"]
+
+
+@dataclass
+class Models:
+    """What proposers may draft with: the target (never its cache), an optional draft model,
+    and a lazily built int8 copy of the target for self-drafting."""
+
+    target: CausalLM
+    draft: CausalLM | None = None
+    _int8: CausalLM | None = field(default=None, repr=False)
+
+    def int8_target(self) -> CausalLM:
+        if self._int8 is None:
+            from ..models.adapter import HFCausalLM
+            from ..models.quantize import int8_copy
+
+            self._int8 = HFCausalLM(int8_copy(self.target.model), max_context=self.target.max_context)
+        return self._int8
 
 # name -> (one-line description, needs a draft model)
 METHODS: dict[str, tuple[str, bool]] = {
     "ar": ("plain autoregressive decoding (the baseline; same loop, no draft)", False),
     "pld": ("prompt lookup: n-gram matches in prompt + output, chain or small tree", False),
     "draft": ("a smaller model with the same tokenizer drafts a chain or top-k tree", True),
+    "qdraft": ("an int8 weight-only copy of the target drafts for it (self-speculation)", False),
+    "suffix": ("suffix automaton over prompt + output: tree of the most frequent continuations", False),
+    "recycle": ("Token Recycling: top-k next-token matrix from past target logits, static tree", False),
+    "aded": ("adaptive n-gram model of the target, drafts by UCB tree search", False),
+    "lookahead": ("Jacobi chains + n-gram pool, verified in the same tree forward", False),
 }
 
 
@@ -29,6 +59,10 @@ def _build(cls: type, options: dict[str, Any]):
     for k, v in options.items():
         want = type(getattr(cls(), k))
         try:
+            if want is bool and isinstance(v, str):
+                if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(v)
+                v = v.lower() in ("true", "1", "yes")
             typed[k] = want(v) if not isinstance(v, want) else v
         except (TypeError, ValueError):
             raise ParadecError(f"option {k} expects {want.__name__}, got {v!r}") from None
@@ -38,17 +72,23 @@ def _build(cls: type, options: dict[str, Any]):
         raise ParadecError(str(e)) from None
 
 
-def make_proposer(method: str, *, draft_model=None, target_vocab: int = 0, options: dict | None = None) -> Proposer:
+def make_proposer(method: str, models: Models, options: dict | None = None) -> Proposer:
     options = dict(options or {})
     if method not in METHODS:
         raise ParadecError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if method == "ar" and options:
+        raise ParadecError("method 'ar' takes no options")
+    if METHODS[method][1] and models.draft is None:
+        raise ParadecError(f"method '{method}' needs a draft model (--draft-model / paradec.load(..., draft=...))")
+    vocab = models.target.vocab_size
     builders: dict[str, Callable[[], Proposer]] = {
         "ar": lambda: NoDraft(),
         "pld": lambda: PromptLookup(_build(PLDConfig, options)),
-        "draft": lambda: DraftModelProposer(draft_model, target_vocab, _build(DraftModelConfig, options)),
+        "draft": lambda: DraftModelProposer(models.draft, vocab, _build(DraftModelConfig, options)),
+        "qdraft": lambda: QuantizedSelfDraft(models.int8_target(), vocab, _build(QDraftConfig, options)),
+        "suffix": lambda: SuffixDrafter(_build(SuffixConfig, options)),
+        "recycle": lambda: TokenRecycling(_build(RecycleConfig, options)),
+        "aded": lambda: ADED(_build(ADEDConfig, options)),
+        "lookahead": lambda: Lookahead(_build(LookaheadConfig, options)),
     }
-    if method == "ar" and options:
-        raise ParadecError("method 'ar' takes no options")
-    if METHODS[method][1] and draft_model is None:
-        raise ParadecError(f"method '{method}' needs a draft model (--draft-model / paradec.load(..., draft=...))")
     return builders[method]()
