@@ -126,7 +126,7 @@ DRAFTERS = {
     "draft-chain": lambda d: DraftModelProposer(d, VOCAB, DraftModelConfig(min_confidence=0.0)),
     "draft-tree": lambda d: DraftModelProposer(d, VOCAB, DraftModelConfig(width=3, sibling_depth=3)),
     "random-tree": lambda d: RandomTree(),
-    "qdraft": lambda d: QuantizedSelfDraft(_int8(0, VOCAB), VOCAB, QDraftConfig()),
+    "qdraft": lambda d: QuantizedSelfDraft(_int8(0, VOCAB), VOCAB, QDraftConfig(backend="int8")),
 }
 
 _INT8 = {}
@@ -254,7 +254,7 @@ S_DRAFTERS = {
     "draft-chain": lambda d: DraftModelProposer(d, SV, DraftModelConfig(min_confidence=0.0)),
     "draft-tree": lambda d: DraftModelProposer(d, SV, DraftModelConfig(width=2, min_confidence=0.0)),
     "random-tree": lambda d: RandomTree(seed=next(_tree_seeds), vocab=SV, nodes=6),
-    "qdraft": lambda d: QuantizedSelfDraft(_int8(3, SV, std=0.15), SV, QDraftConfig(min_confidence=0.0)),
+    "qdraft": lambda d: QuantizedSelfDraft(_int8(3, SV, std=0.15), SV, QDraftConfig(min_confidence=0.0, backend="int8")),
 }
 
 

@@ -20,7 +20,7 @@ def test_generate_returns_text_ids_and_stats(engine):
         assert key in d["stats"]
 
 
-@pytest.mark.parametrize("method", ["pld", "draft"])
+@pytest.mark.parametrize("method", ["pld", "draft", "qdraft", "suffix", "recycle", "aded", "lookahead"])
 def test_every_method_matches_ar_greedy(engine, method):
     for prompt in ["hello hello hello", "abc abc abc ab", "The cat sat on the mat. The cat"]:
         ref = engine.generate(prompt, method="ar", max_new_tokens=40)

@@ -96,7 +96,8 @@ class Engine:
                 )
             self.draft = HFCausalLM(draft.model)
             self.draft_name = draft.source.name
-        self.models = Models(self.target, self.draft)
+        gguf = target.source.path if target.source.kind == "gguf" else None
+        self.models = Models(self.target, self.draft, gguf_path=gguf)
         self.chat_default = target.source.chat if target.source.chat is not None else bool(
             getattr(self.tokenizer, "chat_template", None)
         )

@@ -23,19 +23,33 @@ __all__ = ["METHODS", "Models", "make_proposer", "Proposer", "ProposeContext", "
 @dataclass
 class Models:
     """What proposers may draft with: the target (never its cache), an optional draft model,
-    and a lazily built int8 copy of the target for self-drafting."""
+    and lazily built cheaper copies of the target for self-drafting."""
 
     target: CausalLM
     draft: CausalLM | None = None
-    _int8: CausalLM | None = field(default=None, repr=False)
+    gguf_path: str | None = None  # the target's GGUF file, when it was loaded from one
+    _self_drafters: dict = field(default_factory=dict, repr=False)
 
-    def int8_target(self) -> CausalLM:
-        if self._int8 is None:
-            from ..models.adapter import HFCausalLM
-            from ..models.quantize import int8_copy
+    def self_drafter(self, backend: str = "auto"):
+        from ..models.drafter import HFDrafter, LlamaCppDrafter, llama_cpp_available
 
-            self._int8 = HFCausalLM(int8_copy(self.target.model), max_context=self.target.max_context)
-        return self._int8
+        if backend == "auto":
+            backend = "llama.cpp" if self.gguf_path and llama_cpp_available() else "int8"
+        if backend not in self._self_drafters:
+            if backend == "llama.cpp":
+                if not self.gguf_path:
+                    raise ParadecError("qdraft backend llama.cpp needs a target loaded from a GGUF file")
+                if not llama_cpp_available():
+                    raise ParadecError("qdraft backend llama.cpp needs llama-cpp-python (pip install llama-cpp-python)")
+                self._self_drafters[backend] = LlamaCppDrafter(self.gguf_path, n_ctx=self.target.max_context)
+            else:
+                from ..models.adapter import HFCausalLM
+                from ..models.quantize import int8_copy
+
+                int8 = HFCausalLM(int8_copy(self.target.model), max_context=self.target.max_context)
+                self._self_drafters[backend] = HFDrafter(int8)
+        return self._self_drafters[backend]
+
 
 # name -> (one-line description, needs a draft model)
 METHODS: dict[str, tuple[str, bool]] = {
@@ -72,6 +86,10 @@ def _build(cls: type, options: dict[str, Any]):
         raise ParadecError(str(e)) from None
 
 
+def _qdraft(models: Models, vocab: int, cfg: QDraftConfig) -> Proposer:
+    return QuantizedSelfDraft(models.self_drafter(cfg.backend), vocab, cfg)
+
+
 def make_proposer(method: str, models: Models, options: dict | None = None) -> Proposer:
     options = dict(options or {})
     if method not in METHODS:
@@ -85,7 +103,7 @@ def make_proposer(method: str, models: Models, options: dict | None = None) -> P
         "ar": lambda: NoDraft(),
         "pld": lambda: PromptLookup(_build(PLDConfig, options)),
         "draft": lambda: DraftModelProposer(models.draft, vocab, _build(DraftModelConfig, options)),
-        "qdraft": lambda: QuantizedSelfDraft(models.int8_target(), vocab, _build(QDraftConfig, options)),
+        "qdraft": lambda: _qdraft(models, vocab, _build(QDraftConfig, options)),
         "suffix": lambda: SuffixDrafter(_build(SuffixConfig, options)),
         "recycle": lambda: TokenRecycling(_build(RecycleConfig, options)),
         "aded": lambda: ADED(_build(ADEDConfig, options)),

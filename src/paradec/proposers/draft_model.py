@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cache import KVCache
 from ..models.adapter import CausalLM
+from ..models.drafter import Drafter, HFDrafter
 from ..sampling import SamplingParams, target_probs
 from ..tree import DraftTree
 from .base import ProposeContext, StepResult
@@ -44,46 +44,17 @@ class DraftModelConfig:
 class DraftModelProposer:
     name = "draft"
 
-    def __init__(self, model: CausalLM, target_vocab: int, config: DraftModelConfig | None = None) -> None:
-        self.model = model
+    def __init__(self, drafter: Drafter | CausalLM, target_vocab: int, config: DraftModelConfig | None = None) -> None:
+        self.drafter: Drafter = drafter if hasattr(drafter, "logits_after") else HFDrafter(drafter)
         self.target_vocab = target_vocab
         self.config = config or DraftModelConfig()
-        self.cache: KVCache | None = None
-        self.cached: list[int] = []  # tokens whose KV sits in self.cache
         self.cap = self.config.max_len
         self.sampling = SamplingParams()
 
     def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
-        self.cache = self.model.new_cache(len(prompt) + 512)
-        self.cached = []
+        self.drafter.reset(len(prompt) + 512)
         self.cap = self.config.max_len
         self.sampling = sampling
-
-    # ---- the drafter's own cache ---------------------------------------------------------
-    def _logits_after(self, tokens: list[int]) -> torch.Tensor:
-        """Bring the cache to tokens[:-1] + tokens[-1] and return the logits at the last token [V]."""
-        cache = self.cache
-        n = 0
-        limit = min(len(self.cached), len(tokens) - 1)  # the last token is always fed
-        while n < limit and self.cached[n] == tokens[n]:
-            n += 1
-        cache.truncate(n)
-        self.cached = self.cached[:n]
-        if len(tokens) - 1 > n:
-            self.model.prefill(torch.tensor([tokens[n:-1]]), cache)
-            self.cached.extend(tokens[n:-1])
-        return self._feed([tokens[-1]])
-
-    def _feed(self, new: list[int]) -> torch.Tensor:
-        cache = self.cache
-        base = cache.seq_len
-        q = len(new)
-        ids = torch.tensor([new])
-        pos = torch.arange(base, base + q)[None]
-        mask = torch.ones(q, base + q, dtype=torch.bool).tril_(base)[None]
-        logits = self.model.forward(ids, pos, cache, mask)[0, -1]
-        self.cached.extend(new)
-        return logits
 
     def _dist(self, logits: torch.Tensor) -> torch.Tensor:
         """The drafter's distribution over the *target's* vocabulary. Under sampling it is the
@@ -104,7 +75,7 @@ class DraftModelProposer:
         length = min(self.cap, ctx.max_depth)
         if length <= 0:
             return DraftTree()
-        logits = self._logits_after(ctx.tokens)
+        logits = self.drafter.logits_after(ctx.tokens)
         tokens: list[int] = []
         parents: list[int] = []
         qs: list[torch.Tensor] = []
@@ -131,7 +102,7 @@ class DraftModelProposer:
                         qs.append(p.new_zeros(0))
             parent = chain_node
             if depth + 1 < length and len(tokens) < ctx.max_nodes:
-                logits = self._feed([tok])
+                logits = self.drafter.feed(tok)
             else:
                 break
         q = None

@@ -1,9 +1,13 @@
-"""``qdraft``: the target drafts for itself through a cheaper copy of its own weights.
+"""``qdraft``: the target drafts for itself through a cheaper copy of its own weights
+("Speculative Decoding Meets Quantization").
 
-The copy is the target with every linear layer in int8 (weight-only, per-channel scales), so it
-agrees with the target on most tokens while reading a quarter (float32) or half (bfloat16) of
-the weight bytes per forward. It drafts like ``draft`` (its own KV cache, adaptive length); the
-full-precision target verifies, so the output is exactly the target's.
+Two backends:
+- ``llama.cpp``: the model's own quantized GGUF file run by llama.cpp (``llama-cpp-python``),
+  the fastest drafter on a CPU; used automatically when the target was loaded from a GGUF and
+  llama-cpp-python is installed;
+- ``int8``: the target with every linear layer in int8 (weight-only, per-channel scales).
+Either copy agrees with the target on most tokens. It drafts like ``draft`` (its own cache,
+adaptive length); the full-precision target verifies, so the output is exactly the target's.
 """
 
 from __future__ import annotations
@@ -12,11 +16,19 @@ from dataclasses import dataclass
 
 from .draft_model import DraftModelConfig, DraftModelProposer
 
+BACKENDS = ("auto", "llama.cpp", "int8")
+
 
 @dataclass(frozen=True)
 class QDraftConfig(DraftModelConfig):
     max_len: int = 6  # the copy agrees with the target often: longer chains pay
     min_confidence: float = 0.2
+    backend: str = "auto"  # auto = llama.cpp when available for a GGUF target, else int8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backend not in BACKENDS:
+            raise ValueError(f"qdraft backend must be one of {', '.join(BACKENDS)}")
 
 
 class QuantizedSelfDraft(DraftModelProposer):

@@ -1,0 +1,108 @@
+"""Sequential drafter backends: a model that follows a token sequence and returns next-token
+logits, with its own cache rolled back to the longest prefix it shares with the committed text.
+
+``HFDrafter`` wraps any ``CausalLM`` (a smaller HF model, or an int8 copy of the target);
+``LlamaCppDrafter`` runs a GGUF file through llama.cpp (``llama-cpp-python``), the cheapest
+way to draft on a CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..cache import KVCache
+from .adapter import CausalLM
+
+
+class Drafter(Protocol):
+    def reset(self, capacity: int) -> None: ...
+
+    def logits_after(self, tokens: list[int]) -> torch.Tensor:
+        """Follow ``tokens`` (reusing the cached prefix) and return logits after the last one [V]."""
+        ...
+
+    def feed(self, token: int) -> torch.Tensor:
+        """Append one token and return the logits after it [V]."""
+        ...
+
+
+def _common_prefix(cached: list[int], tokens: list[int]) -> int:
+    # the last token is always fed again, so its logits are fresh
+    limit, n = min(len(cached), len(tokens) - 1), 0
+    while n < limit and cached[n] == tokens[n]:
+        n += 1
+    return n
+
+
+class HFDrafter:
+    def __init__(self, model: CausalLM) -> None:
+        self.model = model
+        self.cache: KVCache | None = None
+        self.cached: list[int] = []  # tokens whose KV sits in the cache
+
+    def reset(self, capacity: int) -> None:
+        self.cache = self.model.new_cache(capacity)
+        self.cached = []
+
+    def logits_after(self, tokens: list[int]) -> torch.Tensor:
+        n = _common_prefix(self.cached, tokens)
+        self.cache.truncate(n)
+        self.cached = self.cached[:n]
+        if len(tokens) - 1 > n:
+            self.model.prefill(torch.tensor([tokens[n:-1]]), self.cache)
+            self.cached.extend(tokens[n:-1])
+        return self.feed(tokens[-1])
+
+    def feed(self, token: int) -> torch.Tensor:
+        base = self.cache.seq_len
+        ids = torch.tensor([[token]])  # [1, 1]
+        pos = torch.tensor([[base]])  # [1, 1]
+        mask = torch.ones(1, 1, base + 1, dtype=torch.bool)  # [1, 1, base+1]
+        logits = self.model.forward(ids, pos, self.cache, mask)[0, -1]  # [V]
+        self.cached.append(token)
+        return logits
+
+
+def llama_cpp_available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class LlamaCppDrafter:
+    """A GGUF model run by llama.cpp; its KV cache is rolled back by resetting ``n_tokens``."""
+
+    def __init__(self, gguf_path: str, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(
+            model_path=gguf_path,
+            n_ctx=n_ctx,
+            n_batch=512,
+            n_threads=n_threads or torch.get_num_threads(),
+            logits_all=False,
+            verbose=False,
+        )
+        self.n_vocab = self.llm.n_vocab()
+
+    def reset(self, capacity: int) -> None:
+        # n_ctx is the target's context window, which the decode loop never exceeds
+        self.llm.n_tokens = 0
+
+    def _eval(self, tokens: list[int]) -> torch.Tensor:
+        self.llm.eval(tokens)  # drops cache entries past n_tokens, then appends
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))
+        return torch.from_numpy(logits.copy())
+
+    def logits_after(self, tokens: list[int]) -> torch.Tensor:
+        cached = self.llm.input_ids[: self.llm.n_tokens].tolist()
+        self.llm.n_tokens = _common_prefix(cached, tokens)
+        return self._eval(tokens[self.llm.n_tokens :])
+
+    def feed(self, token: int) -> torch.Tensor:
+        return self._eval([token])
