@@ -91,3 +91,27 @@ def _one_thread_for_tiny_models(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ---- tiny targets shared by the losslessness tests (see lossless.py) ---------------------------
+@pytest.fixture(scope="session")
+def target():
+    from lossless import VOCAB
+
+    return HFCausalLM(tiny_llama(0, vocab=VOCAB))
+
+
+@pytest.fixture(scope="session")
+def reference(target):
+    """Plain AR greedy output for each prompt: what every drafter must reproduce."""
+    from lossless import PROMPTS, run
+    from paradec.proposers.base import NoDraft
+
+    return {tuple(p): run(target, NoDraft(), p)[0] for p in PROMPTS}
+
+
+@pytest.fixture(scope="session")
+def s_target():
+    from lossless import SV
+
+    return HFCausalLM(tiny_llama(3, vocab=SV, std=0.15))

@@ -12,17 +12,7 @@ from paradec.sampling import SamplingParams
 from paradec.tree import DraftTree
 from paradec.verify import verify_greedy
 from stats_util import chi2_pvalue
-from test_decode import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models are tiny: intra-op threads only contend with each other on a busy machine
-    (and slow these tests ~15x there). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from lossless import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
 
 
 # ---- the n-gram table --------------------------------------------------------------------------
@@ -187,16 +177,6 @@ def test_config_validation():
 
 
 # ---- losslessness -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def target():
-    return HFCausalLM(tiny_llama(0, vocab=VOCAB))
-
-
-@pytest.fixture(scope="module")
-def reference(target):
-    return {tuple(p): run(target, NoDraft(), p)[0] for p in PROMPTS}
-
-
 CONFIGS = {
     "default": ADEDConfig(),
     "bigram-strict": ADEDConfig(n=2, backoff=False, explore=1.0),
@@ -212,11 +192,6 @@ def test_greedy_identical_to_ar(name, target, reference):
         assert out == reference[tuple(p)], f"aded {name} diverged from ar on prompt {p}"
         accepted += stats.accepted
     assert accepted > 0, "no token accepted: the test would not exercise acceptance"
-
-
-@pytest.fixture(scope="module")
-def s_target():
-    return HFCausalLM(tiny_llama(3, vocab=SV, std=0.15))
 
 
 def test_sampling_is_lossless(s_target):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from paradec.decode import DecodeConfig, decode
 from paradec.models.adapter import HFCausalLM
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import NoDraft
@@ -16,43 +15,14 @@ from paradec.proposers.draft_model import DraftModelConfig, DraftModelProposer
 from paradec.models.quantize import int8_copy
 from paradec.proposers.pld import PLDConfig, PromptLookup
 from paradec.proposers.qdraft import QDraftConfig, QuantizedSelfDraft
-from paradec.sampling import SamplingParams, target_probs
-from paradec.stats import DecodeStats
+from paradec.sampling import SamplingParams
 from paradec.tree import DraftTree
+from lossless import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
 from stats_util import chi2_pvalue
-
-VOCAB = 80
-PROMPTS = [
-    [1, 5, 7, 9, 5, 7, 9, 11, 3, 5, 7],
-    [1, 20, 21, 22, 23, 20, 21],
-    [1, 40, 41, 40, 41, 40, 41, 40],
-    [1, 60, 33, 12, 9, 70, 33, 12],
-    [4],
-]
-
-
-def run(target, proposer, prompt, n=40, sampling=SamplingParams(), eos=frozenset(), stop=None):
-    stats = DecodeStats()
-    out = []
-    cfg = DecodeConfig(max_new_tokens=n, sampling=sampling, eos_ids=frozenset(eos))
-    for toks in decode(target, proposer, prompt, cfg, stats, stop):
-        out.extend(toks)
-    return out, stats
-
-
-@pytest.fixture(scope="module")
-def target():
-    return HFCausalLM(tiny_llama(0, vocab=VOCAB))
-
 
 @pytest.fixture(scope="module")
 def drafter_model():
     return HFCausalLM(tiny_llama(7, vocab=VOCAB, layers=1))
-
-
-@pytest.fixture(scope="module")
-def reference(target):
-    return {tuple(p): run(target, NoDraft(), p)[0] for p in PROMPTS}
 
 
 class Oracle:
@@ -212,38 +182,12 @@ def test_context_window_limits_generation():
 
 
 # ---- sampling: distributions ----------------------------------------------------------------
-SV = 6  # tiny vocabulary, so sequences can be enumerated exactly
-S_PROMPT = [1, 2, 3, 1, 2, 3, 1, 2]
-S_LEN = 3
-S_TRIALS = 2500
-
-
-@pytest.fixture(scope="module")
-def s_target():
-    return HFCausalLM(tiny_llama(3, vocab=SV, std=0.15))
-
-
 @pytest.fixture(scope="module")
 def s_drafter():
     return HFCausalLM(tiny_llama(4, vocab=SV, layers=1, std=0.15))
 
 
-def exact_distribution(target, sampling):
-    probs = {}
-    with torch.no_grad():
-        for seq in itertools.product(range(SV), repeat=S_LEN):
-            pr = 1.0
-            for i in range(S_LEN):
-                logits = target.model(torch.tensor([S_PROMPT + list(seq[:i])])).logits[0, -1]
-                pr *= float(target_probs(logits, sampling)[seq[i]])
-            probs[seq] = pr
-    return probs
-
-
 _tree_seeds = itertools.count()
-# Fixed seeds make these checks deterministic. Threshold 1e-4 over ~10 checks; the negative
-# control below shows a lossy verifier lands near p = 1e-80.
-P_MIN = 1e-4
 SAMPLING_CASES = {
     "t1": SamplingParams(temperature=1.0),
     "t0.7-topk4-topp0.9": SamplingParams(temperature=0.7, top_k=4, top_p=0.9),
@@ -256,17 +200,6 @@ S_DRAFTERS = {
     "random-tree": lambda d: RandomTree(seed=next(_tree_seeds), vocab=SV, nodes=6),
     "qdraft": lambda d: QuantizedSelfDraft(_int8(3, SV, std=0.15), SV, QDraftConfig(min_confidence=0.0, backend="int8")),
 }
-
-
-def sample_sequences(target, make, sampling, trials=S_TRIALS, seed=0):
-    out, drafted, accepted = [], 0, 0
-    for i in range(trials):
-        sp = SamplingParams(sampling.temperature, sampling.top_k, sampling.top_p, seed=seed * 100000 + i)
-        toks, st = run(target, make(), S_PROMPT, n=S_LEN, sampling=sp)
-        out.append(tuple(toks))
-        drafted += st.drafted
-        accepted += st.accepted
-    return out, drafted, accepted
 
 
 @pytest.mark.parametrize("case", list(SAMPLING_CASES))

@@ -11,17 +11,7 @@ from paradec.proposers.lookahead import Lookahead, LookaheadConfig, NGramPool, b
 from paradec.sampling import SamplingParams
 from paradec.verify import verify_greedy
 from stats_util import chi2_pvalue
-from test_decode import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models are tiny: intra-op threads only contend with each other on a busy machine
-    (and slow these tests ~15x there). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from lossless import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
 
 
 # ---- the pool and the trie ---------------------------------------------------------------------
@@ -160,16 +150,6 @@ def test_resets_per_request_unless_keep_state():
 
 
 # ---- losslessness -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def target():
-    return HFCausalLM(tiny_llama(0, vocab=VOCAB))
-
-
-@pytest.fixture(scope="module")
-def reference(target):
-    return {tuple(p): run(target, NoDraft(), p)[0] for p in PROMPTS}
-
-
 CONFIGS = {
     "default": LookaheadConfig(),
     "jacobi-only": LookaheadConfig(ngram=3, window=4, guesses=0, pool_from_context=False),
@@ -185,11 +165,6 @@ def test_greedy_identical_to_ar(name, target, reference):
         assert out == reference[tuple(p)], f"lookahead {name} diverged from ar on prompt {p}"
         accepted += stats.accepted
     assert accepted > 0, "no token accepted: the test would not exercise acceptance"
-
-
-@pytest.fixture(scope="module")
-def s_target():
-    return HFCausalLM(tiny_llama(3, vocab=SV, std=0.15))
 
 
 def test_sampling_is_lossless(s_target):

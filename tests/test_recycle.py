@@ -20,16 +20,7 @@ from paradec.sampling import SamplingParams
 from paradec.tree import DraftTree
 from paradec.verify import Verdict
 from stats_util import chi2_pvalue
-from test_decode import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from lossless import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
 
 
 def ranked_logits(rankings, vocab=10):
@@ -161,21 +152,6 @@ def test_state_per_request():
 
 
 # ---- losslessness through the decode loop --------------------------------------------------
-@pytest.fixture(scope="module")
-def target():
-    return HFCausalLM(tiny_llama(0, vocab=VOCAB))
-
-
-@pytest.fixture(scope="module")
-def reference(target):
-    return {tuple(p): run(target, NoDraft(), p)[0] for p in PROMPTS}
-
-
-@pytest.fixture(scope="module")
-def s_target():
-    return HFCausalLM(tiny_llama(3, vocab=SV, std=0.15))
-
-
 @pytest.mark.parametrize("config", [RecycleConfig(), RecycleConfig(keep_state=True, k=3, nodes=12)])
 def test_greedy_identical_to_ar(config, target, reference):
     d = TokenRecycling(config)  # one drafter for all prompts (state kept across them or not)

@@ -12,16 +12,7 @@ from paradec.proposers.base import NoDraft, ProposeContext
 from paradec.proposers.suffix import SuffixAutomaton, SuffixConfig, SuffixDrafter
 from paradec.sampling import SamplingParams
 from stats_util import chi2_pvalue
-from test_decode import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from lossless import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
 
 
 def ctx(tokens, max_nodes=64, max_depth=64):
@@ -182,21 +173,6 @@ def test_corpus_from_file_and_argument(tmp_path):
 
 
 # ---- losslessness through the decode loop --------------------------------------------------
-@pytest.fixture(scope="module")
-def target():
-    return HFCausalLM(tiny_llama(0, vocab=VOCAB))
-
-
-@pytest.fixture(scope="module")
-def reference(target):
-    return {tuple(p): run(target, NoDraft(), p)[0] for p in PROMPTS}
-
-
-@pytest.fixture(scope="module")
-def s_target():
-    return HFCausalLM(tiny_llama(3, vocab=SV, std=0.15))
-
-
 @pytest.mark.parametrize(
     "config", [SuffixConfig(), SuffixConfig(max_width=1, max_nodes=8), SuffixConfig(keep_state=True, max_tokens=64)]
 )
