@@ -122,7 +122,7 @@ def methods() -> None:
     from .proposers import METHODS
 
     for name, (desc, needs_draft) in METHODS.items():
-        print(f"{name:8s} {desc}{' [needs --draft-model]' if needs_draft else ''}")
+        print(f"{name:10s} {desc}{' [needs --draft-model]' if needs_draft else ''}")
 
 
 @app.command()

@@ -56,7 +56,7 @@ METHODS: dict[str, tuple[str, bool]] = {
     "ar": ("plain autoregressive decoding (the baseline; same loop, no draft)", False),
     "pld": ("prompt lookup: n-gram matches in prompt + output, chain or small tree", False),
     "draft": ("a smaller model with the same tokenizer drafts a chain or top-k tree", True),
-    "qdraft": ("an int8 weight-only copy of the target drafts for it (self-speculation)", False),
+    "qdraft": ("the target drafts for itself: its GGUF via llama.cpp if installed, else an int8 copy", False),
     "suffix": ("suffix automaton over prompt + output: tree of the most frequent continuations", False),
     "recycle": ("Token Recycling: top-k next-token matrix from past target logits, static tree", False),
     "aded": ("adaptive n-gram model of the target, drafts by UCB tree search", False),
