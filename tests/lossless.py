@@ -62,3 +62,25 @@ def sample_sequences(target, make, sampling, trials=S_TRIALS, seed=0):
         drafted += st.drafted
         accepted += st.accepted
     return out, drafted, accepted
+
+
+def assert_identical_to_ar(target, reference, make, label: str) -> int:
+    """Greedy output with a proposer from ``make()`` equals plain AR on every prompt; returns
+    the number of accepted draft tokens (callers assert it is > 0)."""
+    accepted = 0
+    for p in PROMPTS:
+        out, stats = run(target, make(), p)
+        assert out == reference[tuple(p)], f"{label} diverged from ar on prompt {p}"
+        accepted += stats.accepted
+    return accepted
+
+
+def assert_sampling_lossless(s_target, make, sampling=SamplingParams(temperature=1.0)) -> None:
+    """Sampled continuations with proposers from ``make()`` follow the exact target
+    distribution (chi-square), and the run exercised both acceptance and rejection."""
+    from stats_util import chi2_pvalue
+
+    exact = exact_distribution(s_target, sampling)
+    samples, drafted, accepted = sample_sequences(s_target, make, sampling)
+    assert 0 < accepted < drafted, "the test must exercise both acceptance and rejection"
+    assert chi2_pvalue(samples, exact) > P_MIN

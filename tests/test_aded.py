@@ -4,15 +4,12 @@ identity with plain AR, exact sampling distribution)."""
 import pytest
 import torch
 
-from conftest import tiny_llama
-from paradec.models.adapter import HFCausalLM
 from paradec.proposers.aded import ADED, ADEDConfig, NGramTable, search_tree
-from paradec.proposers.base import NoDraft, ProposeContext, StepResult
+from paradec.proposers.base import ProposeContext, StepResult
 from paradec.sampling import SamplingParams
 from paradec.tree import DraftTree
 from paradec.verify import verify_greedy
-from stats_util import chi2_pvalue
-from lossless import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
+from lossless import assert_identical_to_ar, assert_sampling_lossless
 
 
 # ---- the n-gram table --------------------------------------------------------------------------
@@ -186,17 +183,9 @@ CONFIGS = {
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_greedy_identical_to_ar(name, target, reference):
-    accepted = 0
-    for p in PROMPTS:
-        out, stats = run(target, ADED(CONFIGS[name]), p)
-        assert out == reference[tuple(p)], f"aded {name} diverged from ar on prompt {p}"
-        accepted += stats.accepted
+    accepted = assert_identical_to_ar(target, reference, lambda: ADED(CONFIGS[name]), f"aded {name}")
     assert accepted > 0, "no token accepted: the test would not exercise acceptance"
 
 
 def test_sampling_is_lossless(s_target):
-    sampling = SamplingParams(temperature=1.0)
-    exact = exact_distribution(s_target, sampling)
-    samples, drafted, accepted = sample_sequences(s_target, lambda: ADED(), sampling)
-    assert 0 < accepted < drafted, "the test must exercise both acceptance and rejection"
-    assert chi2_pvalue(samples, exact) > P_MIN
+    assert_sampling_lossless(s_target, lambda: ADED())

@@ -4,14 +4,11 @@ step's logits, and losslessness (greedy identity with plain AR, exact sampling d
 import pytest
 import torch
 
-from conftest import tiny_llama
-from paradec.models.adapter import HFCausalLM
-from paradec.proposers.base import NoDraft, ProposeContext, StepResult
+from paradec.proposers.base import ProposeContext, StepResult
 from paradec.proposers.lookahead import Lookahead, LookaheadConfig, NGramPool, build_trie
 from paradec.sampling import SamplingParams
 from paradec.verify import verify_greedy
-from stats_util import chi2_pvalue
-from lossless import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
+from lossless import assert_identical_to_ar, assert_sampling_lossless
 
 
 # ---- the pool and the trie ---------------------------------------------------------------------
@@ -159,17 +156,9 @@ CONFIGS = {
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_greedy_identical_to_ar(name, target, reference):
-    accepted = 0
-    for p in PROMPTS:
-        out, stats = run(target, Lookahead(CONFIGS[name]), p)
-        assert out == reference[tuple(p)], f"lookahead {name} diverged from ar on prompt {p}"
-        accepted += stats.accepted
+    accepted = assert_identical_to_ar(target, reference, lambda: Lookahead(CONFIGS[name]), f"lookahead {name}")
     assert accepted > 0, "no token accepted: the test would not exercise acceptance"
 
 
 def test_sampling_is_lossless(s_target):
-    sampling = SamplingParams(temperature=1.0)
-    exact = exact_distribution(s_target, sampling)
-    samples, drafted, accepted = sample_sequences(s_target, lambda: Lookahead(), sampling)
-    assert 0 < accepted < drafted, "the test must exercise both acceptance and rejection"
-    assert chi2_pvalue(samples, exact) > P_MIN
+    assert_sampling_lossless(s_target, lambda: Lookahead())

@@ -6,9 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import tiny_llama
-from paradec.models.adapter import HFCausalLM
-from paradec.proposers.base import NoDraft, ProposeContext, StepResult
+from paradec.proposers.base import ProposeContext, StepResult
 from paradec.proposers.recycle import (
     RecycleConfig,
     TokenRecycling,
@@ -19,8 +17,7 @@ from paradec.proposers.recycle import (
 from paradec.sampling import SamplingParams
 from paradec.tree import DraftTree
 from paradec.verify import Verdict
-from stats_util import chi2_pvalue
-from lossless import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
+from lossless import assert_identical_to_ar, assert_sampling_lossless
 
 
 def ranked_logits(rankings, vocab=10):
@@ -155,21 +152,12 @@ def test_state_per_request():
 @pytest.mark.parametrize("config", [RecycleConfig(), RecycleConfig(keep_state=True, k=3, nodes=12)])
 def test_greedy_identical_to_ar(config, target, reference):
     d = TokenRecycling(config)  # one drafter for all prompts (state kept across them or not)
-    accepted = 0
-    for p in PROMPTS:
-        out, stats = run(target, d, p)
-        assert out == reference[tuple(p)], f"recycle {config} diverged from ar on prompt {p}"
-        accepted += stats.accepted
-    assert accepted > 0
+    assert assert_identical_to_ar(target, reference, lambda: d, f"recycle {config}") > 0
 
 
 def test_sampling_is_lossless(s_target):
-    sampling = SamplingParams(temperature=1.0)
-    exact = exact_distribution(s_target, sampling)
     # One drafter with keep_state learns across trials, so it drafts at most steps (a fresh one
     # would draft little in 3 tokens). Samples stay i.i.d.: every trial's output follows the
     # target exactly whatever the draft.
     shared = TokenRecycling(RecycleConfig(keep_state=True))
-    samples, drafted, accepted = sample_sequences(s_target, lambda: shared, sampling)
-    assert 0 < accepted < drafted
-    assert chi2_pvalue(samples, exact) > P_MIN
+    assert_sampling_lossless(s_target, lambda: shared)

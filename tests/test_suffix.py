@@ -4,15 +4,11 @@ drafter's losslessness through the decode loop."""
 import random
 
 import pytest
-import torch
 
-from conftest import tiny_llama
-from paradec.models.adapter import HFCausalLM
-from paradec.proposers.base import NoDraft, ProposeContext
+from paradec.proposers.base import ProposeContext
 from paradec.proposers.suffix import SuffixAutomaton, SuffixConfig, SuffixDrafter
 from paradec.sampling import SamplingParams
-from stats_util import chi2_pvalue
-from lossless import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
+from lossless import assert_identical_to_ar, assert_sampling_lossless
 
 
 def ctx(tokens, max_nodes=64, max_depth=64):
@@ -178,17 +174,8 @@ def test_corpus_from_file_and_argument(tmp_path):
 )
 def test_greedy_identical_to_ar(config, target, reference):
     d = SuffixDrafter(config)  # one drafter for all prompts (state kept across them or not)
-    accepted = 0
-    for p in PROMPTS:
-        out, stats = run(target, d, p)
-        assert out == reference[tuple(p)], f"suffix {config} diverged from ar on prompt {p}"
-        accepted += stats.accepted
-    assert accepted > 0
+    assert assert_identical_to_ar(target, reference, lambda: d, f"suffix {config}") > 0
 
 
 def test_sampling_is_lossless(s_target):
-    sampling = SamplingParams(temperature=1.0)
-    exact = exact_distribution(s_target, sampling)
-    samples, drafted, accepted = sample_sequences(s_target, lambda: SuffixDrafter(), sampling)
-    assert 0 < accepted < drafted
-    assert chi2_pvalue(samples, exact) > P_MIN
+    assert_sampling_lossless(s_target, lambda: SuffixDrafter())

@@ -38,10 +38,6 @@ class DraftTree:
 
     # ---- constructors -------------------------------------------------------------------
     @classmethod
-    def empty(cls) -> "DraftTree":
-        return cls()
-
-    @classmethod
     def chain(cls, tokens: Sequence[int], q: torch.Tensor | None = None) -> "DraftTree":
         tokens = tuple(int(t) for t in tokens)
         return cls(tokens, tuple(range(-1, len(tokens) - 1)), q)
