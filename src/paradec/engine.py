@@ -58,6 +58,12 @@ class Stream:
         return any(s in text for s in self.stop)
 
     def __iter__(self) -> Iterator[str]:
+        return (piece for piece in self.steps() if piece)
+
+    def steps(self) -> Iterator[str]:
+        """Like iterating, but yield once per decode step (one target forward), with the text
+        that step made safe to show; often "" (a held-back stop-string prefix or an incomplete
+        character). A scheduler interleaves requests with this, one step at a time."""
         sent = 0
         stop_fn = self._hit if self.stop else None
         for new in decode(self.engine.target, self._proposer, self.prompt_ids, self._cfg, self.stats, stop_fn):
@@ -72,9 +78,8 @@ class Stream:
                 if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
                     safe = min(safe, len(text) - 1)
             self.text = text
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
+            yield text[sent:safe] if safe > sent else ""
+            sent = max(sent, safe)
         if len(self.text) > sent:
             yield self.text[sent:]
 
