@@ -139,6 +139,11 @@ def demo(
     run_demo(model=model, dtype=dtype, device=device, max_new_tokens=max_new_tokens)
 
 
+from .bench.command import bench as _bench  # noqa: E402 - cheap: loads models only when run
+
+app.command("bench")(_bench)
+
+
 def main() -> None:
     try:
         rv = app(standalone_mode=False)

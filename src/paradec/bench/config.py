@@ -1,0 +1,151 @@
+"""Benchmark options and their validation. Everything here runs before any model is loaded, so
+bad input fails in a second with a one-line error."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ParadecError
+
+QUICK_PROMPTS_PER_CATEGORY = 1
+QUICK_MAX_NEW_TOKENS = 32
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+@dataclass
+class BenchConfig:
+    model: str | None = None
+    draft_model: str | None = None
+    suite: str = "all"
+    methods: str = "all"
+    peers: str = "all"
+    temperature: float = 0.0
+    dtype: str = "float32"
+    device: str = "auto"  # cuda when torch sees a GPU, else cpu
+    max_new_tokens: int | None = None  # default 128, or 32 with quick
+    prompts_per_category: int | None = None  # default all, or 1 with quick
+    repeats: int = 1
+    quick: bool = False
+    json_path: str | None = None
+    report_dir: str | None = None
+    seed: int = 0
+    roofline: bool = True
+    # filled in by validate()
+    suites: list[str] = field(default_factory=list)
+    skipped_suites: list[str] = field(default_factory=list)
+    method_list: list[str] = field(default_factory=list)
+    peer_list: list[str] = field(default_factory=list)
+
+    @property
+    def new_tokens(self) -> int:
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return QUICK_MAX_NEW_TOKENS if self.quick else DEFAULT_MAX_NEW_TOKENS
+
+    @property
+    def per_category(self) -> int | None:
+        if self.prompts_per_category is not None:
+            return self.prompts_per_category
+        return QUICK_PROMPTS_PER_CATEGORY if self.quick else None
+
+
+def _names(spec: str | None, what: str) -> list[str]:
+    names = [s.strip() for s in (spec or "").split(",") if s.strip()]
+    if not names:
+        raise ParadecError(f"--{what} is empty")
+    return list(dict.fromkeys(names))
+
+
+def parse_methods(spec: str | None, has_draft: bool) -> list[str]:
+    """``--methods`` -> paradec methods, ``ar`` first (it is the baseline and the reference)."""
+    from ..proposers import METHODS
+
+    names = _names(spec or "all", "methods")
+    if names == ["all"]:
+        names = [m for m, (_, needs_draft) in METHODS.items() if has_draft or not needs_draft]
+    for m in names:
+        if m not in METHODS:
+            raise ParadecError(f"unknown method '{m}' (choose from {', '.join(METHODS)}, or all)")
+        if METHODS[m][1] and not has_draft:
+            raise ParadecError(f"method '{m}' needs --draft-model")
+    return ["ar"] + [m for m in names if m != "ar"]
+
+
+def parse_peers(spec: str | None, has_draft: bool) -> list[str]:
+    from .runners import PEERS
+
+    names = _names(spec or "all", "peers")
+    if names == ["none"]:
+        return []
+    if names == ["all"]:
+        return [p for p in PEERS if has_draft or p != "hf-assisted"]
+    for p in names:
+        if p not in PEERS:
+            raise ParadecError(f"unknown peer '{p}' (choose from {', '.join(PEERS)}, all or none)")
+    if "hf-assisted" in names and not has_draft:
+        raise ParadecError("peer 'hf-assisted' needs --draft-model")
+    return names
+
+
+def check_writable_file(path: str, option: str) -> None:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ParadecError(f"{option} {path} is a directory, not a file")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ParadecError(f"{option} {path}: directory {parent} does not exist")
+    _probe_dir(parent, option, path)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ParadecError(f"{option} {path} is not writable")
+
+
+def check_writable_dir(path: str, option: str) -> None:
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ParadecError(f"{option} {path} exists and is not a directory")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ParadecError(f"{option} {path} cannot be created ({e.strerror or e})") from None
+    _probe_dir(p, option, path)
+
+
+def _probe_dir(d: Path, option: str, shown: str) -> None:
+    try:
+        with tempfile.TemporaryFile(dir=d):
+            pass
+    except OSError as e:
+        raise ParadecError(f"{option} {shown} is not writable ({e.strerror or e})") from None
+
+
+def validate(cfg: BenchConfig) -> BenchConfig:
+    from ..models.loader import parse_device, parse_dtype
+    from .suites import parse_suites
+
+    parse_dtype(cfg.dtype)
+    if cfg.device in (None, "", "auto"):
+        cfg.device = str(parse_device(None))
+    else:
+        parse_device(cfg.device)
+    if cfg.temperature is None or cfg.temperature < 0:
+        raise ParadecError(f"--temperature must be >= 0, got {cfg.temperature}")
+    if cfg.new_tokens <= 0:
+        raise ParadecError(f"--max-new-tokens must be positive, got {cfg.new_tokens}")
+    if cfg.prompts_per_category is not None and cfg.prompts_per_category <= 0:
+        raise ParadecError(f"--prompts-per-category must be positive, got {cfg.prompts_per_category}")
+    if cfg.repeats <= 0:
+        raise ParadecError(f"--repeats must be positive, got {cfg.repeats}")
+    cfg.suites, cfg.skipped_suites = parse_suites(cfg.suite)
+    if not cfg.suites:
+        raise ParadecError("no suite is installed: run `pip install 'paradec[bench]'`")
+    has_draft = bool(cfg.draft_model)
+    cfg.method_list = parse_methods(cfg.methods, has_draft)
+    cfg.peer_list = parse_peers(cfg.peers, has_draft)
+    if cfg.json_path:
+        check_writable_file(cfg.json_path, "--json")
+    if cfg.report_dir:
+        check_writable_dir(cfg.report_dir, "--report")
+    return cfg

@@ -1,0 +1,278 @@
+"""Benchmark output: rich tables for the terminal, and a markdown report with PNG plots. Both
+work from the result dict that ``run_bench`` returns (the same dict as ``--json``), so a report
+can be rebuilt from a saved JSON file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+OVERALL = "overall"
+
+DEFINITIONS = """\
+- **tokens/s**: generated tokens over wall time, prefill included, summed over the samples.
+  Every row stops at the end-of-sequence token or at the token limit, and every row gets the
+  same prompt token ids.
+- **vs ar / vs hf**: tokens/s over paradec `ar`'s (plain decoding in paradec's loop) and over
+  transformers `generate` greedy (`hf`) on the same samples.
+- **accepted/fwd**: tokens committed per target forward (accepted draft tokens + the target's
+  own token; 1 for plain decoding). For peers it is generated tokens over target forwards.
+- **fwd/token**: target forwards per generated token.
+- **draft share**: time spent drafting over total time (paradec methods).
+- **identical**: outputs whose token ids equal `ar`'s greedy output (greedy runs only).
+- **ideal**: the speedup the row's acceptance would give if drafting and verification were free,
+  from the roofline probe: `accepted/fwd × t(1) / t(tokens fed per forward)`.
+- **RSS**: the process's peak resident memory (`getrusage`) after the row's last run. It is a
+  high-water mark of the whole process, so it never goes down from one row to the next; `rss`
+  in the JSON is the largest current RSS seen right after the row's runs.
+"""
+
+
+def _f(v, fmt="{:.2f}", none="–") -> str:
+    return none if v is None else fmt.format(v)
+
+
+def _pct(v) -> str:
+    return _f(None if v is None else 100 * v, "{:.0f}%")
+
+
+def _row_label(row: dict) -> str:
+    return row["name"] if row["kind"] == "paradec" else f"{row['name']} (peer)"
+
+
+def overall_rows(result: dict) -> list[list[str]]:
+    out = []
+    for row in result["rows"]:
+        s = result["summary"][row["name"]][OVERALL]
+        status = row["status"]  # failure reasons are listed under the table
+        if row["status"] == "ok" and not s["samples"]:
+            status = "no samples"
+        ident = f"{s['identical']}/{s['compared']}" if s["compared"] else "–"
+        out.append([
+            _row_label(row),
+            _f(s["tokens_per_s"] if s["samples"] else None, "{:.1f}"),
+            _f(s["speedup_vs_ar"], "{:.2f}x"),
+            _f(s["speedup_vs_hf"], "{:.2f}x"),
+            _f(s["mean_accepted"]),
+            _f(s["forwards_per_token"]),
+            _pct(s["draft_share"]),
+            ident,
+            _f(s["ideal_speedup"], "{:.2f}x"),
+            _f(row["peak_rss_mb"], "{:.0f}"),
+            status,
+        ])
+    return out
+
+
+OVERALL_COLUMNS = ["row", "tokens/s", "vs ar", "vs hf", "accepted/fwd", "fwd/token", "draft share", "identical",
+                   "ideal", "RSS MB", "status"]
+
+
+def category_rows(result: dict, key: str = "speedup_vs_ar", fmt: str = "{:.2f}x") -> list[list[str]]:
+    cats = result["categories"] + [OVERALL]
+    out = []
+    for row in result["rows"]:
+        per = result["summary"][row["name"]]
+        out.append([_row_label(row)] + [_f(per[c][key] if per[c]["samples"] else None, fmt) for c in cats])
+    return out
+
+
+def print_tables(result: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    cfg = result["config"]
+    title = (f"{cfg['model']} · {cfg['dtype']} · {cfg['device']} · T={cfg['temperature']} · "
+             f"{sum(result['prompts'].values())} prompts × ≤{cfg['max_new_tokens']} new tokens × {cfg['repeats']} repeat(s)")
+    t = Table(title=title)
+    for c in OVERALL_COLUMNS:
+        t.add_column(c, justify="left" if c in ("row", "status") else "right", overflow="fold")
+    for r in overall_rows(result):
+        t.add_row(*r)
+    console.print(t)
+    for row in result["rows"]:
+        if row["status"] != "ok":
+            console.print(f"[red]{row['name']} failed:[/] {row['error']}", highlight=False)
+    t = Table(title="speedup vs ar per category")
+    for c in ["row"] + result["categories"] + [OVERALL]:
+        t.add_column(c, justify="left" if c == "row" else "right")
+    for r in category_rows(result):
+        t.add_row(*r)
+    console.print(t)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    def esc(s):
+        return str(s).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(result: dict, images: dict[str, str] | None = None) -> str:
+    cfg, m = result["config"], result["machine"]
+    images = images or {}
+    cats = result["categories"]
+    parts = [f"# paradec bench: {cfg['model']}", ""]
+    if result.get("command"):
+        parts += ["```bash", result["command"], "```", ""]
+    parts += [
+        f"- date: {result['date']}",
+        f"- machine: {m.get('cpu') or 'unknown CPU'}, {m.get('cpu_count')} cores, "
+        f"{m.get('memory_gb', '?')} GB; torch threads {m.get('torch_threads')}"
+        + (f"; GPU {m['gpu']}" if m.get("gpu") else ""),
+        f"- software: {m.get('platform')}, Python {m.get('python')}, torch {m.get('torch')}, "
+        f"transformers {m.get('transformers')}, llama-cpp-python {m.get('llama_cpp_python') or 'not installed'}",
+        f"- model: {cfg['model']}" + (f", draft {cfg['draft_model']}" if cfg.get("draft_model") else "")
+        + f"; {cfg['dtype']} on {cfg['device']} for paradec and transformers rows",
+    ]
+    if cfg.get("llama_cpp_quantization"):
+        parts.append(f"- llama.cpp rows run the GGUF's own quantization ({cfg['llama_cpp_quantization']}), not {cfg['dtype']}")
+    parts += [
+        f"- temperature {cfg['temperature']}; at most {cfg['max_new_tokens']} new tokens; {cfg['repeats']} repeat(s); "
+        f"prompts per category: {', '.join(f'{c} {n}' for c, n in result['prompts'].items())}",
+        f"- prompts use the chat template: {'yes' if cfg.get('chat_template') else 'no (raw completion / Q&A transcript)'}",
+        f"- wall time {result['wall_s'] / 60:.1f} min",
+        "",
+        "## Overall",
+        "",
+        _md_table(OVERALL_COLUMNS, overall_rows(result)),
+        "",
+        "## Speedup vs ar per category",
+        "",
+        _md_table(["row"] + cats + [OVERALL], category_rows(result)),
+        "",
+    ]
+    if "speedup" in images:
+        parts += [f"![speedup per category]({images['speedup']})", ""]
+    parts += ["## Tokens/s per category", "", _md_table(["row"] + cats + [OVERALL], category_rows(result, "tokens_per_s", "{:.1f}")), ""]
+    parts += ["## Mean accepted tokens per forward", "", _md_table(["row"] + cats + [OVERALL], category_rows(result, "mean_accepted")), ""]
+    if "accept_hist" in images:
+        parts += [f"![accepted tokens per forward]({images['accept_hist']})", ""]
+    rl = result.get("roofline") or {}
+    if rl:
+        t1 = rl["seconds"][0]
+        parts += [
+            "## Roofline",
+            "",
+            f"Target forward time for k new tokens after a {rl['prompt_tokens']}-token prompt in the cache "
+            "(median of repeated forwards):",
+            "",
+            _md_table(["k", "forward ms", "relative to k=1", "k / t(k) tokens/s"],
+                      [[str(k), f"{s * 1000:.2f}", f"{s / t1:.2f}", f"{k / s:.0f}"] for k, s in zip(rl["k"], rl["seconds"])]),
+            "",
+            _md_table(["row", "accepted/fwd", "tokens fed/fwd", "ideal speedup", "measured vs ar"],
+                      [[_row_label(r), _f(result["summary"][r["name"]][OVERALL]["mean_accepted"]),
+                        _f(result["summary"][r["name"]][OVERALL]["mean_forward_tokens"]),
+                        _f(result["summary"][r["name"]][OVERALL]["ideal_speedup"], "{:.2f}x"),
+                        _f(result["summary"][r["name"]][OVERALL]["speedup_vs_ar"], "{:.2f}x")] for r in result["rows"]]),
+            "",
+        ]
+        if "roofline" in images:
+            parts += [f"![roofline]({images['roofline']})", ""]
+    failed = [r for r in result["rows"] if r["status"] != "ok"]
+    if failed:
+        parts += ["## Rows that failed", ""] + [f"- `{r['name']}`: {r['error']}" for r in failed] + [""]
+    if result.get("skipped"):
+        parts += ["## Prompts skipped", ""] + [
+            f"- {s['prompt_id']}" + (f" turn {s['turn'] + 1}" if "turn" in s else "") + f": {s['reason']}" for s in result["skipped"]
+        ] + [""]
+    if cfg.get("skipped_suites"):
+        parts += [f"Suites not installed, so not run: {', '.join(cfg['skipped_suites'])}.", ""]
+    parts += ["## Definitions", "", DEFINITIONS]
+    return "\n".join(parts)
+
+
+# ---- plots ------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_speedup(result: dict, path: Path) -> None:
+    plt = _plt()
+    cats = result["categories"] + [OVERALL]
+    rows = [r for r in result["rows"] if r["name"] != "ar" and result["summary"][r["name"]][OVERALL]["samples"]]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cats) + 0.25 * len(rows) * len(cats)), 4.5))
+    width = 0.8 / max(1, len(rows))
+    for i, r in enumerate(rows):
+        vals = [result["summary"][r["name"]][c]["speedup_vs_ar"] or 0.0 for c in cats]
+        ax.bar([x + i * width - 0.4 + width / 2 for x in range(len(cats))], vals, width, label=_row_label(r))
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(cats)), cats, rotation=20)
+    ax.set_ylabel("speedup vs paradec ar")
+    ax.set_title(f"{result['config']['model']}: speedup per category")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accept_hist(result: dict, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = [r["name"] for r in result["rows"] if r["kind"] == "paradec" and r["name"] != "ar"]
+    for name in names:
+        counts: dict[int, int] = {}
+        for s in result["samples"]:
+            if s["runner"] == name:
+                for a in s["accept_lengths"]:
+                    counts[a] = counts.get(a, 0) + 1
+        total = sum(counts.values())
+        if not total:
+            continue
+        ks = sorted(counts)
+        ax.plot(ks, [counts[k] / total for k in ks], marker="o", label=name)
+    ax.set_xlabel("tokens committed per forward")
+    ax.set_ylabel("share of forwards")
+    ax.set_title("accepted length per forward")
+    if names:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_roofline(result: dict, path: Path) -> None:
+    plt = _plt()
+    rl = result["roofline"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    a1.plot(rl["k"], [s * 1000 for s in rl["seconds"]], marker="o", color="black")
+    a1.set_xscale("log", base=2)
+    a1.set_xlabel("new tokens per forward (k)")
+    a1.set_ylabel("forward time (ms)")
+    a1.set_title(f"target forward time, {rl['prompt_tokens']}-token cache")
+    rows = [r for r in result["rows"] if result["summary"][r["name"]][OVERALL]["ideal_speedup"]]
+    labels = [r["name"] for r in rows]
+    ideal = [result["summary"][r["name"]][OVERALL]["ideal_speedup"] for r in rows]
+    measured = [result["summary"][r["name"]][OVERALL]["speedup_vs_ar"] or 0.0 for r in rows]
+    xs = range(len(rows))
+    a2.bar([x - 0.2 for x in xs], ideal, 0.4, label="ideal (free drafting)")
+    a2.bar([x + 0.2 for x in xs], measured, 0.4, label="measured vs ar")
+    a2.axhline(1.0, color="black", linewidth=0.8)
+    a2.set_xticks(list(xs), labels, rotation=30, fontsize=8)
+    a2.set_ylabel("speedup")
+    a2.set_title("ideal vs measured speedup")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(result: dict, out_dir: str) -> dict[str, str]:
+    """Write ``report.md`` and its PNGs into ``out_dir``; return {name: path}."""
+    d = Path(out_dir).expanduser()
+    d.mkdir(parents=True, exist_ok=True)
+    images = {"speedup": "speedup.png", "accept_hist": "accept_hist.png"}
+    plot_speedup(result, d / images["speedup"])
+    plot_accept_hist(result, d / images["accept_hist"])
+    if result.get("roofline"):
+        images["roofline"] = "roofline.png"
+        plot_roofline(result, d / images["roofline"])
+    (d / "report.md").write_text(markdown(result, images))
+    return {"report": str(d / "report.md"), **{k: str(d / v) for k, v in images.items()}}

@@ -1,0 +1,60 @@
+"""Roofline probe: how long one target forward takes for k = 1, 2, 4, ..., 64 new tokens on a
+real KV cache, and the speedup a method's acceptance would give if drafting were free.
+
+A method that commits ``a`` tokens per forward while feeding ``k`` tokens per forward (the
+root plus its draft) would run at ``a / t(k)`` tokens/s with free drafting and verification,
+against ``1 / t(1)`` for plain decoding, so its ideal speedup is ``a * t(1) / t(k)``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+KS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def probe(target, prompt_ids: list[int], ks=KS, repeats: int = 5) -> dict[int, float]:
+    """Median seconds of one forward of k new tokens after ``prompt_ids`` sit in the cache."""
+    ks = [k for k in ks if len(prompt_ids) + k < target.max_context]
+    cache = target.new_cache(capacity=len(prompt_ids) + max(ks) + 1)
+    target.prefill(torch.tensor([prompt_ids]), cache)
+    base = cache.seq_len
+    sync = torch.cuda.synchronize if target.device.type == "cuda" else (lambda: None)
+    out: dict[int, float] = {}
+    filler = prompt_ids[-1]
+    for k in ks:
+        ids = torch.full((1, k), filler, dtype=torch.long)
+        pos = torch.arange(base, base + k)[None]
+        mask = torch.ones(k, base + k, dtype=torch.bool).tril_(base)[None]
+        times = []
+        for r in range(repeats + 1):  # the first one warms up this shape
+            sync()
+            t0 = time.perf_counter()
+            target.forward(ids, pos, cache, mask)
+            sync()
+            if r:
+                times.append(time.perf_counter() - t0)
+            cache.truncate(base)
+        out[k] = statistics.median(times)
+    return out
+
+
+def forward_time(curve: dict[int, float], k: float) -> float:
+    """t(k), piecewise linear between the probed points (linear extrapolation past the last)."""
+    pts = sorted(curve.items())
+    if k <= pts[0][0]:
+        return pts[0][1]
+    for (k0, t0), (k1, t1) in zip(pts, pts[1:]):
+        if k <= k1:
+            return t0 + (t1 - t0) * (k - k0) / (k1 - k0)
+    (k0, t0), (k1, t1) = pts[-2:] if len(pts) > 1 else (pts[-1], pts[-1])
+    return t1 if k1 == k0 else t1 + (t1 - t0) * (k - k1) / (k1 - k0)
+
+
+def ideal_speedup(curve: dict[int, float], mean_accepted: float | None, mean_forward_tokens: float | None) -> float | None:
+    if not curve or not mean_accepted or not mean_forward_tokens:
+        return None
+    return mean_accepted * forward_time(curve, 1) / forward_time(curve, mean_forward_tokens)

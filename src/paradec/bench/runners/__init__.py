@@ -1,0 +1,20 @@
+"""Benchmark rows: paradec's methods and the peers they are compared with."""
+
+from __future__ import annotations
+
+from .base import RunOutput, Runner, cut_at_eos
+from .hf import HFRunner
+from .llamacpp import LlamaCppRunner
+from .paradec_runner import ParadecRunner
+
+# peer name -> one-line description
+PEERS: dict[str, str] = {**HFRunner.MODES, **LlamaCppRunner.MODES}
+
+
+def make_peer(engine, name: str, n_ctx: int = 4096) -> Runner:
+    if name in HFRunner.MODES:
+        return HFRunner(engine, name)
+    return LlamaCppRunner(engine, name, n_ctx=n_ctx)
+
+
+__all__ = ["PEERS", "RunOutput", "Runner", "ParadecRunner", "HFRunner", "LlamaCppRunner", "make_peer", "cut_at_eos"]
