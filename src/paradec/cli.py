@@ -143,6 +143,10 @@ from .bench.command import bench as _bench  # noqa: E402 - cheap: loads models o
 
 app.command("bench")(_bench)
 
+from .server.command import serve as _serve  # noqa: E402 - cheap: FastAPI loads only when run
+
+app.command("serve")(_serve)
+
 
 def main() -> None:
     try:

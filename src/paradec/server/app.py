@@ -1,0 +1,326 @@
+"""The FastAPI app: OpenAI-compatible routes over one Scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from ..engine import Engine
+from ..proposers import METHODS
+from . import errors
+from .errors import APIError
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .scheduler import GenParams, Job, QueueFull, Result, Scheduler
+from .schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
+MAX_OPTION_MAGNITUDE = 4096  # per-request method options are bounded (server --opt is not)
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 408, 429, 500, 503)}
+
+
+class ServerConfig:
+    def __init__(
+        self,
+        method: str = "pld",
+        options: dict[str, Any] | None = None,
+        served_name: str | None = None,
+        max_queue: int = 64,
+        max_active: int = 16,
+        timeout: float = 600.0,
+    ) -> None:
+        self.method, self.options = method, dict(options or {})
+        self.served_name = served_name
+        self.max_queue, self.max_active, self.timeout = max_queue, max_active, float(timeout)
+
+
+def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
+    cfg = config or ServerConfig()
+    if cfg.method not in engine.methods:
+        from ..errors import ParadecError
+
+        raise ParadecError(f"unknown or unavailable method '{cfg.method}' (choose from {', '.join(engine.methods)})")
+    metrics = Metrics()
+    scheduler = Scheduler(engine, metrics, max_queue=cfg.max_queue, max_active=cfg.max_active)
+    names = {n for n in (cfg.served_name, engine.name) if n}
+    model_id = cfg.served_name or engine.name
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.stop()
+
+    app = FastAPI(
+        title="paradec",
+        version=__import__("paradec").__version__,
+        summary="OpenAI-compatible completions with lossless speculative decoding.",
+        lifespan=lifespan,
+    )
+    app.state.scheduler, app.state.metrics, app.state.engine = scheduler, metrics, engine
+    errors.install(app)
+
+    app.add_middleware(_CountRequests, metrics=metrics)
+
+    # ---- request -> job --------------------------------------------------------------------
+    def common(body, prompt, chat: bool, max_tokens: int | None, default_max: int | None) -> GenParams:
+        if body.model not in names:
+            raise APIError.bad_request(f"unknown model '{body.model}'; this server serves '{model_id}'", "model", "model_not_found")
+        if body.n not in (None, 1):
+            raise APIError.bad_request("only n=1 is supported", "n")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(body, name):
+                raise APIError.bad_request(f"{name} is not supported (paradec samples the model's own distribution)", name)
+        if body.logit_bias:
+            raise APIError.bad_request("logit_bias is not supported", "logit_bias")
+        ext = body.paradec
+        method = ext.method if ext and ext.method is not None else cfg.method
+        if method not in engine.methods:
+            why = "needs a draft model, which this server has not loaded" if method in METHODS else "is unknown"
+            raise APIError.bad_request(
+                f"method '{method}' {why} (available: {', '.join(engine.methods)})", "paradec.method", "invalid_method"
+            )
+        if ext and ext.options is not None:
+            options = dict(ext.options)
+            for k, v in options.items():
+                if k.endswith("path"):
+                    raise APIError.bad_request(f"option '{k}' names a server file and cannot be set per request", "paradec.options")
+                if not isinstance(v, (bool, str)) and abs(v) > MAX_OPTION_MAGNITUDE:
+                    raise APIError.bad_request(
+                        f"option '{k}' = {v} is out of range for a request (|value| <= {MAX_OPTION_MAGNITUDE})", "paradec.options"
+                    )
+        else:
+            options = dict(cfg.options) if method == cfg.method else {}
+        temperature = 1.0 if body.temperature is None else float(body.temperature)
+        if 0 < temperature < 1e-5:  # below float precision of the logits: the greedy limit
+            temperature = 0.0
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        return GenParams(
+            prompt=prompt, chat=chat, method=method, options=options, max_tokens=max_tokens, default_max_tokens=default_max,
+            temperature=temperature, top_p=1.0 if body.top_p is None else float(body.top_p),
+            top_k=body.top_k or 0, seed=body.seed, stop=stop,
+        )
+
+    async def run(request: Request, params: GenParams, endpoint: str, stream: bool):
+        """Queue the job and wait until it is admitted (or refused)."""
+        job = Job(params, asyncio.get_running_loop(), cfg.timeout, endpoint, want_pieces=stream)
+        try:
+            scheduler.submit(job)
+        except QueueFull as e:
+            metrics.rejected.labels("queue_full").inc()
+            raise APIError(429, str(e), code="queue_full") from None
+        event = await _until(job, request, job.events.get())
+        if event is _GONE:
+            raise _gone()
+        kind, payload = event
+        if kind == "error":
+            raise payload
+        return job, payload
+
+    def stats_field(r: Result) -> dict[str, Any]:
+        d = r.stats.to_dict()
+        d.pop("accept_lengths", None)
+        d["queue_s"] = r.queue_s
+        return d
+
+    def usage(r: Result) -> dict[str, int]:
+        return Usage(prompt_tokens=r.prompt_tokens, completion_tokens=len(r.token_ids),
+                     total_tokens=r.prompt_tokens + len(r.token_ids)).model_dump()
+
+    # ---- routes --------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_id, "queue_depth": scheduler.queue_depth, "active": scheduler.active}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def list_models() -> dict[str, Any]:
+        card = ModelCard(
+            id=model_id, created=created,
+            paradec={"methods": engine.methods, "default_method": cfg.method, "max_context": engine.target.max_context},
+        )
+        return ModelList(data=[card]).model_dump()
+
+    @app.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
+    async def completions(body: CompletionRequest, request: Request):
+        for name, ok in (("echo", not body.echo), ("logprobs", body.logprobs is None),
+                         ("best_of", body.best_of in (None, 1)), ("suffix", not body.suffix)):
+            if not ok:
+                raise APIError.bad_request(f"{name} is not supported", name)
+        prompt: Any = body.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            if len(prompt) != 1:
+                raise APIError.bad_request("batched prompts are not supported: send one prompt per request", "prompt")
+            prompt = prompt[0]
+        if isinstance(prompt, str) and not prompt.strip():
+            raise APIError.bad_request("the prompt is empty", "prompt")
+        params = common(body, prompt, False, body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
+        rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        job, _ = await run(request, params, "/v1/completions", bool(body.stream))
+
+        def chunk(text: str, finish: str | None) -> dict[str, Any]:
+            return {"id": rid, "object": "text_completion", "created": now, "model": model_id,
+                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+
+        if body.stream:
+            return _sse(job, request, lambda piece: chunk(piece, None), lambda r: chunk("", r.finish_reason),
+                        lambda r: {**chunk("", None), "choices": [], "usage": usage(r), "paradec": stats_field(r)})
+        r = await _result(job, request)
+        return {**chunk(r.text, r.finish_reason), "usage": usage(r), "paradec": stats_field(r)}
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        for name in ("logprobs", "top_logprobs", "tools"):
+            if getattr(body, name):
+                raise APIError.bad_request(f"{name} is not supported", name)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+        if not any(m["content"].strip() for m in messages):
+            raise APIError.bad_request("the messages are empty", "messages")
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        params = common(body, messages, True, max_tokens, None)
+        rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        job, _ = await run(request, params, "/v1/chat/completions", bool(body.stream))
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            return {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_id,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        if body.stream:
+            return _sse(job, request, lambda piece: chunk({"content": piece}, None), lambda r: chunk({}, r.finish_reason),
+                        lambda r: {**chunk({}, None), "choices": [], "usage": usage(r), "paradec": stats_field(r)},
+                        first=chunk({"role": "assistant", "content": ""}, None))
+        r = await _result(job, request)
+        return {
+            "id": rid, "object": "chat.completion", "created": now, "model": model_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
+                         "finish_reason": r.finish_reason}],
+            "usage": usage(r), "paradec": stats_field(r),
+        }
+
+    return app
+
+
+_KNOWN = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"}
+
+
+class _CountRequests:
+    """ASGI middleware: count answered requests by endpoint and status (streams included)."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope.get("path", "")
+            self.metrics.requests.labels(path if path in _KNOWN else "other", str(status["code"])).inc()
+
+
+# ---- waiting on the worker, watching the client ---------------------------------------------------
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone away (the body has already been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0.05)
+
+
+_GONE = object()
+
+
+async def _until(job: Job, request: Request, awaitable):
+    """Await ``awaitable`` unless the client disconnects first: then cancel the job and
+    return ``_GONE``."""
+    get = asyncio.ensure_future(awaitable)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        job.cancel("disconnect")
+        raise
+    finally:
+        for t in (get, gone):
+            if not t.done():
+                t.cancel()
+    if get in done:
+        return get.result()
+    job.cancel("disconnect")
+    return _GONE
+
+
+def _gone() -> APIError:
+    return APIError(499, "client closed the request", code="client_disconnected")
+
+
+async def _result(job: Job, request: Request) -> Result:
+    while True:
+        event = await _until(job, request, job.events.get())
+        if event is _GONE:
+            raise _gone()
+        kind, payload = event
+        if kind == "done":
+            return payload
+        if kind == "error":
+            raise payload
+
+
+def _sse(job: Job, request: Request, piece_chunk, finish_chunk, usage_chunk, first: dict | None = None) -> StreamingResponse:
+    async def events() -> AsyncIterator[str]:
+        try:
+            if first is not None:
+                yield _data(first)
+            while True:
+                event = await _until(job, request, job.events.get())
+                if event is _GONE:
+                    return
+                kind, payload = event
+                if kind == "text":
+                    yield _data(piece_chunk(payload))
+                elif kind == "done":
+                    yield _data(finish_chunk(payload))
+                    yield _data(usage_chunk(payload))
+                    break
+                elif kind == "error":
+                    yield _data(payload.body())
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancel("disconnect")  # no-op for a finished job; stops decoding for a gone client
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _data(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"

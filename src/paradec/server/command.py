@@ -1,0 +1,29 @@
+"""The ``paradec serve`` command (registered in ``paradec.cli``)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+
+def serve(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Packaged name, model dir, .gguf file or cached hub id."),
+    method: str = typer.Option("pld", "--method", help="Default decoding method; a request may override it."),
+    draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model (same tokenizer) for method draft."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting beyond this answer 429."),
+    max_active: int = typer.Option(16, "--max-active", help="Requests decoded at once (interleaved step by step)."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Per-request limit in seconds, queueing included."),
+    served_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model id for clients (default: --model)."),
+    opt: Optional[List[str]] = typer.Option(None, "--opt", help="Default method option key=value (repeatable)."),
+) -> None:
+    """Serve the OpenAI API (completions, chat completions, streaming) with speculative decoding."""
+    from ..cli import _options
+    from .launch import serve as run
+
+    run(model=model, draft=draft_model, method=method, options=_options(opt), dtype=dtype, device=device, host=host,
+        port=port, max_queue=max_queue, max_active=max_active, timeout=timeout, served_name=served_name)

@@ -1,0 +1,42 @@
+"""``paradec serve``: load the model once, then run the app under uvicorn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ParadecError
+
+
+def serve(
+    model: str | None = None,
+    draft: str | None = None,
+    method: str = "pld",
+    options: dict[str, Any] | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_queue: int = 64,
+    max_active: int = 16,
+    timeout: float = 600.0,
+    served_name: str | None = None,
+    log_level: str = "info",
+) -> None:
+    import uvicorn
+
+    from ..engine import load
+    from ..models.loader import parse_device, parse_dtype
+    from ..proposers import make_proposer
+    from .app import ServerConfig, create_app
+
+    parse_dtype(dtype), parse_device(device)  # fail fast, before loading anything
+    if not 0 < port < 65536:
+        raise ParadecError(f"--port must be in 1..65535, got {port}")
+    if max_queue < 1 or max_active < 1:
+        raise ParadecError("--max-queue and --max-active must be >= 1")
+    if timeout <= 0:
+        raise ParadecError(f"--timeout must be > 0 seconds, got {timeout}")
+    engine = load(model, draft=draft, dtype=dtype, device=device)
+    make_proposer(method, engine.models, options)  # a bad --method / --opt fails here, not per request
+    app = create_app(engine, ServerConfig(method, options, served_name, max_queue, max_active, timeout))
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

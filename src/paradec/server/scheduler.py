@@ -1,0 +1,301 @@
+"""One worker thread owns the engine and serves every request, fairly.
+
+Requests enter a bounded queue. The worker admits them (tokenize, check against the context
+window, build the drafter: bad input fails here, before the first forward), then decodes up to
+``max_active`` of them *interleaved*: each round advances every active request by exactly one
+decode step (one target forward: a plain token, or a whole speculative draft verified), so no
+request, speculative or not, waits more than one step of each other active request.
+
+Forwards are not batched across requests: every request keeps its own KV cache and the steps
+of different requests run one after another. (Batching them would need one padded cache for
+requests of different lengths and draft trees of different shapes; this server does not.)
+
+The worker talks to the asyncio side only through each job's event queue:
+``("ready", prompt_tokens)`` once admitted, ``("text", piece)`` per step that made new text
+(streaming jobs), then ``("done", Result)`` or ``("error", APIError)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from ..engine import Engine, Stream
+from ..errors import ParadecError
+from ..stats import DecodeStats
+from .errors import APIError, from_paradec
+from .metrics import Metrics
+
+log = logging.getLogger("paradec.server")
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class GenParams:
+    prompt: str | list[dict[str, str]] | list[int]
+    chat: bool
+    method: str
+    options: dict[str, Any]
+    max_tokens: int | None  # None: default_max_tokens, or up to the context window
+    default_max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+
+
+@dataclass
+class Result:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    stats: DecodeStats
+    finish_reason: str  # "stop" or "length"
+    queue_s: float
+
+
+@dataclass(eq=False)
+class Job:
+    params: GenParams
+    loop: asyncio.AbstractEventLoop
+    timeout: float
+    endpoint: str = ""
+    want_pieces: bool = False  # send ("text", piece) events (streaming requests)
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    arrival: float = field(default_factory=time.monotonic)
+    cancelled: str = ""  # set (to a reason) by the asyncio side; the worker drops the job
+    # worker-side state
+    stream: Stream | None = None
+    steps: Iterator[str] | None = None
+    started: float = 0.0
+    first_token: float = 0.0
+
+    @property
+    def deadline(self) -> float:
+        return self.arrival + self.timeout
+
+    def cancel(self, reason: str = "disconnect") -> None:
+        self.cancelled = self.cancelled or reason
+
+    def emit(self, kind: str, payload: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            pass
+
+
+def finish_reason(stats: DecodeStats) -> str:
+    return "stop" if stats.stop_reason in ("eos", "stop") else "length"
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, metrics: Metrics, max_queue: int = 64, max_active: int = 16) -> None:
+        if max_queue < 1 or max_active < 1:
+            raise ParadecError("max_queue and max_active must be >= 1")
+        self.engine, self.metrics = engine, metrics
+        self.max_queue, self.max_active = max_queue, max_active
+        self._cv = threading.Condition()
+        self._inbox: deque[Job] = deque()  # submitted, not yet admitted
+        self._waiting: deque[Job] = deque()  # admitted, waiting for a decode slot
+        self._active: list[Job] = []
+        self._queued = 0  # inbox + waiting, kept under the lock so the bound is exact
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.rounds = 0
+        metrics.bind(lambda: self._queued, lambda: len(self._active))
+
+    # ---- asyncio side ------------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return self._queued
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            if self._stopping:
+                raise APIError(503, "the server is shutting down", type="server_error")
+            if self._queued >= self.max_queue:
+                raise QueueFull(f"the request queue is full ({self.max_queue} waiting); retry later")
+            self._queued += 1
+            self._inbox.append(job)
+            self._cv.notify()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="paradec-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # ---- worker thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.no_grad():
+            while True:
+                with self._cv:
+                    while not self._stopping and not (self._inbox or self._waiting or self._active):
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    new = list(self._inbox)
+                    self._inbox.clear()
+                for job in new:
+                    self._admit(job)
+                self._fill_slots()
+                self.rounds += 1
+                for job in list(self._active):
+                    if not self._step(job):
+                        self._active.remove(job)
+        gone = APIError(503, "the server is shutting down", type="server_error")
+        with self._cv:
+            rest = [*self._inbox, *self._waiting, *self._active]
+            self._inbox.clear(), self._waiting.clear()
+            self._active = []
+            self._queued = 0
+        for job in rest:
+            self._close(job)
+            job.emit("error", gone)
+
+    def _dequeue(self, job: Job) -> None:
+        with self._cv:
+            self._queued -= 1
+
+    def _admit(self, job: Job) -> None:
+        if self._dropped(job):
+            self._dequeue(job)
+            return
+        try:
+            job.stream = self._open(job.params)
+        except APIError as e:
+            self._dequeue(job)
+            job.emit("error", e)
+            return
+        except ParadecError as e:
+            self._dequeue(job)
+            job.emit("error", from_paradec(e))
+            return
+        except Exception as e:  # everything here derives from the request: the client's input
+            log.warning("request rejected while setting up: %s", e, exc_info=True)
+            self._dequeue(job)
+            first = (str(e).splitlines() or [""])[0][:300]
+            job.emit("error", APIError.bad_request(f"invalid request: {type(e).__name__}: {first}"))
+            return
+        job.steps = job.stream.steps()
+        self._waiting.append(job)
+        job.emit("ready", len(job.stream.prompt_ids))
+
+    def _open(self, p: GenParams) -> Stream:
+        engine = self.engine
+        ctx = engine.target.max_context
+        if isinstance(p.prompt, list) and p.prompt and all(isinstance(t, int) for t in p.prompt):
+            ids = list(p.prompt)
+            vocab = engine.target.vocab_size
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise APIError.bad_request(f"token id {bad[0]} is outside the vocabulary [0, {vocab})", "prompt")
+            if len(ids) >= ctx:
+                raise APIError.bad_request(f"the prompt has {len(ids)} tokens; the context window is {ctx}", "prompt")
+        else:
+            ids = engine.encode(p.prompt, chat=p.chat)
+        room = ctx - len(ids)
+        if p.max_tokens is not None:
+            if p.max_tokens > room:
+                raise APIError.bad_request(
+                    f"max_tokens is {p.max_tokens}, but the context window is {ctx} tokens and the prompt "
+                    f"has {len(ids)}: at most {room} new tokens fit",
+                    "max_tokens",
+                )
+            max_new = p.max_tokens
+        else:
+            max_new = min(p.default_max_tokens or room, room)
+        return engine.stream(
+            ids, method=p.method, max_new_tokens=max_new, temperature=p.temperature, top_p=p.top_p,
+            top_k=p.top_k, seed=p.seed, stop=list(p.stop), options=p.options,
+        )
+
+    def _dropped(self, job: Job) -> bool:
+        """True (and the job ended) when it was cancelled or ran past its deadline."""
+        if not job.cancelled and time.monotonic() > job.deadline:
+            job.cancel("timeout")
+            job.emit("error", APIError(408, f"the request took longer than the server's timeout ({job.timeout:g} s)", code="timeout"))
+        if job.cancelled:
+            self.metrics.cancelled.labels(job.cancelled).inc()
+            self._close(job)
+            return True
+        return False
+
+    def _fill_slots(self) -> None:
+        for job in list(self._waiting):  # drop cancelled / expired waiters first
+            if self._dropped(job):
+                self._waiting.remove(job)
+                self._dequeue(job)
+        while self._waiting and len(self._active) < self.max_active:
+            job = self._waiting.popleft()
+            self._dequeue(job)
+            job.started = time.monotonic()
+            self.metrics.queue_wait.observe(job.started - job.arrival)
+            self._active.append(job)
+
+    def _step(self, job: Job) -> bool:
+        """Advance ``job`` by one decode step; False when it is finished (or dropped)."""
+        if self._dropped(job):
+            return False
+        try:
+            piece = next(job.steps)
+        except StopIteration:
+            self._finish(job)
+            return False
+        except ParadecError as e:
+            self._close(job)
+            job.emit("error", from_paradec(e))
+            return False
+        except Exception:
+            log.exception("decoding failed")
+            self._close(job)
+            job.emit("error", APIError(500, "internal error while decoding", type="server_error"))
+            return False
+        if piece:
+            if not job.first_token:
+                job.first_token = time.monotonic()
+                self.metrics.ttft.observe(job.first_token - job.arrival)
+            if job.want_pieces:
+                job.emit("text", piece)
+        return True
+
+    def _finish(self, job: Job) -> None:
+        s = job.stream
+        now = time.monotonic()
+        if not job.first_token:
+            self.metrics.ttft.observe(now - job.arrival)
+        self.metrics.finished(s.stats, len(s.token_ids))
+        self.metrics.latency.labels(job.endpoint).observe(now - job.arrival)
+        job.emit("done", Result(s.text, list(s.token_ids), len(s.prompt_ids), s.stats, finish_reason(s.stats), job.started - job.arrival))
+        job.steps = None
+
+    @staticmethod
+    def _close(job: Job) -> None:
+        if job.steps is not None:
+            try:
+                job.steps.close()
+            except Exception:  # closing a generator that failed mid-step
+                pass
+            job.steps = None
