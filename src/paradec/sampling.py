@@ -62,6 +62,7 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         # drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token)
         before = sorted_probs.cumsum(-1) - sorted_probs
         drop_sorted = before >= params.top_p
+        drop_sorted[..., 0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32)
         drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits.softmax(-1)
