@@ -63,7 +63,7 @@ def parse_methods(spec: str | None, has_draft: bool) -> list[str]:
     """``--methods`` -> paradec methods, ``ar`` first (it is the baseline and the reference)."""
     from ..proposers import METHODS
 
-    names = _names(spec or "all", "methods")
+    names = _names("all" if spec is None else spec, "methods")
     if names == ["all"]:
         names = [m for m, (_, needs_draft) in METHODS.items() if has_draft or not needs_draft]
     for m in names:
@@ -77,7 +77,7 @@ def parse_methods(spec: str | None, has_draft: bool) -> list[str]:
 def parse_peers(spec: str | None, has_draft: bool) -> list[str]:
     from .runners import PEERS
 
-    names = _names(spec or "all", "peers")
+    names = _names("all" if spec is None else spec, "peers")
     if names == ["none"]:
         return []
     if names == ["all"]:

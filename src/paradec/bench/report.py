@@ -35,11 +35,11 @@ def _pct(v) -> str:
     return _f(None if v is None else 100 * v, "{:.0f}%")
 
 
-def _row_label(row: dict) -> str:
-    return row["name"] if row["kind"] == "paradec" else f"{row['name']} (peer)"
+def _row_label(row: dict, peer_suffix: bool = True) -> str:
+    return row["name"] if row["kind"] == "paradec" or not peer_suffix else f"{row['name']} (peer)"
 
 
-def overall_rows(result: dict) -> list[list[str]]:
+def overall_rows(result: dict, peer_suffix: bool = True) -> list[list[str]]:
     out = []
     for row in result["rows"]:
         s = result["summary"][row["name"]][OVERALL]
@@ -48,7 +48,7 @@ def overall_rows(result: dict) -> list[list[str]]:
             status = "no samples"
         ident = f"{s['identical']}/{s['compared']}" if s["compared"] else "–"
         out.append([
-            _row_label(row),
+            _row_label(row, peer_suffix),
             _f(s["tokens_per_s"] if s["samples"] else None, "{:.1f}"),
             _f(s["speedup_vs_ar"], "{:.2f}x"),
             _f(s["speedup_vs_hf"], "{:.2f}x"),
@@ -63,20 +63,23 @@ def overall_rows(result: dict) -> list[list[str]]:
     return out
 
 
+TERMINAL_HEADERS = {"tokens/s": "tok/s", "accepted/fwd": "acc/fwd", "fwd/token": "fwd/tok", "draft share": "draft",
+                    "identical": "same"}
 OVERALL_COLUMNS = ["row", "tokens/s", "vs ar", "vs hf", "accepted/fwd", "fwd/token", "draft share", "identical",
                    "ideal", "RSS MB", "status"]
 
 
-def category_rows(result: dict, key: str = "speedup_vs_ar", fmt: str = "{:.2f}x") -> list[list[str]]:
+def category_rows(result: dict, key: str = "speedup_vs_ar", fmt: str = "{:.2f}x", peer_suffix: bool = True) -> list[list[str]]:
     cats = result["categories"] + [OVERALL]
     out = []
     for row in result["rows"]:
         per = result["summary"][row["name"]]
-        out.append([_row_label(row)] + [_f(per[c][key] if per[c]["samples"] else None, fmt) for c in cats])
+        out.append([_row_label(row, peer_suffix)] + [_f(per[c][key] if per[c]["samples"] else None, fmt) for c in cats])
     return out
 
 
 def print_tables(result: dict, console=None) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -84,19 +87,23 @@ def print_tables(result: dict, console=None) -> None:
     cfg = result["config"]
     title = (f"{cfg['model']} · {cfg['dtype']} · {cfg['device']} · T={cfg['temperature']} · "
              f"{sum(result['prompts'].values())} prompts × ≤{cfg['max_new_tokens']} new tokens × {cfg['repeats']} repeat(s)")
-    t = Table(title=title)
-    for c in OVERALL_COLUMNS:
-        t.add_column(c, justify="left" if c in ("row", "status") else "right", overflow="fold")
-    for r in overall_rows(result):
-        t.add_row(*r)
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    # the terminal table leaves out fwd/token (1 / accepted for paradec), RSS and status: they are in
+    # the report and the JSON, and failures are listed below the table
+    keep = [i for i, c in enumerate(OVERALL_COLUMNS) if c not in ("fwd/token", "RSS MB", "status")]
+    for i in keep:
+        c = TERMINAL_HEADERS.get(OVERALL_COLUMNS[i], OVERALL_COLUMNS[i])
+        t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
+    for r in overall_rows(result, peer_suffix=False):
+        t.add_row(*[r[i] for i in keep])
     console.print(t)
     for row in result["rows"]:
         if row["status"] != "ok":
             console.print(f"[red]{row['name']} failed:[/] {row['error']}", highlight=False)
-    t = Table(title="speedup vs ar per category")
+    t = Table(title="speedup vs ar per category", box=box.SIMPLE_HEAD, pad_edge=False)
     for c in ["row"] + result["categories"] + [OVERALL]:
-        t.add_column(c, justify="left" if c == "row" else "right")
-    for r in category_rows(result):
+        t.add_column(c, justify="left" if c == "row" else "right", no_wrap=c == "row")
+    for r in category_rows(result, peer_suffix=False):
         t.add_row(*r)
     console.print(t)
 
@@ -198,7 +205,7 @@ def plot_speedup(result: dict, path: Path) -> None:
     plt = _plt()
     cats = result["categories"] + [OVERALL]
     rows = [r for r in result["rows"] if r["name"] != "ar" and result["summary"][r["name"]][OVERALL]["samples"]]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cats) + 0.25 * len(rows) * len(cats)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(14, max(7, 1.2 * len(cats) + 0.15 * len(rows) * len(cats))), 5))
     width = 0.8 / max(1, len(rows))
     for i, r in enumerate(rows):
         vals = [result["summary"][r["name"]][c]["speedup_vs_ar"] or 0.0 for c in cats]

@@ -143,7 +143,7 @@ def parse_suites(spec: str | None) -> tuple[list[str], list[str]]:
     ``all`` (the default) skips suites whose package is not installed; a suite named
     explicitly must be loadable, else a one-line error names the package to install.
     """
-    spec = (spec or "all").strip()
+    spec = "all" if spec is None else spec.strip()
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise ParadecError("--suite is empty")
