@@ -16,7 +16,7 @@ from paradec import cli
 from server_util import live_server, metric
 
 MODEL = "tiny"
-METHODS = ["ar", "pld", "suffix", "recycle", "aded", "lookahead"]
+METHODS = ["ar", "pld", "suffix", "recycle", "aded", "lookahead", "qdraft"]
 
 
 @pytest.fixture(scope="module")
@@ -255,9 +255,26 @@ def test_unknown_route_and_method_are_json_errors(base):
     assert r.status_code == 405 and "error" in r.json()
 
 
-def test_tiny_temperature_is_greedy(client, ref):
-    r = client.completions.create(model=MODEL, prompt="abc abc", max_tokens=10, temperature=1e-300)
+@pytest.mark.parametrize("settings", [{"temperature": 1e-300}, {"temperature": 0.8, "top_p": 1e-323}, {"temperature": 0.8, "extra_body": {"top_k": 1}}])
+def test_degenerate_sampling_settings_are_greedy(client, ref, settings):
+    """A temperature below 1e-5 is the greedy limit; a top_p that rounds to 0 in float32 (found by
+    schemathesis: it once gave NaN probabilities) or top_k=1 keeps only the most likely token."""
+    r = client.completions.create(model=MODEL, prompt="abc abc", max_tokens=10, seed=3, **settings)
     assert r.choices[0].text == ref.generate("abc abc", method="ar", chat=False, max_new_tokens=10).text
+
+
+def test_interleaved_requests_sharing_the_self_drafter(base, ref):
+    """qdraft's int8 self-drafter is shared by all requests; interleaved, each still gets exactly
+    its own greedy output (the drafter re-syncs its cache to each request's tokens)."""
+    prompts = ["abc abc abc", "hello hello", "one two one two", "xyz xyz xyz"]
+    out: dict = {}
+    threads = [_post_async(f"{base}/v1/completions", {"model": MODEL, "prompt": p, "max_tokens": 40, "temperature": 0,
+                                                        "paradec": {"method": "qdraft"}}, out, p) for p in prompts]
+    for t in threads:
+        t.join()
+    for p in prompts:
+        assert out[p].status_code == 200, out[p].text
+        assert out[p].json()["choices"][0]["text"] == ref.generate(p, method="ar", chat=False, max_new_tokens=40).text
 
 
 # ---- robustness: queue bound, timeout, disconnect, fairness -----------------------------------------
