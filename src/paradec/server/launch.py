@@ -38,5 +38,8 @@ def serve(
         raise ParadecError(f"--timeout must be > 0 seconds, got {timeout}")
     engine = load(model, draft=draft, dtype=dtype, device=device)
     make_proposer(method, engine.models, options)  # a bad --method / --opt fails here, not per request
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()  # no *_created series next to every counter in /metrics
     app = create_app(engine, ServerConfig(method, options, served_name, max_queue, max_active, timeout))
     uvicorn.run(app, host=host, port=port, log_level=log_level)
