@@ -112,5 +112,6 @@ def test_concurrent_clients_all_complete_and_correct(engines):
     print(
         f"\nserver load test (tiny model, {CLIENTS} clients, {REQUESTS} requests, max_tokens {MAX_TOKENS}): "
         f"{REQUESTS / wall:.1f} req/s, {tokens / wall:.0f} tokens/s, latency p50 {_percentile(latencies, 0.5) * 1000:.0f} ms, "
-        f"p99 {_percentile(latencies, 0.99) * 1000:.0f} ms, mean {statistics.mean(latencies) * 1000:.0f} ms, wall {wall:.2f} s"
+        f"p99 {_percentile(latencies, 0.99) * 1000:.0f} ms, mean {statistics.mean(latencies) * 1000:.0f} ms, wall {wall:.2f} s, "
+        f"worker busy {metric(metrics, 'paradec_worker_busy_seconds_total') / wall:.0%}"
     )

@@ -158,6 +158,7 @@ class Scheduler:
                         break
                     new = list(self._inbox)
                     self._inbox.clear()
+                t0 = time.perf_counter()
                 for job in new:
                     self._admit(job)
                 self._fill_slots()
@@ -165,6 +166,7 @@ class Scheduler:
                 for job in list(self._active):
                     if not self._step(job):
                         self._active.remove(job)
+                self.metrics.busy.inc(time.perf_counter() - t0)
         gone = APIError(503, "the server is shutting down", type="server_error")
         with self._cv:
             rest = [*self._inbox, *self._waiting, *self._active]
