@@ -248,6 +248,11 @@ def test_openai_client_sees_bad_request(client):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True, temperature=-1)
 
 
+def test_oversized_body_is_413(base):
+    r = httpx.post(f"{base}/v1/completions", content=b"x" * (17 << 20), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_unknown_route_and_method_are_json_errors(base):
     r = httpx.get(f"{base}/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"

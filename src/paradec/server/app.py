@@ -30,6 +30,8 @@ from .schemas import (
 )
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
+MAX_BODY_BYTES = 16 << 20  # a larger declared body answers 413 before it is read
+BACKSTOP_S = 5.0  # the asyncio side gives up on a job this long after its deadline
 MAX_OPTION_MAGNITUDE = 4096  # per-request method options are bounded (server --opt is not)
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 408, 429, 500, 503)}
 
@@ -78,6 +80,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     app.state.scheduler, app.state.metrics, app.state.engine = scheduler, metrics, engine
     errors.install(app)
 
+    app.add_middleware(_LimitBody, limit=MAX_BODY_BYTES)
     app.add_middleware(_CountRequests, metrics=metrics)
 
     # ---- request -> job --------------------------------------------------------------------
@@ -147,8 +150,11 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
 
     # ---- routes --------------------------------------------------------------------------------
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_id, "queue_depth": scheduler.queue_depth, "active": scheduler.active}
+    async def health() -> JSONResponse:
+        alive = scheduler.alive
+        body = {"status": "ok" if alive else "worker stopped", "model": model_id,
+                "queue_depth": scheduler.queue_depth, "active": scheduler.active}
+        return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
@@ -224,6 +230,21 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
 _KNOWN = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"}
 
 
+class _LimitBody:
+    """ASGI middleware: refuse a declared body larger than ``limit`` with 413."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+            if not length.isdigit() or int(length) > self.limit:
+                msg = f"the request body is larger than {self.limit} bytes" if length.isdigit() else "bad Content-Length"
+                return await APIError(413 if length.isdigit() else 400, msg).response()(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class _CountRequests:
     """ASGI middleware: count answered requests by endpoint and status (streams included)."""
 
@@ -261,12 +282,14 @@ _GONE = object()
 
 
 async def _until(job: Job, request: Request, awaitable):
-    """Await ``awaitable`` unless the client disconnects first: then cancel the job and
-    return ``_GONE``."""
+    """Await ``awaitable`` (the job's next event) unless the client disconnects first: then
+    cancel the job and return ``_GONE``. A backstop past the job's deadline (the worker enforces
+    it between steps) turns a stuck job into a timeout error event."""
     get = asyncio.ensure_future(awaitable)
     gone = asyncio.ensure_future(_disconnected(request))
+    backstop = max(0.0, job.deadline - time.monotonic()) + BACKSTOP_S
     try:
-        done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({get, gone}, timeout=backstop, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         job.cancel("disconnect")
         raise
@@ -276,8 +299,11 @@ async def _until(job: Job, request: Request, awaitable):
                 t.cancel()
     if get in done:
         return get.result()
-    job.cancel("disconnect")
-    return _GONE
+    if gone in done:
+        job.cancel("disconnect")
+        return _GONE
+    job.cancel("timeout")
+    return "error", APIError(408, f"the request took longer than the server's timeout ({job.timeout:g} s)", code="timeout")
 
 
 def _gone() -> APIError:

@@ -124,9 +124,13 @@ class Scheduler:
     def active(self) -> int:
         return len(self._active)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, job: Job) -> None:
         with self._cv:
-            if self._stopping:
+            if self._stopping or not self.alive:
                 raise APIError(503, "the server is shutting down", type="server_error")
             if self._queued >= self.max_queue:
                 raise QueueFull(f"the request queue is full ({self.max_queue} waiting); retry later")
@@ -159,15 +163,24 @@ class Scheduler:
                     new = list(self._inbox)
                     self._inbox.clear()
                 t0 = time.perf_counter()
-                for job in new:
-                    self._admit(job)
-                self._fill_slots()
-                self.rounds += 1
-                for job in list(self._active):
-                    if not self._step(job):
-                        self._active.remove(job)
+                try:
+                    self._round(new)
+                except Exception:  # a bug here must not kill the worker: fail the round's jobs
+                    log.exception("scheduler round failed")
+                    self._fail_all(APIError(500, "internal scheduler error", type="server_error"))
                 self.metrics.busy.inc(time.perf_counter() - t0)
-        gone = APIError(503, "the server is shutting down", type="server_error")
+        self._fail_all(APIError(503, "the server is shutting down", type="server_error"))
+
+    def _round(self, new: list[Job]) -> None:
+        for job in new:
+            self._admit(job)
+        self._fill_slots()
+        self.rounds += 1
+        for job in list(self._active):
+            if not self._step(job):
+                self._active.remove(job)
+
+    def _fail_all(self, error: APIError) -> None:
         with self._cv:
             rest = [*self._inbox, *self._waiting, *self._active]
             self._inbox.clear(), self._waiting.clear()
@@ -175,7 +188,7 @@ class Scheduler:
             self._queued = 0
         for job in rest:
             self._close(job)
-            job.emit("error", gone)
+            job.emit("error", error)
 
     def _dequeue(self, job: Job) -> None:
         with self._cv:
