@@ -12,7 +12,9 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from .. import __version__
 from ..engine import Engine
+from ..errors import ParadecError
 from ..proposers import METHODS
 from . import errors
 from .errors import APIError
@@ -33,7 +35,7 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
 MAX_BODY_BYTES = 16 << 20  # a larger declared body answers 413 before it is read
 BACKSTOP_S = 5.0  # the asyncio side gives up on a job this long after its deadline
 MAX_OPTION_MAGNITUDE = 4096  # per-request method options are bounded (server --opt is not)
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 408, 429, 500, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 408, 413, 429, 500, 503)}
 
 
 class ServerConfig:
@@ -54,8 +56,6 @@ class ServerConfig:
 def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     cfg = config or ServerConfig()
     if cfg.method not in engine.methods:
-        from ..errors import ParadecError
-
         raise ParadecError(f"unknown or unavailable method '{cfg.method}' (choose from {', '.join(engine.methods)})")
     metrics = Metrics()
     scheduler = Scheduler(engine, metrics, max_queue=cfg.max_queue, max_active=cfg.max_active)
@@ -73,7 +73,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
 
     app = FastAPI(
         title="paradec",
-        version=__import__("paradec").__version__,
+        version=__version__,
         summary="OpenAI-compatible completions with lossless speculative decoding.",
         lifespan=lifespan,
     )
