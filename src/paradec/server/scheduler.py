@@ -131,7 +131,8 @@ class Scheduler:
     def submit(self, job: Job) -> None:
         with self._cv:
             if self._stopping or not self.alive:
-                raise APIError(503, "the server is shutting down", type="server_error")
+                why = "the server is shutting down" if self._stopping else "the decoding worker is not running"
+                raise APIError(503, why, type="server_error")
             if self._queued >= self.max_queue:
                 raise QueueFull(f"the request queue is full ({self.max_queue} waiting); retry later")
             self._queued += 1
@@ -183,7 +184,8 @@ class Scheduler:
     def _fail_all(self, error: APIError) -> None:
         with self._cv:
             rest = [*self._inbox, *self._waiting, *self._active]
-            self._inbox.clear(), self._waiting.clear()
+            self._inbox.clear()
+            self._waiting.clear()
             self._active = []
             self._queued = 0
         for job in rest:
