@@ -106,3 +106,36 @@ def test_bad_input_fails_before_loading_a_model(args, message, tmp_path, capsys)
     assert code != 0
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
+
+
+def test_failing_peer_keeps_its_row_and_interrupt_keeps_whole_turns(long_tiny_dirs, monkeypatch):
+    from paradec.bench import BenchConfig, run_bench
+    from paradec.bench.runners import HFRunner, ParadecRunner
+
+    def broken(self, *a, **k):
+        raise RuntimeError("peer exploded\nwith a second line")
+
+    monkeypatch.setattr(HFRunner, "run", broken)
+    def cfg(peers):
+        return BenchConfig(model=long_tiny_dirs[0], suite="qa,math", methods="pld", peers=peers, quick=True,
+                           max_new_tokens=6, dtype="float64", device="cpu", roofline=False)
+
+    r = run_bench(cfg("hf"), progress=False)
+    rows = {row["name"]: row for row in r["rows"]}
+    assert rows["hf"]["status"] == "failed" and rows["hf"]["error"] == "RuntimeError: peer exploded with a second line"
+    assert r["summary"]["hf"]["overall"]["samples"] == 0 and r["summary"]["pld"]["overall"]["samples"] == 2
+    assert r["interrupted"] is False and r["roofline"] == {}
+
+    calls = {"n": 0}
+    real = ParadecRunner.run
+
+    def interrupt_in_math(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # 2 warm-ups, qa (ar, pld), math: ar runs, then Ctrl-C during pld
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(ParadecRunner, "run", interrupt_in_math)
+    r = run_bench(cfg("none"), progress=False)
+    assert r["interrupted"] is True
+    assert [(s["category"], s["runner"]) for s in r["samples"]] == [("qa", "ar"), ("qa", "pld")]

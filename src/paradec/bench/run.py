@@ -144,6 +144,37 @@ def _gpu_peak(device: str) -> float | None:
     return None
 
 
+def _measure(row: RowState, p: BenchPrompt, turn: int, rep: int, ids: list[int], n_new: int, cfg: BenchConfig,
+             seed: int, reference: list[int] | None) -> Sample | None:
+    """One timed generation of ``row``; None when the row fails (``ar`` failing is fatal)."""
+    _gpu_reset(cfg.device)
+    try:
+        out = row.runner.run(ids, n_new, cfg.temperature, seed)
+    except Exception as e:  # noqa: BLE001 - a failing row is reported, not raised
+        if row.name == "ar":
+            raise
+        row.fail(e)
+        return None
+    if row.name == "ar" and rep == 0:
+        reference = out.token_ids
+    row.peak_rss_mb = _peak_rss_mb()
+    rss = _rss_mb()
+    if rss is not None:
+        row.rss_mb = max(row.rss_mb or 0.0, rss)
+    gpu = _gpu_peak(cfg.device)
+    if gpu is not None:
+        row.peak_gpu_mb = max(row.peak_gpu_mb or 0.0, gpu)
+    return Sample(
+        runner=row.name, category=p.category, prompt_id=p.id, turn=turn, repeat=rep,
+        prompt_tokens=len(ids), new_tokens=len(out.token_ids), seconds=out.seconds,
+        forwards=out.forwards, forward_tokens=out.forward_tokens, committed=out.committed,
+        accept_lengths=out.accept_lengths, draft_s=out.draft_s, forward_s=out.forward_s,
+        verify_s=out.verify_s, prefill_s=out.prefill_s,
+        identical=identical_to(reference, out.token_ids) if cfg.temperature == 0 else None,
+        token_ids=out.token_ids,
+    )
+
+
 def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
     """Run the benchmark; return every raw figure as one JSON-able dict (and write the JSON and
     the report when asked)."""
@@ -186,12 +217,12 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
         first.append((p, ids))
     if not first:
         raise ParadecError("no benchmark prompt fits the model's context window")
-    est = max(len(ids) + (len(p.turns) - 1) * (n_new + 64 + max(len(t) for t in p.turns) // 2) for p, ids in first)
-    n_ctx = min(max_ctx, ((est + n_new + 64) // 256 + 1) * 256)
+    # llama.cpp's context: room for the longest prompt, later turns included (estimated generously)
+    est = max(len(ids) + (len(p.turns) - 1) * (n_new + 64 + max(len(t) for t in p.turns)) for p, ids in first)
+    n_ctx = min(max_ctx, max(4096, ((est + n_new + 64) // 256 + 1) * 256))
     categories = list(dict.fromkeys(p.category for p, _ in first))
 
     rows = build_rows(engine, cfg, n_ctx)
-    greedy = cfg.temperature == 0
     samples: list[Sample] = []
     warm_ids = first[0][1]
 
@@ -228,55 +259,41 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
         active = [r for r in rows if r.status == "ok"]
         total = sum(len(p.turns) for p, _ in first) * cfg.repeats * len(active)
         task = bar.add_task("benchmark", total=total)
-        for n_prompt, (p, ids0) in enumerate(first):
-            answers: list[str] = []
-            for turn in range(len(p.turns)):
-                seed = cfg.seed + 1000 * n_prompt + turn
-                reason = ""
-                try:
-                    ids = ids0 if turn == 0 else prompter.ids(p, turn, answers)
-                    if len(ids) + n_new > max_ctx:
-                        reason = f"{len(ids)} prompt tokens + {n_new} new exceed the context window {max_ctx}"
-                except ParadecError as e:
-                    reason = str(e)
-                if reason:
-                    skipped.append({"prompt_id": p.id, "turn": turn, "reason": reason})
-                    bar.advance(task, (len(p.turns) - turn) * cfg.repeats * len(active))
-                    break
-                reference: list[int] | None = None
-                for rep in range(cfg.repeats):
-                    for row in list(active):
-                        bar.update(task, description=f"{p.category} · {row.name}")
-                        _gpu_reset(cfg.device)
-                        try:
-                            out = row.runner.run(ids, n_new, cfg.temperature, seed)
-                        except Exception as e:  # noqa: BLE001
-                            if row.name == "ar":
-                                raise
-                            row.fail(e)
-                            active.remove(row)
+        interrupted = False
+        mark = 0  # samples before the prompt turn in progress
+        try:
+            for n_prompt, (p, ids0) in enumerate(first):
+                answers: list[str] = []
+                for turn in range(len(p.turns)):
+                    mark = len(samples)
+                    try:
+                        ids = ids0 if turn == 0 else prompter.ids(p, turn, answers)
+                        reason = "" if len(ids) + n_new <= max_ctx else (
+                            f"{len(ids)} prompt tokens + {n_new} new exceed the context window {max_ctx}")
+                    except ParadecError as e:
+                        reason = str(e)
+                    if reason:
+                        skipped.append({"prompt_id": p.id, "turn": turn, "reason": reason})
+                        bar.advance(task, (len(p.turns) - turn) * cfg.repeats * len(active))
+                        break
+                    seed = cfg.seed + 1000 * n_prompt + turn
+                    reference = None
+                    for rep in range(cfg.repeats):
+                        for row in list(active):
+                            bar.update(task, description=f"{p.category} · {row.name}")
+                            sample = _measure(row, p, turn, rep, ids, n_new, cfg, seed, reference)
                             bar.advance(task)
-                            continue
-                        if row.name == "ar" and rep == 0:
-                            reference = out.token_ids
-                            answers.append(engine.tokenizer.decode(out.token_ids, skip_special_tokens=True))
-                        samples.append(Sample(
-                            runner=row.name, category=p.category, prompt_id=p.id, turn=turn, repeat=rep,
-                            prompt_tokens=len(ids), new_tokens=len(out.token_ids), seconds=out.seconds,
-                            forwards=out.forwards, forward_tokens=out.forward_tokens, committed=out.committed,
-                            accept_lengths=out.accept_lengths, draft_s=out.draft_s, forward_s=out.forward_s,
-                            verify_s=out.verify_s, prefill_s=out.prefill_s,
-                            identical=identical_to(reference, out.token_ids) if greedy else None,
-                            token_ids=out.token_ids,
-                        ))
-                        row.peak_rss_mb = _peak_rss_mb()
-                        rss = _rss_mb()
-                        if rss is not None:
-                            row.rss_mb = max(row.rss_mb or 0.0, rss)
-                        gpu = _gpu_peak(cfg.device)
-                        if gpu is not None:
-                            row.peak_gpu_mb = max(row.peak_gpu_mb or 0.0, gpu)
-                        bar.advance(task)
+                            if sample is None:  # the row failed: it keeps its reason, and stops
+                                active.remove(row)
+                                continue
+                            samples.append(sample)
+                            if row.name == "ar" and rep == 0:
+                                reference = sample.token_ids
+                                answers.append(engine.tokenizer.decode(sample.token_ids, skip_special_tokens=True))
+        except KeyboardInterrupt:  # keep what was measured (a full run takes hours), whole prompt turns only
+            interrupted = True
+            del samples[mark:]
+            console.print("[yellow]interrupted: writing the results measured so far[/]")
 
     for row in rows:
         row.runner.close()
@@ -322,6 +339,7 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
         "summary": {r: {c: s.to_dict() for c, s in summary[r].items()} for r in names},
         "samples": [s.to_dict() for s in samples],
         "skipped": skipped,
+        "interrupted": interrupted,
         "wall_s": time.perf_counter() - t_start,
     }
     if cfg.json_path:
