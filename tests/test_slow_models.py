@@ -74,6 +74,18 @@ def test_greedy_identical_to_ar_on_default_model(method, default_engine, ar_refe
     assert sum(accepted) / len(accepted) > 1.1, f"{method} barely accepts anything on real text"
 
 
+def test_qdraft_llama_cpp_backend_identical_to_ar(default_engine, ar_reference):
+    from paradec.models.drafter import llama_cpp_available
+
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed (make test builds it when it can)")
+    assert default_engine.models.self_drafter_backend() == "llama.cpp"  # auto picks it for a GGUF target
+    for p, ref in zip(PROMPTS[:6], ar_reference):
+        got = default_engine.generate(p, method="qdraft", max_new_tokens=128, options={"backend": "llama.cpp"})
+        assert got.token_ids == ref, f"qdraft/llama.cpp diverged from ar on {p!r}"
+        assert got.stats.mean_accepted > 2.0  # the Q4_1 copy agrees with the target most of the time
+
+
 def test_sampling_on_default_model_is_seeded(default_engine):
     a = default_engine.generate(PROMPTS[0], method="pld", max_new_tokens=32, temperature=0.7, top_p=0.9, seed=1)
     b = default_engine.generate(PROMPTS[0], method="pld", max_new_tokens=32, temperature=0.7, top_p=0.9, seed=1)

@@ -69,3 +69,12 @@ def test_invalid_parents_rejected():
         DraftTree((1, 2), (-1, 1))
     with pytest.raises(ValueError):
         DraftTree((1,), (-1, 0))
+
+
+def test_match_length_follows_the_best_matching_path():
+    t = DraftTree.from_sequences([[1, 2, 3], [1, 4], [5]])
+    assert t.match_length([1, 2, 3, 9]) == 3
+    assert t.match_length([1, 4, 4]) == 2
+    assert t.match_length([5]) == 1
+    assert t.match_length([7, 1]) == 0
+    assert DraftTree().match_length([1]) == 0

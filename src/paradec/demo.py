@@ -70,11 +70,12 @@ def run_demo(model: str, dtype: str, device: str, max_new_tokens: int, methods: 
     results = {}
     for m in methods:
         tot = totals[m]
+        label = f"qdraft ({engine.models.self_drafter_backend()})" if m == "qdraft" else m
         tps = tot["tokens"] / tot["time"]
         mean_acc = tot["committed"] / tot["forwards"]
         results[m] = {"tokens_per_s": tps, "speedup": tps / base_tps, "mean_accepted": mean_acc}
         table.add_row(
-            m, f"{tps:.1f}", f"{tps / base_tps:.2f}x", f"{mean_acc:.2f}", str(tot["forwards"]), f"{tot['same']}/{len(DEMO_PROMPTS)}"
+            label, f"{tps:.1f}", f"{tps / base_tps:.2f}x", f"{mean_acc:.2f}", str(tot["forwards"]), f"{tot['same']}/{len(DEMO_PROMPTS)}"
         )
     console.print(table)
     if dtype != "float32":

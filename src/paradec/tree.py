@@ -103,6 +103,17 @@ class DraftTree:
         ch = self.children()
         return [self.path_to(i) for i in range(len(self.tokens)) if not ch[i + 1]]
 
+    def match_length(self, seq: Sequence[int]) -> int:
+        """How many leading tokens of ``seq`` a root-to-node path of this tree spells."""
+        ch = self.children()
+        here, n = -1, 0
+        for t in seq:
+            nxt = next((c for c in ch[here + 1] if self.tokens[c] == t), None)
+            if nxt is None:
+                break
+            here, n = nxt, n + 1
+        return n
+
     def truncated(self, max_nodes: int) -> "DraftTree":
         """The first ``max_nodes`` nodes (still a valid tree thanks to topological order)."""
         if len(self.tokens) <= max_nodes:

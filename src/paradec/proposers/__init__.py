@@ -11,6 +11,7 @@ from ..models.adapter import CausalLM
 from .base import NoDraft, ProposeContext, Proposer, StepResult
 from .draft_model import DraftModelConfig, DraftModelProposer
 from .aded import ADED, ADEDConfig
+from .auto import AutoConfig, AutoDrafter
 from .lookahead import Lookahead, LookaheadConfig
 from .pld import PLDConfig, PromptLookup
 from .qdraft import QDraftConfig, QuantizedSelfDraft
@@ -30,11 +31,18 @@ class Models:
     gguf_path: str | None = None  # the target's GGUF file, when it was loaded from one
     _self_drafters: dict = field(default_factory=dict, repr=False)
 
+    def self_drafter_backend(self, backend: str = "auto") -> str:
+        """The backend ``qdraft`` uses for ``backend`` (``auto`` resolved)."""
+        from ..models.drafter import llama_cpp_available
+
+        if backend == "auto":
+            return "llama.cpp" if self.gguf_path and llama_cpp_available() else "int8"
+        return backend
+
     def self_drafter(self, backend: str = "auto"):
         from ..models.drafter import HFDrafter, LlamaCppDrafter, llama_cpp_available
 
-        if backend == "auto":
-            backend = "llama.cpp" if self.gguf_path and llama_cpp_available() else "int8"
+        backend = self.self_drafter_backend(backend)
         if backend not in self._self_drafters:
             if backend == "llama.cpp":
                 if not self.gguf_path:
@@ -61,6 +69,7 @@ METHODS: dict[str, tuple[str, bool]] = {
     "recycle": ("Token Recycling: top-k next-token matrix from past target logits, static tree", False),
     "aded": ("adaptive n-gram model of the target, drafts by UCB tree search", False),
     "lookahead": ("Jacobi chains + n-gram pool, verified in the same tree forward", False),
+    "auto": ("per step: suffix lookup, a model drafter or none, by expected tokens/s (online cost model)", False),
 }
 
 
@@ -90,6 +99,22 @@ def _qdraft(models: Models, vocab: int, cfg: QDraftConfig) -> Proposer:
     return QuantizedSelfDraft(models.self_drafter(cfg.backend), vocab, cfg)
 
 
+def _auto(models: Models, vocab: int, cfg: AutoConfig) -> Proposer:
+    from ..models.drafter import llama_cpp_available
+
+    model = None
+    which = cfg.model
+    if which == "auto":
+        which = "draft" if models.draft is not None else ("qdraft" if models.gguf_path and llama_cpp_available() else "none")
+    if which == "draft":
+        if models.draft is None:
+            raise ParadecError("auto model=draft needs a draft model (--draft-model)")
+        model = DraftModelProposer(models.draft, vocab, DraftModelConfig())
+    elif which == "qdraft":
+        model = _qdraft(models, vocab, QDraftConfig())
+    return AutoDrafter(model, cfg)
+
+
 def make_proposer(method: str, models: Models, options: dict | None = None) -> Proposer:
     options = dict(options or {})
     if method not in METHODS:
@@ -108,5 +133,6 @@ def make_proposer(method: str, models: Models, options: dict | None = None) -> P
         "recycle": lambda: TokenRecycling(_build(RecycleConfig, options)),
         "aded": lambda: ADED(_build(ADEDConfig, options)),
         "lookahead": lambda: Lookahead(_build(LookaheadConfig, options)),
+        "auto": lambda: _auto(models, vocab, _build(AutoConfig, options)),
     }
     return builders[method]()

@@ -237,6 +237,7 @@ class SuffixDrafter:
         self.sam = base.copy()
         self._window: list[int] = []  # live tokens indexed after the corpus (separators included)
         self._n = 0  # tokens of the current request indexed
+        self.last_match = 0  # suffix match length at the last proposal
 
     def _new_sep(self) -> int:
         s = self._sep
@@ -285,6 +286,7 @@ class SuffixDrafter:
         c = self.config
         self._sync(ctx.tokens)
         state, match_len = self.sam.match()
+        self.last_match = match_len
         if match_len < c.min_match:
             return DraftTree()
         budget = min(c.max_nodes, ctx.max_nodes, math.ceil(c.match_alpha * match_len))

@@ -1,0 +1,179 @@
+"""``auto``: every step, the draft with the most expected tokens per second, or none.
+
+Candidates
+- ``lookup``: the suffix-automaton draft (``suffix``), almost free to build, good when the text
+  repeats (edits, code, summaries, RAG);
+- ``model``: a model drafter when one pays on this machine: a given draft model (``draft``), or
+  the target's own GGUF run by llama.cpp (``qdraft``); costly per token, good on fresh text;
+- ``none``: plain decoding.
+
+Cost model, learned online from the request itself (nothing is hard-coded per machine):
+- ``f(k)``: target forward time for k input tokens, an exponential moving average per size
+  bucket (1, 2-3, 4-7, ... tokens), measured as the time between the end of ``propose`` and
+  ``observe`` (forward + verify + rollback); unmeasured sizes are extrapolated from the nearest
+  measured one with a conservative growth per doubling;
+- ``d_c``: drafting time of candidate c (moving average of its measured ``propose`` time);
+- ``a_c``: expected accepted tokens of candidate c. For the lookup draft it is kept per suffix
+  match-length bucket and updated *every* step, also when the draft was not used: the committed
+  tokens show how much of it the target would have accepted (a counterfactual that is exact
+  under greedy decoding, censored at the number of committed tokens). The model drafter's is
+  updated when it runs.
+The expected rate of c is ``(a_c + 1) / (d_c + f(n_c + 1))`` against ``1 / f(1)`` for plain
+decoding; the best one drafts (ties go to the cheaper). When the model drafter has not run for
+``explore_every`` steps it runs once, so a change in the text is noticed.
+
+The choice depends only on past steps, never on the verifier's coins, so verification stays
+exactly lossless, greedy and sampled alike.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..sampling import SamplingParams
+from ..tree import DraftTree
+from .base import ProposeContext, Proposer, StepResult
+from .suffix import SuffixDrafter
+
+MODEL_CHOICES = ("auto", "none", "qdraft", "draft")
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    model: str = "auto"  # model drafter: auto (draft model if given, else qdraft via llama.cpp), none, qdraft, draft
+    ema: float = 0.25  # weight of the newest observation in every moving average
+    explore_every: int = 24  # run the model drafter at least once per this many steps
+    prior_accept: float = 2.0  # model drafter's expected accepted tokens before it has run
+    growth: float = 1.25  # assumed forward-time growth per doubling of unmeasured sizes
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_CHOICES:
+            raise ValueError(f"auto model must be one of {', '.join(MODEL_CHOICES)}")
+        if not 0.0 < self.ema <= 1.0:
+            raise ValueError("auto ema must be in (0, 1]")
+        if self.explore_every < 1:
+            raise ValueError("auto explore_every must be >= 1")
+        if self.growth < 1.0 or self.prior_accept < 0:
+            raise ValueError("auto growth must be >= 1 and prior_accept >= 0")
+
+
+def _size_bucket(k: int) -> int:
+    return max(1, k).bit_length()  # 1 | 2-3 | 4-7 | 8-15 | ...
+
+
+def _match_bucket(match_len: int) -> int:
+    return min(match_len, 12)
+
+
+class _Ema:
+    def __init__(self, weight: float) -> None:
+        self.w, self.value = weight, None
+
+    def add(self, x: float) -> None:
+        self.value = x if self.value is None else (1 - self.w) * self.value + self.w * x
+
+    def get(self, default: float) -> float:
+        return default if self.value is None else self.value
+
+
+class AutoDrafter:
+    name = "auto"
+
+    def __init__(self, model: Proposer | None = None, config: AutoConfig | None = None) -> None:
+        self.config = c = config or AutoConfig()
+        self.lookup = SuffixDrafter()
+        self.model = model
+        self.fwd: dict[int, _Ema] = {}  # size bucket -> forward seconds (kept across requests)
+        self.lookup_cost = _Ema(c.ema)
+        self.model_cost = _Ema(c.ema)
+        self.model_nodes = _Ema(c.ema)
+        self.model_accept = _Ema(c.ema)
+        self.lookup_accept: dict[int, _Ema] = {}
+        self.choices = {"lookup": 0, "model": 0, "none": 0}  # steps per choice in this request
+        self._reset_step()
+
+    def _reset_step(self) -> None:
+        self._choice = "none"
+        self._lookup_tree = DraftTree()
+        self._bucket = 0
+        self._t_proposed = 0.0
+        self._since_model = 0
+
+    # ---- the cost model ------------------------------------------------------------------------
+    def forward_time(self, k: int) -> float:
+        """Estimated seconds of one target forward over ``k`` tokens."""
+        b = _size_bucket(k)
+        if b in self.fwd:
+            return self.fwd[b].get(0.0)
+        known = sorted(self.fwd)
+        if not known:
+            return 0.05 * self.config.growth ** (b - 1)  # any positive prior; replaced after one step
+        below = [x for x in known if x < b]
+        ref = below[-1] if below else known[0]
+        return self.fwd[ref].get(0.0) * self.config.growth ** (b - ref)
+
+    def _rate(self, accepted: float, draft_s: float, nodes: int) -> float:
+        return (accepted + 1.0) / max(draft_s + self.forward_time(nodes + 1), 1e-6)
+
+    # ---- the proposer protocol -------------------------------------------------------------------
+    def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
+        self.lookup.begin(prompt, sampling)
+        if self.model is not None:
+            self.model.begin(prompt, sampling)
+        self.choices = {"lookup": 0, "model": 0, "none": 0}
+        self._reset_step()
+        self._since_model = self.config.explore_every  # try the model drafter early on
+
+    def propose(self, ctx: ProposeContext) -> DraftTree:
+        c = self.config
+        t0 = time.perf_counter()
+        tree = self.lookup.propose(ctx)
+        self.lookup_cost.add(time.perf_counter() - t0)
+        self._lookup_tree = tree
+        self._bucket = _match_bucket(self.lookup.last_match)
+
+        best, best_rate = "none", 1.0 / max(self.forward_time(1), 1e-6)
+        if len(tree):
+            acc = self.lookup_accept.get(self._bucket)
+            expected = acc.get(1.0) if acc is not None else 1.0
+            r = self._rate(min(expected, tree.depth), self.lookup_cost.get(0.0), len(tree))
+            if r > best_rate:
+                best, best_rate = "lookup", r
+        if self.model is not None:
+            if self._since_model >= c.explore_every:
+                best = "model"
+            else:
+                nodes = max(1, round(self.model_nodes.get(4.0)))
+                r = self._rate(self.model_accept.get(c.prior_accept), self.model_cost.get(0.0), nodes)
+                if r > best_rate:
+                    best, best_rate = "model", r
+
+        self._choice = best
+        self.choices[best] += 1
+        if best == "model":
+            self._since_model = 0
+            t1 = time.perf_counter()
+            draft = self.model.propose(ctx)
+            self.model_cost.add(time.perf_counter() - t1)
+            self.model_nodes.add(len(draft))
+        else:
+            self._since_model += 1
+            draft = tree if best == "lookup" else DraftTree()
+        self._t_proposed = time.perf_counter()
+        return draft
+
+    def observe(self, result: StepResult) -> None:
+        c = self.config
+        elapsed = time.perf_counter() - self._t_proposed
+        b = _size_bucket(len(result.draft) + 1)
+        self.fwd.setdefault(b, _Ema(c.ema)).add(elapsed)
+
+        new = result.verdict.tokens  # accepted + the target's own token
+        if len(self._lookup_tree):
+            seen = self._lookup_tree.match_length(new)  # what the target would have accepted
+            self.lookup_accept.setdefault(self._bucket, _Ema(c.ema)).add(seen)
+        if self._choice == "model":
+            self.model_accept.add(len(result.verdict.accepted))
+            self.model.observe(result)
+        self.lookup.observe(result)

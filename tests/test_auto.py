@@ -1,0 +1,144 @@
+"""``auto``: lossless whatever it picks, learns its cost model online, falls back to plain
+decoding when no draft pays."""
+
+import time
+
+import pytest
+
+from conftest import tiny_llama
+from lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling_lossless, run
+from paradec.models.adapter import HFCausalLM
+from paradec.proposers import Models, make_proposer
+from paradec.proposers.auto import AutoConfig, AutoDrafter, _Ema, _size_bucket
+from paradec.proposers.draft_model import DraftModelConfig, DraftModelProposer
+from paradec.sampling import SamplingParams
+from paradec.tree import DraftTree
+
+
+@pytest.fixture(scope="module")
+def drafter_model():
+    return HFCausalLM(tiny_llama(7, vocab=VOCAB, layers=1))
+
+
+class Scripted:
+    """A model drafter stand-in: proposes the true continuation (``good``) or tokens the target
+    never picks, optionally slowly; counts its calls."""
+
+    name = "scripted"
+
+    def __init__(self, ref, n0, good=True, k=5, delay=0.0):
+        self.ref, self.n0, self.good, self.k, self.delay = ref, n0, good, k, delay
+        self.calls = self.observed = 0
+
+    def begin(self, prompt, sampling):
+        pass
+
+    def propose(self, ctx):
+        self.calls += 1
+        time.sleep(self.delay)
+        done = len(ctx.tokens) - self.n0
+        toks = self.ref[done : done + self.k]
+        return DraftTree.chain(toks if self.good else [(t + 1) % VOCAB for t in toks])
+
+    def observe(self, result):
+        self.observed += 1
+
+
+def test_auto_without_model_is_identical_to_ar(target, reference):
+    assert assert_identical_to_ar(target, reference, lambda: AutoDrafter(None), "auto") > 0
+
+
+def test_auto_with_draft_model_is_identical_to_ar(target, reference, drafter_model):
+    make = lambda: AutoDrafter(DraftModelProposer(drafter_model, VOCAB, DraftModelConfig()), AutoConfig(explore_every=3))
+    assert assert_identical_to_ar(target, reference, make, "auto+draft") > 0
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_auto_with_scripted_model_is_identical_to_ar(good, target, reference):
+    for p in PROMPTS:
+        ref = reference[tuple(p)]
+        out, _ = run(target, AutoDrafter(Scripted(ref, len(p), good=good)), p)
+        assert out == ref
+
+
+def test_auto_prefers_an_accurate_model_drafter(target, reference):
+    p = PROMPTS[3]
+    ref = reference[tuple(p)]
+    model = Scripted(ref, len(p), good=True, k=6)
+    auto = AutoDrafter(model)
+    out, stats = run(target, auto, p, n=40)
+    assert out == ref
+    assert auto.choices["model"] >= stats.forwards - 2  # almost every step
+    assert model.observed == model.calls  # the model drafter learns only from its own drafts
+    assert stats.mean_accepted > 5
+
+
+def test_auto_falls_back_to_plain_decoding_when_drafting_does_not_pay(target, reference):
+    p = PROMPTS[3]
+    ref = reference[tuple(p)]
+    model = Scripted(ref, len(p), good=False, delay=0.01)  # slow and always wrong
+    cfg = AutoConfig(explore_every=8)
+    auto = AutoDrafter(model, cfg)
+    out, stats = run(target, auto, p, n=40)
+    assert out == ref
+    # tried at the start, then only when exploring: at most once per explore_every steps
+    assert model.calls <= 1 + stats.forwards // cfg.explore_every + 1
+    # (the last step drafts nothing: no room left)
+    assert auto.choices["none"] + auto.choices["lookup"] + model.calls >= stats.forwards - 1
+
+
+def test_lookup_acceptance_is_learned_counterfactually(target, reference):
+    p = PROMPTS[2]  # a repetitive prompt: the suffix draft would be right
+    ref = reference[tuple(p)]
+    model = Scripted(ref, len(p), good=True, k=2)
+    auto = AutoDrafter(model, AutoConfig(explore_every=1))  # the model drafts every step
+    run(target, auto, p, n=30)
+    assert auto.choices["lookup"] == 0
+    learned = [e.value for e in auto.lookup_accept.values() if e.value is not None]
+    assert learned, "the lookup draft was never scored against the committed tokens"
+
+
+def test_auto_sampling_is_lossless(s_target):
+    s_drafter = HFCausalLM(tiny_llama(4, vocab=SV, layers=1, std=0.15))
+    make = lambda: AutoDrafter(
+        DraftModelProposer(s_drafter, SV, DraftModelConfig(min_confidence=0.0)), AutoConfig(explore_every=2)
+    )
+    assert_sampling_lossless(s_target, make, SamplingParams(temperature=1.0))
+
+
+def test_forward_time_model():
+    auto = AutoDrafter(None, AutoConfig(growth=1.5))
+    assert auto.forward_time(1) > 0  # a positive prior before any measurement
+    e = _Ema(1.0)
+    e.add(0.02)
+    auto.fwd[_size_bucket(1)] = e
+    assert auto.forward_time(1) == pytest.approx(0.02)
+    assert auto.forward_time(2) == pytest.approx(0.03)  # one doubling up
+    assert auto.forward_time(9) == pytest.approx(0.02 * 1.5**3)
+    e2 = _Ema(1.0)
+    e2.add(0.05)
+    auto.fwd[_size_bucket(9)] = e2
+    assert auto.forward_time(12) == pytest.approx(0.05)  # same bucket as 9
+    assert auto.forward_time(16) == pytest.approx(0.075)
+
+
+def test_ema():
+    e = _Ema(0.5)
+    assert e.get(3.0) == 3.0
+    e.add(2.0)
+    e.add(4.0)
+    assert e.get(0.0) == pytest.approx(3.0)
+
+
+def test_make_proposer_auto_options():
+    from paradec.errors import ParadecError
+
+    models = Models(HFCausalLM(tiny_llama(0, vocab=VOCAB)))
+    auto = make_proposer("auto", models)
+    assert isinstance(auto, AutoDrafter) and auto.model is None  # no draft model, no GGUF
+    with pytest.raises(ParadecError, match="needs a draft model"):
+        make_proposer("auto", models, options={"model": "draft"})
+    with pytest.raises(ParadecError, match="must be one of"):
+        make_proposer("auto", models, options={"model": "bogus"})
+    with_draft = Models(models.target, HFCausalLM(tiny_llama(7, vocab=VOCAB, layers=1)))
+    assert isinstance(make_proposer("auto", with_draft).model, DraftModelProposer)
