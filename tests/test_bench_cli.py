@@ -95,6 +95,7 @@ def test_quick_run_writes_json_and_report(long_tiny_dirs, tmp_path, capsys):
         (["--json", "{tmp}/missing/out.json"], "does not exist"),
         (["--report", "{tmp}/file.txt"], "not a directory"),
         (["--repeats", "0"], "--repeats"),
+        (["--threads", "0"], "--threads"),
         (["--device", "tpu"], "device"),
     ],
 )

@@ -24,6 +24,7 @@ def bench(
     json_path: Optional[str] = typer.Option(None, "--json", help="Write every raw figure to this JSON file."),
     report: Optional[str] = typer.Option(None, "--report", help="Write report.md and PNG plots into this directory."),
     seed: int = typer.Option(0, "--seed", help="Base seed for sampling runs."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and llama.cpp (default: torch's choice)."),
 ) -> None:
     """Spec-Bench-style speed benchmark: paradec's methods and their peers (transformers,
     llama.cpp) on the same prompts, model and machine, in one run."""
@@ -36,7 +37,7 @@ def bench(
     cfg = BenchConfig(
         model=model, draft_model=draft_model, suite=suite, methods=methods, peers=peers, temperature=temperature,
         dtype=dtype, device=device, max_new_tokens=max_new_tokens, prompts_per_category=prompts_per_category,
-        repeats=repeats, quick=quick, json_path=json_path, report_dir=report, seed=seed,
+        repeats=repeats, quick=quick, json_path=json_path, report_dir=report, seed=seed, threads=threads,
     )
     result = run_bench(cfg, console=Console(stderr=True))
     print_tables(result, Console())

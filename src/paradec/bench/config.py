@@ -32,6 +32,7 @@ class BenchConfig:
     json_path: str | None = None
     report_dir: str | None = None
     seed: int = 0
+    threads: int | None = None  # CPU threads for torch and llama.cpp (default: torch's choice)
     roofline: bool = True
     # filled in by validate()
     suites: list[str] = field(default_factory=list)
@@ -138,6 +139,8 @@ def validate(cfg: BenchConfig) -> BenchConfig:
         raise ParadecError(f"--prompts-per-category must be positive, got {cfg.prompts_per_category}")
     if cfg.repeats <= 0:
         raise ParadecError(f"--repeats must be positive, got {cfg.repeats}")
+    if cfg.threads is not None and cfg.threads <= 0:
+        raise ParadecError(f"--threads must be positive, got {cfg.threads}")
     cfg.suites, cfg.skipped_suites = parse_suites(cfg.suite)
     if not cfg.suites:
         raise ParadecError("no suite is installed: run `pip install 'paradec[bench]'`")

@@ -20,7 +20,9 @@ DEFINITIONS = """\
 - **draft share**: time spent drafting over total time (paradec methods).
 - **identical**: outputs whose token ids equal `ar`'s greedy output (greedy runs only).
 - **ideal**: the speedup the row's acceptance would give if drafting and verification were free,
-  from the roofline probe: `accepted/fwd × t(1) / t(tokens fed per forward)`.
+  from the roofline probe: `accepted/fwd × t(1) / t(tokens fed per forward)`, where `t(k)` is the
+  transformers target's forward time for k tokens (not shown for llama.cpp rows, whose forwards
+  cost differently).
 - **RSS**: the process's peak resident memory (`getrusage`) after the row's last run. It is a
   high-water mark of the whole process, so it never goes down from one row to the next; `rss`
   in the JSON is the largest current RSS seen right after the row's runs.
@@ -63,6 +65,9 @@ def overall_rows(result: dict, peer_suffix: bool = True) -> list[list[str]]:
     return out
 
 
+# short category names for the terminal table (the markdown report has the full names)
+SHORT_CATEGORY = {"mt_bench": "mt", "humaneval": "code", "translation": "transl", "summarization": "summ",
+                  OVERALL: "all"}
 TERMINAL_HEADERS = {"tokens/s": "tok/s", "accepted/fwd": "acc/fwd", "fwd/token": "fwd/tok", "draft share": "draft",
                     "identical": "same"}
 OVERALL_COLUMNS = ["row", "tokens/s", "vs ar", "vs hf", "accepted/fwd", "fwd/token", "draft share", "identical",
@@ -102,7 +107,7 @@ def print_tables(result: dict, console=None) -> None:
             console.print(f"[red]{row['name']} failed:[/] {row['error']}", highlight=False)
     t = Table(title="speedup vs ar per category", box=box.SIMPLE_HEAD, pad_edge=False)
     for c in ["row"] + result["categories"] + [OVERALL]:
-        t.add_column(c, justify="left" if c == "row" else "right", no_wrap=c == "row")
+        t.add_column(SHORT_CATEGORY.get(c, c), justify="left" if c == "row" else "right", no_wrap=True)
     for r in category_rows(result, peer_suffix=False):
         t.add_row(*r)
     console.print(t)
@@ -128,7 +133,9 @@ def markdown(result: dict, images: dict[str, str] | None = None) -> str:
         f"- date: {result['date']}",
         f"- machine: {m.get('cpu') or 'unknown CPU'}, {m.get('cpu_count')} cores, "
         f"{m.get('memory_gb', '?')} GB; torch threads {m.get('torch_threads')}"
-        + (f"; GPU {m['gpu']}" if m.get("gpu") else ""),
+        + (f"; GPU {m['gpu']}" if m.get("gpu") else "")
+        + (f"; load average {m['loadavg_start']} at the start, {m.get('loadavg_end')} at the end"
+           if m.get("loadavg_start") is not None else ""),
         f"- software: {m.get('platform')}, Python {m.get('python')}, torch {m.get('torch')}, "
         f"transformers {m.get('transformers')}, llama-cpp-python {m.get('llama_cpp_python') or 'not installed'}",
         f"- model: {cfg['model']}" + (f", draft {cfg['draft_model']}" if cfg.get("draft_model") else "")
@@ -140,7 +147,8 @@ def markdown(result: dict, images: dict[str, str] | None = None) -> str:
         f"- temperature {cfg['temperature']}; at most {cfg['max_new_tokens']} new tokens; {cfg['repeats']} repeat(s); "
         f"prompts per category: {', '.join(f'{c} {n}' for c, n in result['prompts'].items())}",
         f"- prompts use the chat template: {'yes' if cfg.get('chat_template') else 'no (raw completion / Q&A transcript)'}",
-        f"- wall time {result['wall_s'] / 60:.1f} min",
+        f"- wall time {result['wall_s'] / 60:.1f} min"
+        + ("; **interrupted**: these are the prompts measured before Ctrl-C" if result.get("interrupted") else ""),
         "",
         "## Overall",
         "",

@@ -16,30 +16,32 @@ KS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def probe(target, prompt_ids: list[int], ks=KS, repeats: int = 5) -> dict[int, float]:
-    """Fastest of ``repeats`` timed forwards of k new tokens after ``prompt_ids`` sit in the cache
-    (the minimum: the figure least disturbed by other processes on a shared machine)."""
+    """Fastest of ``repeats`` timed forwards of k new tokens after ``prompt_ids`` sit in the cache.
+    The k values take turns (one forward of each per round, after a warm-up round), and the
+    minimum is kept: a burst of other work on a shared machine then spoils no single k."""
     ks = [k for k in ks if len(prompt_ids) + k < target.max_context]
     cache = target.new_cache(capacity=len(prompt_ids) + max(ks) + 1)
     target.prefill(torch.tensor([prompt_ids]), cache)
     base = cache.seq_len
     sync = torch.cuda.synchronize if target.device.type == "cuda" else (lambda: None)
-    out: dict[int, float] = {}
     filler = prompt_ids[-1]
-    for k in ks:
-        ids = torch.full((1, k), filler, dtype=torch.long)
-        pos = torch.arange(base, base + k)[None]
-        mask = torch.ones(k, base + k, dtype=torch.bool).tril_(base)[None]
-        times = []
-        for r in range(repeats + 1):  # the first one warms up this shape
+    inputs = {
+        k: (torch.full((1, k), filler, dtype=torch.long), torch.arange(base, base + k)[None],
+            torch.ones(k, base + k, dtype=torch.bool).tril_(base)[None])
+        for k in ks
+    }
+    best = {k: float("inf") for k in ks}
+    for r in range(repeats + 1):  # round 0 warms every shape up
+        for k in ks:
+            ids, pos, mask = inputs[k]
             sync()
             t0 = time.perf_counter()
             target.forward(ids, pos, cache, mask)
             sync()
             if r:
-                times.append(time.perf_counter() - t0)
+                best[k] = min(best[k], time.perf_counter() - t0)
             cache.truncate(base)
-        out[k] = min(times)
-    return out
+    return best
 
 
 def forward_time(curve: dict[int, float], k: float) -> float:

@@ -60,6 +60,14 @@ def _rss_mb() -> float | None:
         return None
 
 
+def _loadavg() -> float | None:
+    """The 1-minute load average: other work on the machine skews timings, so the report shows it."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def machine_info(device: str) -> dict:
     import torch
     import transformers
@@ -175,6 +183,19 @@ def _measure(row: RowState, p: BenchPrompt, turn: int, rep: int, ids: list[int],
     )
 
 
+def _llama_context(engine, first: list[tuple[BenchPrompt, list[int]]], n_new: int, max_ctx: int) -> int:
+    """llama.cpp's context size: an upper bound on the longest prompt of the run (a later turn
+    adds at most one answer, re-encoded, plus its own text and template tokens) plus the new
+    tokens and a draft. Kept tight: with a drafter, llama-cpp-python holds n_ctx x vocab logits."""
+    def tokens(text: str) -> int:
+        return len(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    need = max(
+        len(ids) + sum(2 * n_new + tokens(t) + 64 for t in p.turns[1:]) for p, ids in first
+    )
+    return min(max_ctx, ((need + n_new + 64) // 256 + 1) * 256)
+
+
 def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
     """Run the benchmark; return every raw figure as one JSON-able dict (and write the JSON and
     the report when asked)."""
@@ -183,6 +204,7 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
 
     console = console or Console(stderr=True)
     t_start = time.perf_counter()
+    load_start = _loadavg()
     validate(cfg)
     prompts = load_suites(cfg.suites, cfg.per_category)  # cheap, and fails before any model load
     if cfg.skipped_suites:
@@ -191,6 +213,11 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
 
     from ..engine import load
     from ..models.registry import DEFAULT_MODEL
+
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)  # llama.cpp rows and qdraft's llama.cpp drafter follow torch
 
     model_name = cfg.model or DEFAULT_MODEL
     t = time.perf_counter()
@@ -217,9 +244,7 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
         first.append((p, ids))
     if not first:
         raise ParadecError("no benchmark prompt fits the model's context window")
-    # llama.cpp's context: room for the longest prompt, later turns included (estimated generously)
-    est = max(len(ids) + (len(p.turns) - 1) * (n_new + 64 + max(len(t) for t in p.turns)) for p, ids in first)
-    n_ctx = min(max_ctx, max(4096, ((est + n_new + 64) // 256 + 1) * 256))
+    n_ctx = _llama_context(engine, first, n_new, max_ctx)
     categories = list(dict.fromkeys(p.category for p, _ in first))
 
     rows = build_rows(engine, cfg, n_ctx)
@@ -251,7 +276,7 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
 
             probe_ids = sorted((ids for _, ids in first), key=len)[len(first) // 2]
             task = bar.add_task("roofline probe", total=None)
-            curve = probe(engine.target, probe_ids, repeats=3 if cfg.quick else 5)
+            curve = probe(engine.target, probe_ids, repeats=5 if cfg.quick else 10)
             roofline = {"prompt_tokens": len(probe_ids), "k": list(curve), "seconds": list(curve.values())}
             bar.remove_task(task)
 
@@ -303,8 +328,10 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
         from .roofline import ideal_speedup
 
         curve = dict(zip(roofline["k"], roofline["seconds"]))
-        for r in names:
-            for s in summary[r].values():
+        for row in rows:
+            if row.name.startswith("llama.cpp"):
+                continue  # the curve is the transformers target's; llama.cpp's forwards cost differently
+            for s in summary[row.name].values():
                 s.ideal_speedup = ideal_speedup(curve, s.mean_accepted, s.mean_forward_tokens)
     result = {
         "paradec_bench": 1,
@@ -325,12 +352,13 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
             "repeats": cfg.repeats,
             "quick": cfg.quick,
             "seed": cfg.seed,
+            "threads": cfg.threads,
             "chat_template": prompter.chat,
             "llama_cpp_quantization": next(
                 (getattr(r.runner, "quantization", "") for r in rows if getattr(r.runner, "quantization", "")), ""
             ),
         },
-        "machine": machine_info(cfg.device),
+        "machine": {**machine_info(cfg.device), "loadavg_start": load_start, "loadavg_end": _loadavg()},
         "load_s": load_s,
         "categories": categories,
         "prompts": {c: sum(1 for p, _ in first if p.category == c) for c in categories},
