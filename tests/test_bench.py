@@ -216,4 +216,4 @@ def test_validate_output_paths(tmp_path):
     with pytest.raises(ParadecError, match="--report"):
         validate(BenchConfig(device="cpu", report_dir=str(f / "sub")))
     cfg = validate(BenchConfig(device="cpu", json_path=str(tmp_path / "o.json"), report_dir=str(tmp_path / "r"), quick=True))
-    assert cfg.new_tokens == 32 and cfg.per_category == 1 and cfg.method_list[0] == "ar"
+    assert cfg.new_tokens == 24 and cfg.per_category == 1 and cfg.method_list[0] == "ar"

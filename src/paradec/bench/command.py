@@ -17,7 +17,7 @@ def bench(
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (identity is checked); > 0 benchmarks sampling."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (cuda when present)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n", help="Token limit per answer (default 128; 32 with --quick)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n", help="Token limit per answer (default 128; 24 with --quick)."),
     prompts_per_category: Optional[int] = typer.Option(None, "--prompts-per-category", help="Evenly spaced prompts per category (default all; 1 with --quick)."),
     repeats: int = typer.Option(1, "--repeats", help="Timed runs of every prompt per row."),
     quick: bool = typer.Option(False, "--quick", help="A few prompts per category and short outputs (a smoke run)."),

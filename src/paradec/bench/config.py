@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import ParadecError
 
 QUICK_PROMPTS_PER_CATEGORY = 1
-QUICK_MAX_NEW_TOKENS = 32
+QUICK_MAX_NEW_TOKENS = 24
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
@@ -25,7 +25,7 @@ class BenchConfig:
     temperature: float = 0.0
     dtype: str = "float32"
     device: str = "auto"  # cuda when torch sees a GPU, else cpu
-    max_new_tokens: int | None = None  # default 128, or 32 with quick
+    max_new_tokens: int | None = None  # default 128, or 24 with quick
     prompts_per_category: int | None = None  # default all, or 1 with quick
     repeats: int = 1
     quick: bool = False
