@@ -51,7 +51,7 @@ def test_quick_run_writes_json_and_report(long_tiny_dirs, tmp_path, capsys):
     assert code == 0, err
     r = json.loads(out_json.read_text())
     names = [row["name"] for row in r["rows"]]
-    assert names[:2] == ["ar", "pld"] and "draft" in names and "lookahead" in names
+    assert names[0] == "ar" and {"pld", "draft", "suffix", "lookahead"} <= set(names)
     assert {"hf", "hf-pld", "hf-assisted", "llama.cpp", "llama.cpp-pld"} <= set(names)
     rows = {row["name"]: row for row in r["rows"]}
     # llama.cpp needs a GGUF target: the row stays, with the reason
