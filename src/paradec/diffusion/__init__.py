@@ -1,0 +1,15 @@
+"""paradec's diffusion-LM side: one block-decoding loop with pluggable policies (commit rules,
+block schedules, caches, editing), FreeDave lossless draft-and-verify, loaders for LLaDA-, Dream-
+and SDAR-shaped checkpoints, synthetic tasks, and a tiny masked diffusion LM trained on them.
+
+    from paradec.diffusion import load_diffusion, make_settings, generate
+    model = load_diffusion("tiny-dllm")
+    settings, _ = make_settings("threshold", {"tau": "0.9"})
+    results = generate(model, [prompt_ids, ...], settings, batch_size=16)
+"""
+
+from .loaders import is_diffusion, load_diffusion
+from .loop import Result, Settings, generate
+from .policies import METHODS, make_settings
+
+__all__ = ["is_diffusion", "load_diffusion", "Result", "Settings", "generate", "METHODS", "make_settings"]

@@ -1,0 +1,53 @@
+"""The synthetic tasks: generated from a seed, checked correctly, encoded with one-line errors."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from paradec.diffusion import tasks as T
+from paradec.errors import ParadecError
+
+
+def test_datasets_are_reproducible_and_distinct():
+    for task in T.TASKS:
+        a, b = T.dataset(task, 20, seed=1), T.dataset(task, 20, seed=1)
+        assert a == b and a != T.dataset(task, 20, seed=2)
+        for inst in a:
+            assert T.correct(inst, inst.answer)
+            assert len(inst.prompt_ids) <= T.MAX_PROMPT and len(inst.answer_ids) < T.GEN_LENGTH
+
+
+def test_task_semantics():
+    r = random.Random(0)
+    for _ in range(50):
+        i = T.make("reverse", r)
+        assert i.answer == i.text.split()[1][::-1]
+        i = T.make("sort", r)
+        assert i.answer == "".join(sorted(i.text.split()[1]))
+        i = T.make("insert", r)
+        _, k, v, xs = i.text.split()
+        assert i.answer == xs[: int(k)] + v + xs[int(k) :]
+        i = T.make("remove", r)
+        _, k, xs = i.text.split()
+        assert i.answer == xs[: int(k)] + xs[int(k) + 1 :]
+
+
+def test_latin_square_checker_accepts_any_valid_completion():
+    assert len(T.latin_squares()) == 576
+    puzzle = "1234" "2143" "3412" "43__"
+    assert T.latin_valid(puzzle, "1234214334124321")
+    assert not T.latin_valid(puzzle, "1234214334124312")  # breaks the given row
+    assert not T.latin_valid("1234" "2143" "3412" "____", "1234214334121234")
+    inst = T.Instance("latin", "latin " + "_" * 16, "1234214334124321")
+    assert T.correct(inst, "2143123443213412") and not T.correct(inst, "1111222233334444")
+
+
+def test_encoding_and_errors():
+    assert T.encode_prompt("reverse abc") == [T.BOS, T.TOK["reverse"], T.TOK["a"], T.TOK["b"], T.TOK["c"], T.SEP]
+    assert T.decode_answer([T.TOK["a"], T.TOK["b"], T.EOS, T.TOK["c"]]) == "ab"
+    for bad, msg in [("hello abc", "starts with one of"), ("copy ABC", "outside the task vocabulary"),
+                     ("copy " + "a" * 30, "too long"), ("", "starts with one of")]:
+        with pytest.raises(ParadecError, match=msg):
+            T.encode_prompt(bad)
