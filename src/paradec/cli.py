@@ -55,6 +55,12 @@ def generate(
     if not prompt.strip():
         raise ParadecError("the prompt is empty")
     options = _options(opt)
+    from .diffusion.loaders import is_diffusion
+
+    if is_diffusion(model):  # a diffusion LM (e.g. tiny-dllm): its own decoding loop and methods
+        from .diffusion.command import generate_dllm
+
+        return generate_dllm(prompt, model, method, options, dtype, device, temperature, seed, as_json)
     engine = load(model, draft=draft_model, dtype=dtype, device=device)
     stream = engine.stream(
         prompt,
@@ -144,6 +150,9 @@ from .bench.command import bench as _bench  # noqa: E402 - cheap: loads models o
 app.command("bench")(_bench)
 
 from .server.command import serve as _serve  # noqa: E402 - cheap: FastAPI loads only when run
+from .diffusion.command import dllm_app as _dllm_app  # noqa: E402 - cheap: torch loads only when run
+
+app.add_typer(_dllm_app, name="dllm")
 
 app.command("serve")(_serve)
 

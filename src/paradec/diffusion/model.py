@@ -129,12 +129,13 @@ class TinyTransformer(nn.Module):
         return self.head(self.ln(x)), (kvs if want_cache else None)
 
     # ---- save / load (safetensors + config.json) ----
-    def save(self, directory: str | Path, extra: dict | None = None) -> None:
+    def save(self, directory: str | Path, extra: dict | None = None, dtype=torch.float32) -> None:
+        """Weights as safetensors (float32, or float16 to ship half the bytes) + config.json."""
         from safetensors.torch import save_file
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().to(torch.float32).contiguous() for k, v in self.state_dict().items()}
+        sd = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
         save_file(sd, str(d / "model.safetensors"))
         (d / "config.json").write_text(json.dumps({"paradec_dllm": asdict(self.config), **(extra or {})}, indent=1))
 
@@ -145,7 +146,7 @@ class TinyTransformer(nn.Module):
         d = Path(directory)
         cfg = json.loads((d / "config.json").read_text())["paradec_dllm"]
         m = cls(TinyConfig(**cfg))
-        m.load_state_dict(load_file(str(d / "model.safetensors")))
+        m.load_state_dict({k: v.to(torch.float32) for k, v in load_file(str(d / "model.safetensors")).items()})
         return m.to(dtype).eval()
 
 

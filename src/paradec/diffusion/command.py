@@ -1,0 +1,161 @@
+"""``paradec dllm ...`` (train, bench, methods) and ``paradec generate`` for diffusion models."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import ParadecError
+
+dllm_app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+    help="Diffusion LMs: train the tiny dLLM and its AR reference, benchmark the decoding policies.",
+)
+
+
+def _opts(pairs) -> dict:
+    out = {}
+    for kv in pairs or []:
+        if "=" not in kv:
+            raise ParadecError(f"--opt expects key=value, got '{kv}'")
+        k, v = kv.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _filter_of(model):
+    d = getattr(model, "directory", None)
+    if d is not None and (Path(d) / "filter.safetensors").is_file():
+        from .policies.learned import load_filter
+
+        return load_filter(Path(d) / "filter.safetensors")
+    return None
+
+
+@dllm_app.command("train")
+def train_cmd(
+    out: str = typer.Option("dllm-model", "--out", "-o", help="Output folder: OUT/dllm and OUT/ar."),
+    kind: str = typer.Option("all", "--kind", help="all, dllm (with its Learn2PD filter) or ar."),
+    seed: int = typer.Option(0, "--seed"),
+    steps: int = typer.Option(1500, "--steps"),
+    threads: int = typer.Option(1, "--threads", help="torch threads (CPU)."),
+    eval_n: int = typer.Option(100, "--eval-n", help="Held-out instances per task for the recorded accuracy."),
+) -> None:
+    """Train the shipped tiny masked diffusion LM (and/or the AR reference) on CPU from a seed,
+    then measure one-token-per-step accuracy on held-out instances and record it in config.json."""
+    import torch
+
+    from .evaluate import heldout, run_ar, run_method
+    from .loaders import load_diffusion
+    from .policies.learned import collect, save_filter, train_filter
+    from .tasks import GEN_LENGTH, TASKS, dataset
+    from .train import TrainConfig, train
+
+    if kind not in ("all", "dllm", "ar"):
+        raise ParadecError(f"--kind must be all, dllm or ar, got '{kind}'")
+    torch.set_num_threads(threads)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    insts = heldout(eval_n)
+    cmd = f"paradec dllm train --kind {{kind}} --seed {seed} --steps {steps} --threads {threads}"
+    for k in (["dllm", "ar"] if kind == "all" else [kind]):
+        d = Path(out) / k
+        t0 = time.time()
+        model = train(TrainConfig(kind=k, seed=seed, steps=steps, threads=threads), log=log)
+        secs = time.time() - t0
+        cfg_extra = {"train": {"kind": k, "seed": seed, "steps": steps, "threads": threads, "seconds": round(secs),
+                               "command": cmd.format(kind=k), "gen_length": GEN_LENGTH, "params": model.n_params()}}
+        model.save(d, cfg_extra, dtype=torch.float16)
+        m = load_diffusion(str(d))  # evaluate what is shipped (float16 weights, float32 compute)
+        if k == "dllm":
+            sc, _ = run_method(m, "one", {}, insts)
+            log("training the Learn2PD filter on the model's own one-token-per-step trajectories")
+            train_prompts = [i.prompt_ids for t in TASKS for i in dataset(t, 60, seed + 1)]
+            X, Y = collect(m, train_prompts, GEN_LENGTH)
+            save_filter(train_filter(X, Y, seed=seed, log=log), d / "filter.safetensors")
+        else:
+            sc = run_ar(m, insts)
+        measured = {"method": "one token per step" if k == "dllm" else "greedy AR", "n_per_task": eval_n,
+                    "accuracy": round(sc.accuracy, 4), "by_task": {t: round(v, 4) for t, v in sc.by_task.items()}}
+        c = json.loads((d / "config.json").read_text())
+        c["measured"] = measured
+        (d / "config.json").write_text(json.dumps(c, indent=1))
+        log(f"{k}: {model.n_params() / 1e6:.2f}M params, {secs / 60:.1f} min, held-out accuracy {100 * sc.accuracy:.1f}% "
+            + " ".join(f"{t} {100 * v:.0f}" for t, v in sc.by_task.items()) + f" -> {d}")
+
+
+@dllm_app.command("bench")
+def bench_cmd(
+    model: str = typer.Option("tiny-dllm", "--model", "-m"),
+    ar: str = typer.Option("tiny-ar", "--ar", help="AR reference model ('' to skip)."),
+    n: int = typer.Option(100, "--n", help="Held-out instances per task."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    out: str = typer.Option("dllm-bench", "--out", "-o", help="Folder for results.json, results.md, frontier.png."),
+    only: Optional[List[str]] = typer.Option(None, "--only", help="Run only these methods or labels (repeatable)."),
+    threads: int = typer.Option(1, "--threads"),
+) -> None:
+    """Every decoding policy on held-out task instances: accuracy, forwards, tokens per forward,
+    tokens/s, vs one-token-per-step and the AR reference; a frontier plot."""
+    import torch
+
+    from .bench import run_bench
+    from .loaders import load_diffusion
+
+    torch.set_num_threads(threads)
+    m = load_diffusion(model)
+    arm = load_diffusion(ar) if ar else None
+    run_bench(m, arm, n_per_task=n, batch_size=batch_size, out_dir=out, only=only, filter_model=_filter_of(m),
+              log=lambda s: print(s, flush=True))
+    print(f"wrote {out}/results.json, results.md, frontier.png")
+
+
+@dllm_app.command("methods")
+def methods_cmd() -> None:
+    """List the diffusion decoding methods."""
+    from .policies import METHODS
+
+    for k, v in METHODS.items():
+        print(f"{k:10s} {v}")
+
+
+def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: str, device: str,
+                  temperature: float, seed: Optional[int], as_json: bool) -> None:
+    """``paradec generate`` for a diffusion model: a task prompt in, the answer and stats out."""
+    from . import freedave
+    from .loaders import load_diffusion
+    from .loop import generate
+    from .policies import make_settings
+    from .tasks import decode_answer, encode_prompt
+
+    if method == "pld":  # the AR default: use the dLLM default instead
+        method = "threshold"
+    m = load_diffusion(model, dtype=dtype, device=device)
+    opts = dict(options)
+    if temperature:
+        opts.setdefault("temperature", str(temperature))
+    if seed is not None:
+        opts.setdefault("seed", str(seed))
+    gen_length = 18
+    d = getattr(m, "directory", None)
+    if d is not None:
+        gen_length = json.loads((Path(d) / "config.json").read_text()).get("train", {}).get("gen_length", 18)
+    s, extra = make_settings(method, opts, gen_length=gen_length, eos_id=m.spec.eos_id, filter_model=_filter_of(m))
+    tok = getattr(m, "tokenizer", None)
+    ids = tok(prompt)["input_ids"] if tok is not None else encode_prompt(prompt)
+    if method == "freedave":
+        r = freedave.generate(m, [ids], s, depth=extra["depth"])[0]
+    else:
+        r = generate(m, [ids], s)[0]
+    text = tok.decode(r.answer) if tok is not None else decode_answer(r.tokens)
+    st = r.stats
+    if as_json:
+        print(json.dumps({"text": text, "token_ids": r.answer, "model": model, "method": method,
+                          "stats": {**st.to_dict(), "tokens_per_s": st.tokens_per_s}}))
+        return
+    print(text)
+    print(f"[{method}] {st.new_tokens} tokens in {st.total_s:.3f}s = {st.tokens_per_s:.1f} tok/s | {st.forwards} forwards, "
+          f"{st.mean_accepted:.2f} tokens/forward | stop: {st.stop_reason}", file=sys.stderr)

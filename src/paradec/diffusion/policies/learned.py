@@ -1,0 +1,125 @@
+"""Learn2PD-style learned commit filter: a tiny MLP that predicts, for each masked position, whether
+the model's current prediction is already the token one-token-per-step decoding ends with there.
+It is trained on the model's own one-token-per-step trajectories (``train_filter``); at decode time
+every candidate whose predicted probability of being final is >= ``tau`` is committed. End-of-text
+prediction is the loop's ``eos_stop`` (an EOS committed with everything before it decoded ends the
+sequence, the rest is filled with EOS instead of being decoded)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .commit import CommitPolicy, StepContext, TopK, _check_tau
+
+N_FEATURES = 8
+
+
+def features(ctx: StepContext) -> torch.Tensor:
+    """[B, G, F]: confidence, top-2 margin, entropy, offset in the block, progress, predicts EOS,
+    distance to the nearest decoded position, share of the block still masked."""
+    B, G = ctx.conf.shape
+    pos = torch.arange(G, device=ctx.conf.device)[None].expand(B, G)
+    decoded = ~ctx.masked
+    d = (pos[:, :, None] - pos[:, None, :]).abs().to(ctx.conf.dtype)
+    d = torch.where(decoded[:, None, :], d, torch.full_like(d, G)).min(2).values
+    width = (ctx.block_hi - ctx.block_lo).clamp(min=1).to(ctx.conf.dtype)
+    f = torch.stack(
+        [
+            ctx.conf,
+            ctx.margin,
+            ctx.entropy,
+            (pos - ctx.block_lo[:, None]).to(ctx.conf.dtype) / G,
+            ctx.progress[:, None].expand(B, G),
+            (ctx.pred == ctx.eos_id).to(ctx.conf.dtype),
+            d / G,
+            (ctx.cand.sum(1).to(ctx.conf.dtype) / width)[:, None].expand(B, G),
+        ],
+        -1,
+    )
+    return f.to(torch.float32)
+
+
+class FilterMLP(nn.Module):
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net(f)[..., 0]
+
+
+class Learned(CommitPolicy):
+    name = "learn2pd"
+
+    def __init__(self, filt: FilterMLP, tau: float = 0.9) -> None:
+        self.filt, self.tau = filt.eval(), _check_tau("learn2pd", tau)
+
+    @torch.no_grad()
+    def select(self, ctx):
+        p = torch.sigmoid(self.filt(features(ctx)))
+        return ctx.cand & (p >= self.tau)
+
+
+class Recorder(TopK):
+    """One token per step, recording every step's features and predictions for training."""
+
+    def __init__(self) -> None:
+        super().__init__(k=1)
+        self.log: list[tuple] = []
+
+    def select(self, ctx):
+        self.log.append((ctx.rows.clone(), features(ctx), ctx.pred.clone(), ctx.masked.clone()))
+        return super().select(ctx)
+
+
+def collect(model, prompts: list[list[int]], gen_length: int, batch_size: int = 64, block_size: int | None = None):
+    """Features [N, F] and labels [N] (prediction == final token) from one-token-per-step runs."""
+    from ..loop import Settings, decode
+    from .blocks import FixedBlocks
+
+    X, Y = [], []
+    for i in range(0, len(prompts), batch_size):
+        rec = Recorder()
+        s = Settings(gen_length=gen_length, commit=rec, blocks=FixedBlocks(block_size), eos_stop=False)
+        res = decode(model, prompts[i : i + batch_size], s)
+        final = torch.tensor([r.tokens for r in res])
+        for rows, f, pred, masked in rec.log:
+            X.append(f[masked])
+            Y.append((pred == final[rows])[masked])
+    return torch.cat(X), torch.cat(Y).float()
+
+
+def train_filter(X: torch.Tensor, Y: torch.Tensor, seed: int = 0, epochs: int = 300, log=print) -> FilterMLP:
+    torch.manual_seed(seed)
+    f = FilterMLP()
+    opt = torch.optim.Adam(f.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    n = len(X)
+    for ep in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for j in range(0, n, 4096):
+            idx = perm[j : j + 4096]
+            loss = nn.functional.binary_cross_entropy_with_logits(f(X[idx]), Y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if (ep + 1) % 100 == 0:
+            with torch.no_grad():
+                acc = ((f(X) > 0).float() == Y).float().mean().item()
+            log(f"filter epoch {ep + 1}: loss {loss.item():.4f}, accuracy {acc:.4f}, positives {Y.mean().item():.3f}")
+    return f.eval()
+
+
+def save_filter(f: FilterMLP, path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in f.state_dict().items()}, str(path))
+
+
+def load_filter(path) -> FilterMLP:
+    from safetensors.torch import load_file
+
+    f = FilterMLP()
+    f.load_state_dict(load_file(str(path)))
+    return f.eval()
