@@ -11,7 +11,7 @@ import torch
 from paradec.diffusion.adapter import DiffusionSpec, TinyDLM
 from paradec.diffusion.model import TinyConfig, TinyTransformer
 
-V, MASK, EOS, PAD = 24, 1, 3, 0
+V, MASK, EOS, PAD, SEP = 24, 1, 3, 0, 4
 
 
 def tiny_dlm(seed: int = 0, attention: str = "bidirectional", block_size: int = 0, head: float = 40.0, mask_id=MASK) -> TinyDLM:
@@ -19,7 +19,8 @@ def tiny_dlm(seed: int = 0, attention: str = "bidirectional", block_size: int = 
     thresholds sometimes pass and sometimes not, and masked positions differ."""
     torch.manual_seed(seed)
     m = TinyTransformer(TinyConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=64,
-                                   attention=attention, block_size=block_size, mask_id=mask_id)).double().eval()
+                                   attention=attention, block_size=block_size, mask_id=mask_id,
+                                   seg_positions=16)).double().eval()
     with torch.no_grad():
         m.head.weight.mul_(head)
         m.tok.weight.mul_(25)
@@ -34,7 +35,7 @@ def prompts(n: int = 5, seed: int = 0, lengths=(3, 7)) -> list[list[int]]:
     out = []
     for i in range(n):
         L = int(torch.randint(lengths[0], lengths[1] + 1, (1,), generator=g))
-        out.append([2] + torch.randint(4, V, (L,), generator=g).tolist())
+        out.append([2] + torch.randint(5, V, (L,), generator=g).tolist() + [4])  # ... SEP
     return out
 
 

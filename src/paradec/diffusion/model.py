@@ -37,6 +37,12 @@ class TinyConfig:
     mask_id: int | None = 1
     eos_id: int = 3
     pad_id: int = 0
+    # Segment positions (0 = off): besides rotary positions, every token gets a learned embedding
+    # of its index inside its segment (prompt from its first token; answer from the token after
+    # the first ``sep_id``) and, for prompt tokens, of its distance to the answer start. The answer
+    # can then address prompt items from either end: what copy, reverse and the index edits need.
+    sep_id: int = 4
+    seg_positions: int = 0
 
 
 def _rope(pos: torch.Tensor, dh: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +87,9 @@ class TinyTransformer(nn.Module):
         super().__init__()
         self.config = c
         self.tok = nn.Embedding(c.vocab_size, c.d_model)
+        if c.seg_positions:
+            self.seg_index = nn.Embedding(c.seg_positions, c.d_model)
+            self.seg_dist = nn.Embedding(c.seg_positions + 1, c.d_model)  # 0 = an answer token
         self.layers = nn.ModuleList(Layer(c) for _ in range(c.n_layers))
         self.ln = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
@@ -108,6 +117,19 @@ class TinyTransformer(nn.Module):
         bias.masked_fill_(~allowed, float("-inf"))
         return bias[:, None]
 
+    def _segment(self, ids, key_mask, query, n):
+        L = ids.shape[1]
+        idx = torch.arange(L, device=ids.device)[None]
+        is_sep = ids == self.config.sep_id
+        start = torch.where(is_sep.any(1), is_sep.long().argmax(1) + 1, torch.full_like(ids[:, 0], L))[:, None]
+        first_idx = key_mask.long().argmax(1, keepdim=True)  # the first real token
+        answer = idx >= start
+        index = torch.where(answer, idx - start, idx - first_idx).clamp(0, n - 1)
+        dist = torch.where(answer, torch.zeros_like(idx), (start - idx).clamp(1, n))
+        if query is not None:
+            index, dist = index.gather(1, query), dist.gather(1, query)
+        return self.seg_index(index) + self.seg_dist(dist)
+
     def forward(self, ids, key_mask=None, query=None, cache=None, want_cache=False):
         """ids [B, L]; key_mask [B, L] bool (False = padding). Returns (logits [B, W, V], kv)."""
         B, L = ids.shape
@@ -119,6 +141,8 @@ class TinyTransformer(nn.Module):
         else:
             q_ids, pos_q = ids.gather(1, query), pos.gather(1, query)
         x = self.tok(q_ids)
+        if c_seg := self.config.seg_positions:
+            x = x + self._segment(ids, key_mask, query, c_seg)
         bias = self._bias(pos_q, pos, key_mask, x.dtype)
         rope = _rope(pos_q, self.config.d_model // self.config.n_heads, x.dtype)
         kvs = []

@@ -18,22 +18,23 @@ import torch
 import torch.nn.functional as F
 
 from .model import TinyConfig, TinyTransformer
-from .tasks import EOS, GEN_LENGTH, MASK, PAD, TASKS, VOCAB_SIZE, make
+from .tasks import EOS, GEN_LENGTH, MASK, PAD, SEP, TASKS, VOCAB_SIZE, make
 
 
 @dataclass
 class TrainConfig:
     kind: str = "dllm"  # dllm | ar
     seed: int = 0
-    steps: int = 2000
+    steps: int = 1500
     batch: int = 128
     lr: float = 2e-3
     warmup: int = 100
-    d_model: int = 192
-    n_layers: int = 4
-    n_heads: int = 6
-    d_ff: int = 768
-    threads: int = 2
+    d_model: int = 128
+    n_layers: int = 6
+    n_heads: int = 4
+    d_ff: int = 512
+    threads: int = 1
+    seg_positions: int = 24
     tasks: tuple[str, ...] = tuple(TASKS)
     checkpoint_every: int = 0  # also save every n steps (for long runs); 0 = only at the end
 
@@ -82,6 +83,7 @@ def train(cfg: TrainConfig, out_dir: str | None = None, log=print) -> TinyTransf
     mc = TinyConfig(
         vocab_size=VOCAB_SIZE, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_ff=cfg.d_ff,
         attention="bidirectional" if cfg.kind == "dllm" else "causal", mask_id=MASK if cfg.kind == "dllm" else None,
+        sep_id=SEP, seg_positions=cfg.seg_positions,
     )
     model = TinyTransformer(mc)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
