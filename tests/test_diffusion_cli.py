@@ -72,3 +72,15 @@ def test_dllm_bench_quick(dirs, capsys, tmp_path):
 def test_dllm_methods(capsys):
     code, out, err = run_cli(["dllm", "methods"], capsys)
     assert code == 0 and "freedave" in out and "learn2pd" in out
+
+
+def test_dllm_train_quick(capsys, tmp_path):
+    code, out, err = run_cli(["dllm", "train", "--out", str(tmp_path), "--steps", "2", "--eval-n", "1", "--filter-n", "2"], capsys)
+    assert code == 0, err
+    for k in ("dllm", "ar"):
+        c = json.loads((tmp_path / k / "config.json").read_text())
+        assert c["train"]["command"].startswith(f"paradec dllm train --kind {k} --seed 0 --steps 2")
+        assert 0.0 <= c["measured"]["accuracy"] <= 1.0
+    assert (tmp_path / "dllm" / "filter.safetensors").is_file()
+    code, out, err = run_cli(["generate", "copy abc", "--model", str(tmp_path / "dllm"), "--method", "learn2pd", "--json"], capsys)
+    assert code == 0, err

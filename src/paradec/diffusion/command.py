@@ -45,47 +45,57 @@ def train_cmd(
     steps: int = typer.Option(1500, "--steps"),
     threads: int = typer.Option(1, "--threads", help="torch threads (CPU)."),
     eval_n: int = typer.Option(100, "--eval-n", help="Held-out instances per task for the recorded accuracy."),
+    filter_n: int = typer.Option(60, "--filter-n", help="Training instances per task whose trajectories train the filter."),
 ) -> None:
     """Train the shipped tiny masked diffusion LM (and/or the AR reference) on CPU from a seed,
     then measure one-token-per-step accuracy on held-out instances and record it in config.json."""
     import torch
 
-    from .evaluate import heldout, run_ar, run_method
-    from .loaders import load_diffusion
-    from .policies.learned import collect, save_filter, train_filter
-    from .tasks import GEN_LENGTH, TASKS, dataset
     from .train import TrainConfig, train
 
     if kind not in ("all", "dllm", "ar"):
         raise ParadecError(f"--kind must be all, dllm or ar, got '{kind}'")
     torch.set_num_threads(threads)
     log = lambda s: print(s, flush=True)  # noqa: E731
-    insts = heldout(eval_n)
-    cmd = f"paradec dllm train --kind {{kind}} --seed {seed} --steps {steps} --threads {threads}"
     for k in (["dllm", "ar"] if kind == "all" else [kind]):
-        d = Path(out) / k
         t0 = time.time()
         model = train(TrainConfig(kind=k, seed=seed, steps=steps, threads=threads), log=log)
-        secs = time.time() - t0
-        cfg_extra = {"train": {"kind": k, "seed": seed, "steps": steps, "threads": threads, "seconds": round(secs),
-                               "command": cmd.format(kind=k), "gen_length": GEN_LENGTH, "params": model.n_params()}}
-        model.save(d, cfg_extra, dtype=torch.float16)
-        m = load_diffusion(str(d))  # evaluate what is shipped (float16 weights, float32 compute)
-        if k == "dllm":
-            sc, _ = run_method(m, "one", {}, insts)
-            log("training the Learn2PD filter on the model's own one-token-per-step trajectories")
-            train_prompts = [i.prompt_ids for t in TASKS for i in dataset(t, 60, seed + 1)]
-            X, Y = collect(m, train_prompts, GEN_LENGTH)
-            save_filter(train_filter(X, Y, seed=seed, log=log), d / "filter.safetensors")
-        else:
-            sc = run_ar(m, insts)
-        measured = {"method": "one token per step" if k == "dllm" else "greedy AR", "n_per_task": eval_n,
-                    "accuracy": round(sc.accuracy, 4), "by_task": {t: round(v, 4) for t, v in sc.by_task.items()}}
-        c = json.loads((d / "config.json").read_text())
-        c["measured"] = measured
-        (d / "config.json").write_text(json.dumps(c, indent=1))
-        log(f"{k}: {model.n_params() / 1e6:.2f}M params, {secs / 60:.1f} min, held-out accuracy {100 * sc.accuracy:.1f}% "
-            + " ".join(f"{t} {100 * v:.0f}" for t, v in sc.by_task.items()) + f" -> {d}")
+        finish(model, k, Path(out) / k, seed, steps, threads, time.time() - t0, eval_n, log, filter_n)
+
+
+def finish(model, kind: str, d: Path, seed: int, steps: int, threads: int, secs: float, eval_n: int, log=print,
+           filter_n: int = 60) -> dict:
+    """Save a trained model (float16 weights), train the dLLM's Learn2PD filter on its own
+    trajectories, measure held-out accuracy of what is saved and record it in config.json."""
+    import torch
+
+    from .evaluate import heldout, run_ar, run_method
+    from .loaders import load_diffusion
+    from .policies.learned import collect, save_filter, train_filter
+    from .tasks import GEN_LENGTH, TASKS, dataset
+
+    cmd = f"paradec dllm train --kind {kind} --seed {seed} --steps {steps} --threads {threads}"
+    meta = {"train": {"kind": kind, "seed": seed, "steps": steps, "threads": threads, "seconds": round(secs),
+                      "command": cmd, "gen_length": GEN_LENGTH, "params": model.n_params()}}
+    model.save(d, meta, dtype=torch.float16)
+    m = load_diffusion(str(d))  # evaluate what is shipped (float16 weights, float32 compute)
+    insts = heldout(eval_n)
+    if kind == "dllm":
+        sc, _ = run_method(m, "one", {}, insts)
+        log("training the Learn2PD filter on the model's own one-token-per-step trajectories")
+        train_prompts = [i.prompt_ids for t in TASKS for i in dataset(t, filter_n, seed + 1)]
+        X, Y = collect(m, train_prompts, GEN_LENGTH)
+        save_filter(train_filter(X, Y, seed=seed, epochs=300 if filter_n >= 20 else 5, log=log), d / "filter.safetensors")
+    else:
+        sc = run_ar(m, insts)
+    measured = {"method": "one token per step" if kind == "dllm" else "greedy AR", "n_per_task": eval_n,
+                "accuracy": round(sc.accuracy, 4), "by_task": {t: round(v, 4) for t, v in sc.by_task.items()}}
+    c = json.loads((d / "config.json").read_text())
+    c["measured"] = measured
+    (d / "config.json").write_text(json.dumps(c, indent=1))
+    log(f"{kind}: {model.n_params() / 1e6:.2f}M params, {secs / 60:.1f} min, held-out accuracy {100 * sc.accuracy:.1f}% "
+        + " ".join(f"{t} {100 * v:.0f}" for t, v in sc.by_task.items()) + f" -> {d}")
+    return measured
 
 
 @dllm_app.command("bench")
