@@ -109,29 +109,43 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _group(r: dict) -> str:
+    cache = r["options"].get("cache")
+    return f"{r['method']} + {cache} cache" if cache and cache != "none" else r["method"]
+
+
 def plot(rows: list[dict], path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(r["method"], []).append(r)
+        if r["method"] != "ar":
+            groups.setdefault(_group(r), []).append(r)
+    ar = next((r for r in rows if r["method"] == "ar"), None)
+    one = next((r for r in rows if r["label"] == "one"), None)
     markers = "os^vD<>phX*P"
-    for ax, (title, key) in zip(axes, [("all tasks", None), ("copy + reverse", ("copy", "reverse"))]):
-        for k, (method, rs) in enumerate(groups.items()):
-            xs = [r["tokens_per_forward"] for r in rs]
-            ys = [100 * (r["accuracy"] if key is None else sum(r["by_task"][t] for t in key) / len(key)) for r in rs]
-            order = sorted(range(len(xs)), key=lambda i: xs[i])
-            ax.plot([xs[i] for i in order], [ys[i] for i in order], marker=markers[k % len(markers)], label=method,
-                    linestyle="-" if len(rs) > 1 else "none", markersize=7)
+    panels = [("all tasks", None), ("latin + sort (strongly dependent tokens)", ("latin", "sort"))]
+    for ax, (title, key) in zip(axes, panels):
+        def acc(r):
+            return 100 * (r["accuracy"] if key is None else sum(r["by_task"][t] for t in key) / len(key))
+
+        for k, (name, rs) in enumerate(groups.items()):
+            rs = sorted(rs, key=lambda r: r["tokens_per_forward"])
+            ax.plot([r["tokens_per_forward"] for r in rs], [acc(r) for r in rs], marker=markers[k % len(markers)],
+                    label=name, linestyle="-" if len(rs) > 1 else "none", markersize=7, color=f"C{k % 10}" if k < 10 else None)
+        if one is not None:
+            ax.axhline(acc(one), color="k", linestyle="--", linewidth=1, label="one token per step")
+        if ar is not None:
+            ax.axhline(acc(ar), color="gray", linestyle=":", linewidth=1.5, label="AR reference (1 token/forward)")
         ax.set_xlabel("tokens per forward (decoded answer positions / forwards)")
         ax.set_ylabel("exact-match accuracy %")
         ax.set_title(f"tiny dLLM speed/quality frontier: {title}")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, ncol=2, loc="lower left")
+    axes[0].legend(fontsize=7.5, ncol=2, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
