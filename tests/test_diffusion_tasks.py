@@ -51,3 +51,19 @@ def test_encoding_and_errors():
                      ("copy " + "a" * 30, "too long"), ("", "starts with one of")]:
         with pytest.raises(ParadecError, match=msg):
             T.encode_prompt(bad)
+
+
+def test_training_is_reproducible_from_a_seed():
+    import torch
+
+    from paradec.diffusion.train import TrainConfig, train
+
+    cfg = dict(steps=3, batch=8, d_model=32, n_layers=1, n_heads=4, d_ff=64, threads=1)
+    a = train(TrainConfig(kind="dllm", seed=5, **cfg), log=lambda s: None)
+    b = train(TrainConfig(kind="dllm", seed=5, **cfg), log=lambda s: None)
+    c = train(TrainConfig(kind="dllm", seed=6, **cfg), log=lambda s: None)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    ar = train(TrainConfig(kind="ar", seed=5, **cfg), log=lambda s: None)
+    assert ar.config.attention == "causal" and ar.config.mask_id is None
