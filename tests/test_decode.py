@@ -96,7 +96,7 @@ DRAFTERS = {
     "draft-chain": lambda d: DraftModelProposer(d, VOCAB, DraftModelConfig(min_confidence=0.0)),
     "draft-tree": lambda d: DraftModelProposer(d, VOCAB, DraftModelConfig(width=3, sibling_depth=3)),
     "random-tree": lambda d: RandomTree(),
-    "qdraft": lambda d: QuantizedSelfDraft(_int8(0, VOCAB), VOCAB, QDraftConfig(backend="int8")),
+    "qdraft": lambda d: QuantizedSelfDraft(_int8(0, VOCAB), VOCAB, QDraftConfig(backend="int8", lookup=12)),
 }
 
 _INT8 = {}
@@ -248,3 +248,35 @@ def test_make_proposer_errors():
     with pytest.raises(ParadecError, match="expects int"):
         make_proposer("pld", models, options={"draft_len": "many"})
     assert make_proposer("pld", models, options={"draft_len": "5"}).config.draft_len == 5
+
+
+def test_draft_with_lookup_is_identical_to_ar_and_uses_the_batched_check(target, drafter_model, reference):
+    """``lookup``: the drafter scores a suffix-lookup chain in one pass and keeps what it agrees
+    with; the output stays the target's."""
+    calls = {"score": 0}
+    for p in PROMPTS:
+        prop = DraftModelProposer(drafter_model, VOCAB, DraftModelConfig(lookup=8, min_confidence=0.0))
+        orig = prop.drafter.score
+
+        def counting(tokens, chain, orig=orig):
+            calls["score"] += 1
+            return orig(tokens, chain)
+
+        prop.drafter.score = counting
+        out, _ = run(target, prop, p)
+        assert out == reference[tuple(p)]
+    assert calls["score"] > 0
+
+
+def test_hf_drafter_score_matches_one_token_feeding(drafter_model):
+    from paradec.models.drafter import HFDrafter
+
+    a, b = HFDrafter(drafter_model), HFDrafter(drafter_model)
+    a.reset(64)
+    b.reset(64)
+    tokens, chain = [1, 5, 7, 9, 5], [7, 9, 11]
+    scored = a.score(tokens, chain)  # [4, V]
+    stepwise = [b.logits_after(tokens)] + [b.feed(t) for t in chain]
+    assert torch.allclose(scored, torch.stack(stepwise), atol=1e-9)
+    a.truncate(len(tokens) + 1)  # keep tokens + chain[:1]
+    assert torch.allclose(a.feed(chain[1]), stepwise[2], atol=1e-9)

@@ -28,6 +28,15 @@ class Drafter(Protocol):
         """Append one token and return the logits after it [V]."""
         ...
 
+    def score(self, tokens: list[int], chain: list[int]) -> torch.Tensor:
+        """Follow ``tokens + chain`` in one batched pass; return the logits after ``tokens`` and
+        after each chain token [len(chain) + 1, V]."""
+        ...
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first ``n`` followed tokens."""
+        ...
+
 
 def _common_prefix(cached: list[int], tokens: list[int]) -> int:
     # the last token is always fed again, so its logits are fresh
@@ -55,6 +64,26 @@ class HFDrafter:
             self.model.prefill(torch.tensor([tokens[n:-1]]), self.cache)
             self.cached.extend(tokens[n:-1])
         return self.feed(tokens[-1])
+
+    def score(self, tokens: list[int], chain: list[int]) -> torch.Tensor:
+        n = _common_prefix(self.cached, tokens)
+        self.cache.truncate(n)
+        self.cached = self.cached[:n]
+        if len(tokens) - 1 > n:
+            self.model.prefill(torch.tensor([tokens[n:-1]]), self.cache)
+            self.cached.extend(tokens[n:-1])
+        run = [tokens[-1], *chain]
+        base, k = self.cache.seq_len, len(run)
+        ids = torch.tensor([run])  # [1, k]
+        pos = torch.arange(base, base + k)[None]  # [1, k]
+        mask = torch.ones(k, base + k, dtype=torch.bool).tril_(base)[None]  # [1, k, base+k]
+        logits = self.model.forward(ids, pos, self.cache, mask)[0]  # [k, V]
+        self.cached.extend(run)
+        return logits
+
+    def truncate(self, n: int) -> None:
+        self.cache.truncate(n)
+        self.cached = self.cached[:n]
 
     def feed(self, token: int) -> torch.Tensor:
         base = self.cache.seq_len
@@ -106,3 +135,22 @@ class LlamaCppDrafter:
 
     def feed(self, token: int) -> torch.Tensor:
         return self._eval([token])
+
+    def score(self, tokens: list[int], chain: list[int]) -> torch.Tensor:
+        llm = self.llm
+        cached = llm.input_ids[: llm.n_tokens].tolist()
+        llm.n_tokens = _common_prefix(cached, tokens)
+        if len(tokens) - 1 > llm.n_tokens:
+            llm.eval(tokens[llm.n_tokens : -1])
+        run = [tokens[-1], *chain]
+        n_past = llm.n_tokens
+        llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+        llm._batch.set_batch(batch=run, n_past=n_past, logits_all=True)  # logits at every position
+        llm._ctx.decode(llm._batch)
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(run), self.n_vocab))
+        llm.input_ids[n_past : n_past + len(run)] = run
+        llm.n_tokens = n_past + len(run)
+        return torch.from_numpy(logits.copy())
+
+    def truncate(self, n: int) -> None:
+        self.llm.n_tokens = min(self.llm.n_tokens, n)

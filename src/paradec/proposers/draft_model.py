@@ -22,6 +22,7 @@ from ..models.drafter import Drafter, HFDrafter
 from ..sampling import SamplingParams, target_probs
 from ..tree import DraftTree
 from .base import ProposeContext, StepResult
+from .suffix import SuffixDrafter
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class DraftModelConfig:
     min_confidence: float = 0.3  # stop drafting when the drafter's top probability falls below
     width: int = 1  # 1 = chain; w > 1 adds the drafter's next w-1 candidates as leaves
     sibling_depth: int = 2  # siblings only at the first depths, where they pay most
+    lookup: int = 0  # greedy: check up to this many suffix-lookup tokens with ONE drafter pass (0 = off)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_len <= self.max_len:
@@ -39,6 +41,8 @@ class DraftModelConfig:
             raise ValueError("draft min_confidence must be in [0, 1)")
         if self.width < 1:
             raise ValueError("draft width must be >= 1")
+        if self.lookup < 0:
+            raise ValueError("draft lookup must be >= 0")
 
 
 class DraftModelProposer:
@@ -50,11 +54,14 @@ class DraftModelProposer:
         self.config = config or DraftModelConfig()
         self.cap = self.config.max_len
         self.sampling = SamplingParams()
+        self.lookup = SuffixDrafter() if self.config.lookup else None
 
     def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
         self.drafter.reset(len(prompt) + 512)
         self.cap = self.config.max_len
         self.sampling = sampling
+        if self.lookup is not None:
+            self.lookup.begin(prompt, sampling)
 
     def _dist(self, logits: torch.Tensor) -> torch.Tensor:
         """The drafter's distribution over the *target's* vocabulary. Under sampling it is the
@@ -75,12 +82,28 @@ class DraftModelProposer:
         length = min(self.cap, ctx.max_depth)
         if length <= 0:
             return DraftTree()
-        logits = self.drafter.logits_after(ctx.tokens)
         tokens: list[int] = []
         parents: list[int] = []
         qs: list[torch.Tensor] = []
         parent = -1
-        for depth in range(length):
+        start = 0
+        chain = self._lookup_chain(ctx) if self.sampling.greedy and self.lookup is not None else []
+        if chain:
+            # The drafter checks the whole lookup chain in one batched pass and keeps the prefix
+            # it agrees with: drafting that stretch costs one pass instead of one per token.
+            scored = self.drafter.score(ctx.tokens, chain)  # [len(chain) + 1, V]
+            while start < len(chain) and int(self._dist(scored[start]).argmax()) == chain[start]:
+                tokens.append(chain[start])
+                parents.append(start - 1)
+                qs.append(scored.new_zeros(0))
+                start += 1
+            parent = start - 1
+            self.drafter.truncate(len(ctx.tokens) + start)
+            logits = scored[start]
+            length = max(length, start)
+        else:
+            logits = self.drafter.logits_after(ctx.tokens)
+        for depth in range(start, length):
             p = self._dist(logits)
             if self.sampling.greedy:
                 tok = int(p.argmax())
@@ -111,7 +134,21 @@ class DraftModelProposer:
             q = torch.stack([row if row.numel() else torch.zeros(v) for row in qs])
         return DraftTree(tuple(tokens), tuple(parents), q)
 
+    def _lookup_chain(self, ctx: ProposeContext) -> list[int]:
+        """The most probable path of the suffix-lookup tree (at least 2 tokens, else none)."""
+        tree = self.lookup.propose(ctx)
+        limit = min(self.config.lookup, ctx.max_depth, ctx.max_nodes)
+        chain: list[int] = []
+        kids = tree.children()
+        here = -1
+        while kids[here + 1] and len(chain) < limit:
+            here = kids[here + 1][0]  # best-first order: the first child is the most probable
+            chain.append(tree.tokens[here])
+        return chain if len(chain) >= 2 else []
+
     def observe(self, result: StepResult) -> None:
+        if self.lookup is not None:
+            self.lookup.observe(result)
         draft, verdict = result.draft, result.verdict
         if not len(draft):
             return
