@@ -53,8 +53,10 @@ def test_generate_text_and_errors(dirs, capsys):
     ]:
         code, out, err = run_cli(["generate", "copy abc", "--model", str(dirs / "dllm"), *args], capsys)
         assert code == 2 and msg in err and err.count("\n") == 1, err
-    code, out, err = run_cli(["generate", "copy abc", "--model", str(dirs / "ar")], capsys)
-    assert code == 2 and "no mask token" in err
+    code, out, err = run_cli(["generate", "copy abc", "--model", str(dirs / "ar"), "--method", "threshold"], capsys)
+    assert code == 2 and "is an AR model" in err
+    code, out, err = run_cli(["generate", "copy abc", "--model", str(dirs / "ar"), "--method", "ar", "--json"], capsys)
+    assert code == 0 and json.loads(out)["stats"]["mean_accepted"] == 1.0
     code, out, err = run_cli(["generate", "hello", "--model", str(dirs / "dllm")], capsys)
     assert code == 2 and "starts with one of" in err
 

@@ -141,9 +141,11 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
     from .policies import make_settings
     from .tasks import decode_answer, encode_prompt
 
+    m = load_diffusion(model, dtype=dtype, device=device)
+    if getattr(getattr(m, "model", None), "config", None) is not None and getattr(m.model.config, "attention", "") == "causal":
+        return _generate_ar(m, prompt, model, method, as_json)  # tiny-ar, the AR reference
     if method == "pld":  # the AR default: use the dLLM default instead
         method = "threshold"
-    m = load_diffusion(model, dtype=dtype, device=device)
     opts = dict(options)
     if temperature:
         opts.setdefault("temperature", str(temperature))
@@ -169,3 +171,27 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
     print(text)
     print(f"[{method}] {st.new_tokens} tokens in {st.total_s:.3f}s = {st.tokens_per_s:.1f} tok/s | {st.forwards} forwards, "
           f"{st.mean_accepted:.2f} tokens/forward | stop: {st.stop_reason}", file=sys.stderr)
+
+
+def _generate_ar(m, prompt: str, model: str, method: str, as_json: bool) -> None:
+    """Greedy decoding with paradec's AR reference (one token per forward)."""
+    from .evaluate import ar_generate
+    from .stats import DiffusionStats
+    from .tasks import EOS, decode_answer, encode_prompt
+
+    if method not in ("ar", "pld"):
+        raise ParadecError(f"'{model}' is an AR model: use --method ar")
+    ids = encode_prompt(prompt)
+    t0 = time.perf_counter()
+    outs, fws = ar_generate(m.model, [ids])
+    st = DiffusionStats(method="ar", prompt_tokens=len(ids), new_tokens=len(outs[0]), forwards=fws[0], committed=fws[0],
+                        accept_lengths=[1] * fws[0], total_s=time.perf_counter() - t0,
+                        stop_reason="eos" if EOS in outs[0] else "length")
+    text = decode_answer(outs[0])
+    if as_json:
+        print(json.dumps({"text": text, "token_ids": outs[0], "model": model, "method": "ar",
+                          "stats": {**st.to_dict(), "tokens_per_s": st.tokens_per_s}}))
+        return
+    print(text)
+    print(f"[ar] {st.new_tokens} tokens in {st.total_s:.3f}s = {st.tokens_per_s:.1f} tok/s | {st.forwards} forwards, "
+          f"1.00 tokens/forward | stop: {st.stop_reason}", file=sys.stderr)
