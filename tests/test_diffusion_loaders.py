@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from dllm_util import MASK, prompts, tiny_dlm, write_hf
+
 from paradec.diffusion.loaders import is_diffusion, load_diffusion
 from paradec.diffusion.loop import generate, prepare
 from paradec.diffusion.policies import make_settings

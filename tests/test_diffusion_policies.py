@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from dllm_util import EOS, MASK, FakeDLM
+
 from paradec.diffusion.loop import Settings, generate
 from paradec.diffusion.policies import (
-    AdaBlock, Credit, EditPolicy, Entropy, Factor, FixedBlocks, LocalLeap, Margin, Prophet, RandomK, StepContext,
-    Threshold, TopK, make_settings,
+    AdaBlock,
+    Credit,
+    EditPolicy,
+    Entropy,
+    Factor,
+    FixedBlocks,
+    LocalLeap,
+    Margin,
+    Prophet,
+    RandomK,
+    StepContext,
+    Threshold,
+    TopK,
+    make_settings,
 )
 from paradec.errors import ParadecError
 

@@ -12,4 +12,4 @@ from .loaders import is_diffusion, load_diffusion
 from .loop import Result, Settings, generate
 from .policies import METHODS, make_settings
 
-__all__ = ["is_diffusion", "load_diffusion", "Result", "Settings", "generate", "METHODS", "make_settings"]
+__all__ = ["METHODS", "Result", "Settings", "generate", "is_diffusion", "load_diffusion", "make_settings"]

@@ -141,7 +141,7 @@ def plot(rows: list[dict], path) -> None:
     markers = "os^vD<>phX*P"
     panels = [("all tasks", None), ("latin + sort (strongly dependent tokens)", ("latin", "sort"))]
     for ax, (title, key) in zip(axes, panels):
-        def acc(r):
+        def acc(r, key=key):
             return 100 * (r["accuracy"] if key is None else sum(r["by_task"][t] for t in key) / len(key))
 
         for k, (name, rs) in enumerate(groups.items()):

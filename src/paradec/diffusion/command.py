@@ -6,7 +6,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -56,7 +55,7 @@ def train_cmd(
     if kind not in ("all", "dllm", "ar"):
         raise ParadecError(f"--kind must be all, dllm or ar, got '{kind}'")
     torch.set_num_threads(threads)
-    log = lambda s: print(s, flush=True)  # noqa: E731
+    log = lambda s: print(s, flush=True)
     for k in (["dllm", "ar"] if kind == "all" else [kind]):
         t0 = time.time()
         model = train(TrainConfig(kind=k, seed=seed, steps=steps, threads=threads), log=log)
@@ -105,7 +104,7 @@ def bench_cmd(
     n: int = typer.Option(100, "--n", help="Held-out instances per task."),
     batch_size: int = typer.Option(64, "--batch-size"),
     out: str = typer.Option("dllm-bench", "--out", "-o", help="Folder for results.json, results.md, frontier.png."),
-    only: Optional[List[str]] = typer.Option(None, "--only", help="Run only these methods or labels (repeatable)."),
+    only: list[str] | None = typer.Option(None, "--only", help="Run only these methods or labels (repeatable)."),
     threads: int = typer.Option(1, "--threads"),
 ) -> None:
     """Every decoding policy on held-out task instances: accuracy, forwards, tokens per forward,
@@ -133,7 +132,7 @@ def methods_cmd() -> None:
 
 
 def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: str, device: str,
-                  temperature: float, seed: Optional[int], as_json: bool) -> None:
+                  temperature: float, seed: int | None, as_json: bool) -> None:
     """``paradec generate`` for a diffusion model: a task prompt in, the answer and stats out."""
     from . import freedave
     from .loaders import load_diffusion

@@ -11,7 +11,16 @@ import torch
 from . import freedave
 from .loop import generate
 from .policies import make_settings
-from .tasks import EOS, GEN_LENGTH, HELDOUT_SEED, TASKS, Instance, correct, dataset, decode_answer
+from .tasks import (
+    EOS,
+    GEN_LENGTH,
+    HELDOUT_SEED,
+    TASKS,
+    Instance,
+    correct,
+    dataset,
+    decode_answer,
+)
 
 
 def heldout(n_per_task: int, tasks=TASKS, seed: int = HELDOUT_SEED) -> list[Instance]:

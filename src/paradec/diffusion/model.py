@@ -15,7 +15,6 @@ the full forward's at those positions.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -164,7 +163,7 @@ class TinyTransformer(nn.Module):
         (d / "config.json").write_text(json.dumps({"paradec_dllm": asdict(self.config), **(extra or {})}, indent=1))
 
     @classmethod
-    def load(cls, directory: str | Path, dtype=torch.float32) -> "TinyTransformer":
+    def load(cls, directory: str | Path, dtype=torch.float32) -> TinyTransformer:
         from safetensors.torch import load_file
 
         d = Path(directory)
@@ -174,8 +173,4 @@ class TinyTransformer(nn.Module):
         return m.to(dtype).eval()
 
 
-def param_count_str(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else str(n)
-
-
-__all__ = ["TinyConfig", "TinyTransformer", "param_count_str", "math"]
+__all__ = ["TinyConfig", "TinyTransformer"]

@@ -29,7 +29,17 @@ from ...errors import ParadecError
 from .blocks import AdaBlock, BlockSchedule, FixedBlocks
 from .cache import CachePolicy
 from .commit import (
-    CommitPolicy, Credit, Entropy, Factor, LocalLeap, Margin, Prophet, RandomK, StepContext, Threshold, TopK,
+    CommitPolicy,
+    Credit,
+    Entropy,
+    Factor,
+    LocalLeap,
+    Margin,
+    Prophet,
+    RandomK,
+    StepContext,
+    Threshold,
+    TopK,
 )
 from .edit import EditPolicy
 
@@ -134,6 +144,22 @@ def make_settings(method: str, options: dict | None = None, gen_length: int = 18
 
 
 __all__ = [
-    "METHODS", "make_settings", "AdaBlock", "BlockSchedule", "CachePolicy", "CommitPolicy", "Credit", "EditPolicy",
-    "Entropy", "Factor", "FixedBlocks", "LocalLeap", "Margin", "Prophet", "RandomK", "StepContext", "Threshold", "TopK",
+    "METHODS",
+    "AdaBlock",
+    "BlockSchedule",
+    "CachePolicy",
+    "CommitPolicy",
+    "Credit",
+    "EditPolicy",
+    "Entropy",
+    "Factor",
+    "FixedBlocks",
+    "LocalLeap",
+    "Margin",
+    "Prophet",
+    "RandomK",
+    "StepContext",
+    "Threshold",
+    "TopK",
+    "make_settings",
 ]

@@ -7,7 +7,6 @@ commits at least one token per sequence (the most confident candidate) so decodi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -190,7 +189,7 @@ class Prophet(CommitPolicy):
         self.base.reset(*a)
 
     def select(self, ctx):
-        t = self.top2.clamp_min(1e-30).log() if False else ctx.top2.clamp_min(1e-30).log()
+        t = ctx.top2.clamp_min(1e-30).log()
         gap = (t[..., 0] - t[..., 1]).masked_fill(~ctx.masked, 0.0)
         mean_gap = gap.sum(1) / ctx.masked.sum(1).clamp(min=1)
         need = torch.full_like(mean_gap, self.gaps[-1][1])
@@ -249,7 +248,3 @@ class Credit(CommitPolicy):
         fconf, fpred = fused.max(-1)
         sel = ctx.cand & (fconf.exp() >= self.tau)
         return sel, fpred
-
-
-def fmt(x: float) -> str:
-    return f"{x:g}" if not math.isnan(x) else "nan"
