@@ -142,3 +142,22 @@ def test_make_proposer_auto_options():
         make_proposer("auto", models, options={"model": "bogus"})
     with_draft = Models(models.target, HFCausalLM(tiny_llama(7, vocab=VOCAB, layers=1)))
     assert isinstance(make_proposer("auto", with_draft).model, DraftModelProposer)
+
+
+def test_model_cost_ignores_catch_up_calls(target, reference):
+    """The first model-drafter call of a request (and any after lookup/none steps) also catches
+    up on committed tokens; its time must not count as the drafting cost."""
+    p = PROMPTS[3]
+    ref = reference[tuple(p)]
+
+    class SlowFirst(Scripted):
+        def propose(self, ctx):
+            self.delay = 0.3 if self.calls == 0 else 0.0
+            return super().propose(ctx)
+
+    model = SlowFirst(ref, len(p), good=True, k=6)
+    auto = AutoDrafter(model)
+    out, _ = run(target, auto, p, n=40)
+    assert out == ref
+    assert model.calls > 2 and auto.model_cost.value is not None
+    assert auto.model_cost.value < 0.1  # the 0.3 s catch-up call was left out

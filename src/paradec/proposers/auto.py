@@ -12,7 +12,10 @@ Cost model, learned online from the request itself (nothing is hard-coded per ma
   bucket (1, 2-3, 4-7, ... tokens), measured as the time between the end of ``propose`` and
   ``observe`` (forward + verify + rollback); unmeasured sizes are extrapolated from the nearest
   measured one with a conservative growth per doubling;
-- ``d_c``: drafting time of candidate c (moving average of its measured ``propose`` time);
+- ``d_c``: drafting time of candidate c (moving average of its measured ``propose`` time; for the
+  model drafter only steps right after its own, so catching up on a prompt or on tokens the
+  lookup committed is not mistaken for drafting cost; until measured it counts as free, which
+  makes ``auto`` try the model drafter twice in a row early on);
 - ``a_c``: expected accepted tokens of candidate c. For the lookup draft it is kept per suffix
   match-length bucket and updated *every* step, also when the draft was not used: the committed
   tokens show how much of it the target would have accepted (a counterfactual that is exact
@@ -94,7 +97,7 @@ class AutoDrafter:
         self._reset_step()
 
     def _reset_step(self) -> None:
-        self._choice = "none"
+        self._choice = self._choice_before = "none"
         self._lookup_tree = DraftTree()
         self._bucket = 0
         self._t_proposed = 0.0
@@ -149,13 +152,17 @@ class AutoDrafter:
                 if r > best_rate:
                     best, best_rate = "model", r
 
-        self._choice = best
+        self._choice_before, self._choice = self._choice, best
         self.choices[best] += 1
         if best == "model":
             self._since_model = 0
             t1 = time.perf_counter()
             draft = self.model.propose(ctx)
-            self.model_cost.add(time.perf_counter() - t1)
+            if self._choice_before == "model":
+                # Only right after its own step: otherwise the time includes catching up on the
+                # tokens committed since it last ran (the whole prompt, at first), which is not
+                # what a drafting step costs.
+                self.model_cost.add(time.perf_counter() - t1)
             self.model_nodes.add(len(draft))
         else:
             self._since_model += 1
