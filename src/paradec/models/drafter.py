@@ -114,10 +114,15 @@ class LlamaCppDrafter:
             n_ctx=n_ctx,
             n_batch=512,
             n_threads=n_threads or torch.get_num_threads(),
+            n_threads_batch=n_threads or torch.get_num_threads(),  # else it defaults to every core
             logits_all=False,
             verbose=False,
         )
         self.n_vocab = self.llm.n_vocab()
+        # The first evaluation is slow (measured: up to 30 s under CPU contention, lazy set-up in
+        # llama.cpp); pay it here, once, rather than inside the first request.
+        self.llm.eval([self.llm.token_bos() if self.llm.token_bos() >= 0 else 0])
+        self.llm.n_tokens = 0
 
     def reset(self, capacity: int) -> None:
         # n_ctx is the target's context window, which the decode loop never exceeds
