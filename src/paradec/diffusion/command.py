@@ -18,13 +18,9 @@ dllm_app = typer.Typer(
 
 
 def _opts(pairs) -> dict:
-    out = {}
-    for kv in pairs or []:
-        if "=" not in kv:
-            raise ParadecError(f"--opt expects key=value, got '{kv}'")
-        k, v = kv.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    from ..cli import _options  # one parser for --opt key=value everywhere
+
+    return _options(pairs)
 
 
 def _filter_of(model):

@@ -56,22 +56,20 @@ class HFDrafter:
         self.cache = self.model.new_cache(capacity)
         self.cached = []
 
-    def logits_after(self, tokens: list[int]) -> torch.Tensor:
+    def _follow_all_but_last(self, tokens: list[int]) -> None:
+        """Make the cache hold ``tokens[:-1]``, reusing the longest cached prefix."""
         n = _common_prefix(self.cached, tokens)
-        self.cache.truncate(n)
-        self.cached = self.cached[:n]
+        self.truncate(n)
         if len(tokens) - 1 > n:
             self.model.prefill(torch.tensor([tokens[n:-1]]), self.cache)
             self.cached.extend(tokens[n:-1])
+
+    def logits_after(self, tokens: list[int]) -> torch.Tensor:
+        self._follow_all_but_last(tokens)
         return self.feed(tokens[-1])
 
     def score(self, tokens: list[int], chain: list[int]) -> torch.Tensor:
-        n = _common_prefix(self.cached, tokens)
-        self.cache.truncate(n)
-        self.cached = self.cached[:n]
-        if len(tokens) - 1 > n:
-            self.model.prefill(torch.tensor([tokens[n:-1]]), self.cache)
-            self.cached.extend(tokens[n:-1])
+        self._follow_all_but_last(tokens)
         run = [tokens[-1], *chain]
         base, k = self.cache.seq_len, len(run)
         ids = torch.tensor([run])  # [1, k]
