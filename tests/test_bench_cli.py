@@ -4,24 +4,11 @@ transformers peers writes JSON and a report; bad input fails fast with one line.
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
 from conftest import char_tokenizer, tiny_llama
-from paradec import cli
-
-
-def run_cli(args, capsys):
-    old = sys.argv
-    sys.argv = ["paradec", *args]
-    try:
-        with pytest.raises(SystemExit) as e:
-            cli.main()
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
+from cli_util import run_cli
 
 
 @pytest.fixture(scope="module")

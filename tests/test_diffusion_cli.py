@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 
-from paradec import cli
+from cli_util import run_cli
 from paradec.diffusion.model import TinyConfig, TinyTransformer
 from paradec.diffusion.tasks import VOCAB_SIZE
-
-
-def run_cli(args, capsys):
-    old = sys.argv
-    sys.argv = ["paradec", *args]
-    try:
-        with pytest.raises(SystemExit) as e:
-            cli.main()
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 @pytest.fixture(scope="module")
