@@ -33,7 +33,7 @@ def _options(pairs: list[str] | None) -> dict:
 def generate(
     prompt: str = typer.Argument(..., help="The prompt (chat-formatted when the model has a chat template)."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Packaged name, model dir, .gguf file or cached hub id."),
-    method: str = typer.Option("pld", "--method", help="Decoding method: ar, pld, draft."),
+    method: str = typer.Option("pld", "--method", help="Decoding method (see `paradec methods`)."),
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model (same tokenizer) for --method draft."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
