@@ -107,11 +107,13 @@ def test_concurrent_clients_all_complete_and_correct(engines):
         metrics, "paradec_requests_total", endpoint="/v1/chat/completions", status="200"
     )
     assert ok == REQUESTS
+    assert metric(metrics, "paradec_batch_size_count") > 0  # plain steps of concurrent requests ran batched
     latencies = [r[2] for r in results.values()]
     tokens = sum(r[1] for r in results.values())
     print(
         f"\nserver load test (tiny model, {CLIENTS} clients, {REQUESTS} requests, max_tokens {MAX_TOKENS}): "
         f"{REQUESTS / wall:.1f} req/s, {tokens / wall:.0f} tokens/s, latency p50 {_percentile(latencies, 0.5) * 1000:.0f} ms, "
         f"p99 {_percentile(latencies, 0.99) * 1000:.0f} ms, mean {statistics.mean(latencies) * 1000:.0f} ms, wall {wall:.2f} s, "
-        f"worker busy {metric(metrics, 'paradec_worker_busy_seconds_total') / wall:.0%}"
+        f"worker busy {metric(metrics, 'paradec_worker_busy_seconds_total') / wall:.0%}, "
+        f"mean batch {metric(metrics, 'paradec_batch_size_sum') / max(1.0, metric(metrics, 'paradec_batch_size_count')):.1f}"
     )

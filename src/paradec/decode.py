@@ -4,6 +4,11 @@ Invariant: the target cache holds every committed token but the last one (the *r
 slot i holds position i. Each step feeds the root plus the draft tree in one forward, commits
 the accepted path plus one target-sampled token, and rolls the cache back to the committed
 prefix (truncate for chains, compact for trees).
+
+The loop body is split in two halves around the forward, ``Decoder.prepare`` (propose, build
+the forward's inputs) and ``Decoder.commit`` (verify, roll back, emit), so a caller that owns
+several requests can run their forwards together (the server batches plain decoding steps).
+``decode`` is the loop for one request: prepare, forward, commit, until done.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .cache import KVCache
 from .errors import ParadecError
 from .models.adapter import CausalLM
 from .proposers.base import ProposeContext, Proposer, StepResult
@@ -35,6 +41,21 @@ class DecodeConfig:
             raise ParadecError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens}")
 
 
+@dataclass(frozen=True)
+class ForwardInput:
+    """One target forward: the root plus the draft tree, on ``cache``."""
+
+    ids: torch.Tensor  # [1, n+1] long
+    positions: torch.Tensor  # [1, n+1] long
+    mask: torch.Tensor  # [1, n+1, base+n+1] bool
+    cache: KVCache
+
+    @property
+    def plain(self) -> bool:
+        """A plain decoding step: one token, no draft (what the server batches across requests)."""
+        return self.ids.shape[1] == 1
+
+
 def decode(
     target: CausalLM,
     proposer: Proposer,
@@ -45,87 +66,120 @@ def decode(
 ) -> Iterator[list[int]]:
     """Yield the tokens committed by each step (after stop handling). ``stats`` is filled in
     place. ``stop(generated)`` is asked after every token; True ends generation after it."""
-    stats = stats if stats is not None else DecodeStats()
-    prompt = [int(t) for t in prompt]
-    if not prompt:
-        raise ParadecError("the prompt is empty")
-    if len(prompt) >= target.max_context:
-        raise ParadecError(f"the prompt has {len(prompt)} tokens; the model's context window is {target.max_context}")
-    stats.method, stats.prompt_tokens = getattr(proposer, "name", type(proposer).__name__), len(prompt)
-    t_start = time.perf_counter()
+    dec = Decoder(target, proposer, prompt, cfg, stats, stop)
     try:
-        yield from _steps(target, proposer, prompt, cfg, stats, stop, t_start)
+        while (emitted := dec.step()) is not None:
+            yield emitted
     finally:
-        stats.total_s = time.perf_counter() - t_start
+        dec.close()
 
 
-def _steps(target, proposer, prompt, cfg, stats, stop, t_start) -> Iterator[list[int]]:
-    sampling, device = cfg.sampling, target.device
-    greedy = sampling.greedy
-    generator = None if greedy else sampling.generator(device)
-    draft_generator = None if greedy else sampling.generator("cpu", stream=1)
-    limit = min(target.max_context, len(prompt) + cfg.max_new_tokens)  # total sequence length cap
-    cache = target.new_cache(capacity=limit + cfg.max_draft + 1)
-    if len(prompt) > 1:
-        target.prefill(torch.tensor([prompt[:-1]]), cache)
-    stats.prefill_s = time.perf_counter() - t_start
-    proposer.begin(prompt, sampling)
-    tokens = list(prompt)
-    generated: list[int] = []
+class Decoder:
+    """The state of one request's decode loop (see the module docstring)."""
 
-    while True:
-        room = limit - len(tokens)  # tokens we may still commit
+    def __init__(self, target, proposer, prompt, cfg, stats=None, stop=None) -> None:
+        self.stats = stats if stats is not None else DecodeStats()
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise ParadecError("the prompt is empty")
+        if len(prompt) >= target.max_context:
+            raise ParadecError(f"the prompt has {len(prompt)} tokens; the context window is {target.max_context}")
+        self.target, self.proposer, self.prompt, self.cfg, self.stop = target, proposer, prompt, cfg, stop
+        self.stats.method = getattr(proposer, "name", type(proposer).__name__)
+        self.stats.prompt_tokens = len(prompt)
+        self.tokens = list(prompt)
+        self.generated: list[int] = []
+        self.cache: KVCache | None = None  # made (and the prompt prefilled) by the first prepare()
+        self.done = False
+        self._draft, self._base = DraftTree(), 0
+        self._t_start = time.perf_counter()
+        sampling = cfg.sampling
+        self._generator = None if sampling.greedy else sampling.generator(target.device)
+        self._draft_generator = None if sampling.greedy else sampling.generator("cpu", stream=1)
+        # total sequence length cap
+        self._limit = min(target.max_context, len(prompt) + cfg.max_new_tokens)
+
+    def _start(self) -> None:
+        self.cache = self.target.new_cache(capacity=self._limit + self.cfg.max_draft + 1)
+        if len(self.prompt) > 1:
+            self.target.prefill(torch.tensor([self.prompt[:-1]]), self.cache)
+        self.stats.prefill_s = time.perf_counter() - self._t_start
+        self.proposer.begin(self.prompt, self.cfg.sampling)
+
+    def prepare(self) -> ForwardInput | None:
+        """Propose a draft and return the forward to run, or None when generation is over."""
+        if self.done:
+            return None
+        if self.cache is None:
+            self._start()
+        room = self._limit - len(self.tokens)  # tokens we may still commit
         if room <= 0:
-            stats.stop_reason = "length" if len(tokens) - len(prompt) >= cfg.max_new_tokens else "context"
-            break
+            new = len(self.tokens) - len(self.prompt)
+            self.stats.stop_reason = "length" if new >= self.cfg.max_new_tokens else "context"
+            self.close()
+            return None
         t0 = time.perf_counter()
-        max_nodes = min(cfg.max_draft, room - 1)
+        max_nodes = min(self.cfg.max_draft, room - 1)
         draft = DraftTree()
         if max_nodes > 0:
-            ctx = ProposeContext(tokens, len(prompt), max_nodes, room - 1, sampling, draft_generator)
-            draft = proposer.propose(ctx).limit_depth(room - 1).truncated(max_nodes)
-        t1 = time.perf_counter()
+            ctx = ProposeContext(self.tokens, len(self.prompt), max_nodes, room - 1, self.cfg.sampling, self._draft_generator)
+            draft = self.proposer.propose(ctx).limit_depth(room - 1).truncated(max_nodes)
+        self._draft = draft
+        self._base = base = self.cache.seq_len  # == len(tokens) - 1; the root sits at position `base`
+        step = ForwardInput(
+            ids=torch.tensor([draft.input_ids(self.tokens[-1])]),  # [1, n+1]
+            positions=torch.tensor([[base + o for o in draft.position_offsets()]]),  # [1, n+1]
+            mask=attention_mask(draft, base)[None],  # [1, n+1, base+n+1]
+            cache=self.cache,
+        )
+        self.stats.draft_s += time.perf_counter() - t0
+        return step
 
-        # ---- one target forward over root + draft ------------------------------------------
-        base = cache.seq_len  # == len(tokens) - 1; the root sits at position `base`
-        ids = torch.tensor([draft.input_ids(tokens[-1])])  # [1, n+1]
-        positions = torch.tensor([[base + o for o in draft.position_offsets()]])  # [1, n+1]
-        mask = attention_mask(draft, base)[None]  # [1, n+1, base+n+1]
-        logits = target.forward(ids, positions, cache, mask)[0]  # [n+1, V]
-        t2 = time.perf_counter()
-
-        # ---- verify, then roll the cache back to the committed prefix -------------------------
-        if greedy:
+    def commit(self, logits: torch.Tensor, forward_s: float = 0.0) -> list[int]:
+        """Verify the draft against ``logits`` [n+1, V] (the forward ``prepare`` returned, already
+        run), roll the cache back, and return the tokens to emit (after stop handling)."""
+        draft, cache, stats = self._draft, self.cache, self.stats
+        t0 = time.perf_counter()
+        base = self._base
+        if self.cfg.sampling.greedy:
             verdict = verify_greedy(draft, logits)
         else:
-            verdict = verify_sampling(draft, target_probs(logits, sampling), generator)
+            verdict = verify_sampling(draft, target_probs(logits, self.cfg.sampling), self._generator)
         if draft.is_chain:
             cache.truncate(base + 1 + len(verdict.accepted))
         else:
             cache.compact([base] + [base + 1 + i for i in verdict.accepted], offset=base)
-        t3 = time.perf_counter()
-
-        stats.draft_s += t1 - t0
-        stats.forward_s += t2 - t1
-        stats.verify_s += t3 - t2
+        stats.forward_s += forward_s
+        stats.verify_s += time.perf_counter() - t0
         stats.record_step(draft.depth, len(draft), len(verdict.accepted), verdict.bonus)
         new = verdict.tokens
-        tokens.extend(new)
-        proposer.observe(StepResult(draft, verdict, tokens, logits))
+        self.tokens.extend(new)
+        self.proposer.observe(StepResult(draft, verdict, self.tokens, logits))
 
         # ---- emit, honouring EOS / stop strings inside the accepted block ----------------------
         emitted: list[int] = []
         for t in new:
             emitted.append(t)
-            generated.append(t)
-            if t in cfg.eos_ids:
+            self.generated.append(t)
+            if t in self.cfg.eos_ids:
                 stats.stop_reason = "eos"
-            elif stop is not None and stop(generated):
+            elif self.stop is not None and self.stop(self.generated):
                 stats.stop_reason = "stop"
             if stats.stop_reason:
+                self.close()
                 break
-        stats.new_tokens = len(generated)
-        if emitted:
-            yield emitted
-        if stats.stop_reason:
-            break
+        stats.new_tokens = len(self.generated)
+        return emitted
+
+    def step(self) -> list[int] | None:
+        """One whole step (prepare, forward, commit): the tokens it emits, or None when done."""
+        if (step := self.prepare()) is None:
+            return None
+        t0 = time.perf_counter()
+        logits = self.target.forward(step.ids, step.positions, step.cache, step.mask)[0]  # [n+1, V]
+        return self.commit(logits, time.perf_counter() - t0)
+
+    def close(self) -> None:
+        if not self.done:
+            self.done = True
+            self.stats.total_s = time.perf_counter() - self._t_start

@@ -7,7 +7,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .decode import DecodeConfig, decode
+from .decode import DecodeConfig, Decoder
 from .errors import ParadecError
 from .models.adapter import HFCausalLM
 from .models.loader import Loaded, load_hf
@@ -49,6 +49,8 @@ class Stream:
         self.token_ids: list[int] = []
         self.text = ""
         self._proposer, self._cfg = proposer, cfg
+        self._decoder: Decoder | None = None
+        self._sent = 0  # characters of text already handed out
 
     def _decode(self, ids: list[int]) -> str:
         return self.engine.tokenizer.decode(ids, skip_special_tokens=True)
@@ -60,28 +62,50 @@ class Stream:
     def __iter__(self) -> Iterator[str]:
         return (piece for piece in self.steps() if piece)
 
+    @property
+    def decoder(self) -> Decoder:
+        """The request's decode loop state (made on first use); a scheduler that batches
+        forwards across requests drives it with ``prepare``/``commit`` and reads ``absorb``."""
+        if self._decoder is None:
+            stop_fn = self._hit if self.stop else None
+            self._decoder = Decoder(self.engine.target, self._proposer, self.prompt_ids, self._cfg, self.stats, stop_fn)
+        return self._decoder
+
     def steps(self) -> Iterator[str]:
         """Like iterating, but yield once per decode step (one target forward), with the text
         that step made safe to show; often "" (a held-back stop-string prefix or an incomplete
-        character). A scheduler interleaves requests with this, one step at a time."""
-        sent = 0
-        stop_fn = self._hit if self.stop else None
-        for new in decode(self.engine.target, self._proposer, self.prompt_ids, self._cfg, self.stats, stop_fn):
-            self.token_ids.extend(new)
-            text = self._decode(self.token_ids)
-            if self.stats.stop_reason == "stop":
-                cut = min(text.find(s) for s in self.stop if s in text)
-                text = text[:cut]
-                safe = len(text)
-            else:
-                safe = len(text) - _stop_prefix_len(text, self.stop)
-                if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
-                    safe = min(safe, len(text) - 1)
-            self.text = text
-            yield text[sent:safe] if safe > sent else ""
-            sent = max(sent, safe)
-        if len(self.text) > sent:
-            yield self.text[sent:]
+        character)."""
+        dec = self.decoder
+        try:
+            while (new := dec.step()) is not None:
+                yield self.absorb(new)
+            if tail := self.tail():
+                yield tail
+        finally:
+            dec.close()
+
+    def absorb(self, new: list[int]) -> str:
+        """Take a step's committed tokens; return the text that is now safe to show."""
+        self.token_ids.extend(new)
+        text = self._decode(self.token_ids)
+        if self.stats.stop_reason == "stop":
+            cut = min(text.find(s) for s in self.stop if s in text)
+            text = text[:cut]
+            safe = len(text)
+        else:
+            safe = len(text) - _stop_prefix_len(text, self.stop)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
+                safe = min(safe, len(text) - 1)
+        self.text = text
+        piece = text[self._sent : safe] if safe > self._sent else ""
+        self._sent = max(self._sent, safe)
+        return piece
+
+    def tail(self) -> str:
+        """After the last step: whatever text was still held back."""
+        piece = self.text[self._sent :]
+        self._sent = len(self.text)
+        return piece
 
 
 class Engine:

@@ -10,6 +10,8 @@ from typing import Protocol
 
 import torch
 
+from transformers.cache_utils import Cache, CacheLayerMixin
+
 from ..cache import KVCache
 
 
@@ -56,16 +58,16 @@ class HFCausalLM:
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.num_layers, capacity)
 
+    def _fmt(self, m: torch.Tensor) -> torch.Tensor:
+        # [B, q, kv] bool -> [B, 1, q, kv] in the form the attention kernel expects
+        m = m[:, None]
+        if self._additive_mask:
+            return torch.zeros(m.shape, dtype=self.dtype, device=m.device).masked_fill_(~m, torch.finfo(self.dtype).min)
+        return m
+
     def _hf_mask(self, mask: torch.Tensor, positions: torch.Tensor, cache_len: int):
         # mask: [B, q, kv] bool -> [B, 1, q, kv] in the form the attention kernel expects.
-        def fmt(m: torch.Tensor) -> torch.Tensor:
-            m = m[:, None]
-            if self._additive_mask:
-                return torch.zeros(m.shape, dtype=self.dtype, device=m.device).masked_fill_(
-                    ~m, torch.finfo(self.dtype).min
-                )
-            return m
-
+        fmt = self._fmt
         if self._sliding_window is None:
             return fmt(mask)
         # Keys in the cache sit at position == slot; new keys at their given positions.
@@ -88,6 +90,35 @@ class HFCausalLM:
         return out.logits
 
     @torch.no_grad()
+    def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+        """One forward for B requests at one new token each, every row on its own cache.
+
+        ids, positions: [B, 1]; row b's token sits at position ``caches[b].seq_len`` and sees
+        that cache's slots plus itself. Returns logits [B, 1, V]. This is continuous batching's
+        forward: the weights are read once for the B tokens, and each request's cache keeps
+        its own length (keys are gathered into one right-padded batch per layer, and padding
+        is masked out).
+        """
+        lengths = [c.seq_len for c in caches]
+        kv_len = max(lengths) + 1
+        valid = torch.arange(kv_len)[None, :] <= torch.tensor(lengths)[:, None]  # [B, kv_len]
+        mask = valid[:, None, :].to(self.device)  # [B, 1, kv_len]
+        positions = positions.to(self.device)
+        if self._sliding_window is not None:  # slot == position here, for every row
+            near = (positions[:, :, None] - torch.arange(kv_len, device=self.device)) < self._sliding_window
+            hf_mask = {"full_attention": self._fmt(mask), "sliding_attention": self._fmt(mask & near)}
+        else:
+            hf_mask = self._fmt(mask)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            position_ids=positions,
+            attention_mask=hf_mask,
+            past_key_values=_RowsCache(caches, kv_len),
+            use_cache=True,
+        )
+        return out.logits
+
+    @torch.no_grad()
     def prefill(self, ids: torch.Tensor, cache: KVCache, chunk: int = 512) -> None:
         """Append ``ids`` [B, L] to ``cache`` causally (positions continue from the cache)."""
         ids = ids.to(self.device)
@@ -105,3 +136,45 @@ class HFCausalLM:
                 use_cache=True,
                 logits_to_keep=1,
             )
+
+
+class _RowLayer(CacheLayerMixin):
+    """Layer ``index`` of B single-request caches, seen as one right-padded batch."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, caches: list[KVCache], index: int, kv_len: int) -> None:
+        super().__init__()
+        self.rows = [c.layers[index] for c in caches]
+        self.kv_len = kv_len
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states, value_states) -> None:  # rows are already set up
+        pass
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        # key_states: [B, H, 1, D]; row b is appended to its own cache, then every row's keys
+        # are gathered into [B, H, kv_len, D] (slots past a row's length are masked out).
+        b, h, _, d = key_states.shape
+        keys = key_states.new_zeros(b, h, self.kv_len, d)
+        values = value_states.new_zeros(b, h, self.kv_len, value_states.shape[-1])
+        for i, layer in enumerate(self.rows):
+            k, v = layer.update(key_states[i : i + 1], value_states[i : i + 1])
+            keys[i, :, : k.shape[-2]] = k[0]
+            values[i, :, : v.shape[-2]] = v[0]
+        return keys, values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.kv_len, 0
+
+    def get_seq_length(self) -> int:
+        return self.kv_len - 1
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class _RowsCache(Cache):
+    def __init__(self, caches: list[KVCache], kv_len: int) -> None:
+        super().__init__(layers=[_RowLayer(caches, i, kv_len) for i in range(len(caches[0].layers))])

@@ -47,8 +47,10 @@ class ServerConfig:
         max_queue: int = 64,
         max_active: int = 16,
         timeout: float = 600.0,
+        batch: bool = True,
     ) -> None:
         self.method, self.options = method, dict(options or {})
+        self.batch = batch
         self.served_name = served_name
         self.max_queue, self.max_active, self.timeout = max_queue, max_active, float(timeout)
 
@@ -58,7 +60,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     if cfg.method not in engine.methods:
         raise ParadecError(f"unknown or unavailable method '{cfg.method}' (choose from {', '.join(engine.methods)})")
     metrics = Metrics()
-    scheduler = Scheduler(engine, metrics, max_queue=cfg.max_queue, max_active=cfg.max_active)
+    scheduler = Scheduler(engine, metrics, max_queue=cfg.max_queue, max_active=cfg.max_active, batch=cfg.batch)
     names = {n for n in (cfg.served_name, engine.name) if n}
     model_id = cfg.served_name or engine.name
     created = int(time.time())

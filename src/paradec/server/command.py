@@ -17,6 +17,9 @@ def serve(
     port: int = typer.Option(8000, "--port"),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting beyond this answer 429."),
     max_active: int = typer.Option(16, "--max-active", help="Requests decoded at once (interleaved step by step)."),
+    batch: bool = typer.Option(
+        True, "--batch/--no-batch", help="Run the plain decoding steps of concurrent requests in one forward."
+    ),
     timeout: float = typer.Option(600.0, "--timeout", help="Per-request limit in seconds, queueing included."),
     served_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model id for clients (default: --model)."),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="Default method option key=value (repeatable)."),
@@ -26,4 +29,4 @@ def serve(
     from .launch import serve as run
 
     run(model=model, draft=draft_model, method=method, options=_options(opt), dtype=dtype, device=device, host=host,
-        port=port, max_queue=max_queue, max_active=max_active, timeout=timeout, served_name=served_name)
+        port=port, max_queue=max_queue, max_active=max_active, timeout=timeout, served_name=served_name, batch=batch)

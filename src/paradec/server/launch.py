@@ -20,6 +20,7 @@ def serve(
     max_active: int = 16,
     timeout: float = 600.0,
     served_name: str | None = None,
+    batch: bool = True,
     log_level: str = "info",
 ) -> None:
     import uvicorn
@@ -41,5 +42,5 @@ def serve(
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # no *_created series next to every counter in /metrics
-    app = create_app(engine, ServerConfig(method, options, served_name, max_queue, max_active, timeout))
+    app = create_app(engine, ServerConfig(method, options, served_name, max_queue, max_active, timeout, batch))
     uvicorn.run(app, host=host, port=port, log_level=log_level)

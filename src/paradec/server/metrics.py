@@ -41,6 +41,10 @@ class Metrics:
         )
         self.ttft = Histogram("paradec_time_to_first_token_seconds", "Arrival to first token.", buckets=LATENCY_BUCKETS, registry=r)
         self.queue_wait = Histogram("paradec_queue_wait_seconds", "Arrival to first decode step.", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "paradec_batch_size", "Requests per batched forward (continuous batching of plain decoding steps).",
+            buckets=(2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=r,
+        )
         self.busy = Counter("paradec_worker_busy_seconds", "Time the worker spent admitting and decoding.", registry=r)
         self._totals: dict[str, list[int]] = {}
 

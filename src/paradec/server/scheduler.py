@@ -2,13 +2,15 @@
 
 Requests enter a bounded queue. The worker admits them (tokenize, check against the context
 window, build the drafter: bad input fails here, before the first forward), then decodes up to
-``max_active`` of them *interleaved*: each round advances every active request by exactly one
-decode step (one target forward: a plain token, or a whole speculative draft verified), so no
-request, speculative or not, waits more than one step of each other active request.
+``max_active`` of them: each round advances every active request by exactly one decode step
+(a plain token, or a whole speculative draft verified), so no request, speculative or not,
+waits more than one step of each other active request.
 
-Forwards are not batched across requests: every request keeps its own KV cache and the steps
-of different requests run one after another. (Batching them would need one padded cache for
-requests of different lengths and draft trees of different shapes; this server does not.)
+Continuous batching: in each round, the requests whose step is a plain decoding step (method
+``ar``, or a drafter that proposed nothing this step) run in ONE target forward, each row on
+its own KV cache (``HFCausalLM.forward_rows``); requests join and leave that batch from one
+round to the next. Speculative steps (a draft tree per request, of its own shape) run one
+forward each. ``batch=False`` turns batching off.
 
 The worker talks to the asyncio side only through each job's event queue:
 ``("ready", prompt_tokens)`` once admitted, ``("text", piece)`` per step that made new text
@@ -23,10 +25,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
+from ..decode import ForwardInput
 from ..engine import Engine, Stream
 from ..errors import ParadecError
 from ..stats import DecodeStats
@@ -77,7 +80,6 @@ class Job:
     cancelled: str = ""  # set (to a reason) by the asyncio side; the worker drops the job
     # worker-side state
     stream: Stream | None = None
-    steps: Iterator[str] | None = None
     started: float = 0.0
     first_token: float = 0.0
 
@@ -100,11 +102,15 @@ def finish_reason(stats: DecodeStats) -> str:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, metrics: Metrics, max_queue: int = 64, max_active: int = 16) -> None:
+    def __init__(
+        self, engine: Engine, metrics: Metrics, max_queue: int = 64, max_active: int = 16, batch: bool = True
+    ) -> None:
         if max_queue < 1 or max_active < 1:
             raise ParadecError("max_queue and max_active must be >= 1")
         self.engine, self.metrics = engine, metrics
         self.max_queue, self.max_active = max_queue, max_active
+        self.batch = batch  # continuous batching of plain decoding steps across requests
+        self._batchable = hasattr(engine.target, "forward_rows")
         self._cv = threading.Condition()
         self._inbox: deque[Job] = deque()  # submitted, not yet admitted
         self._waiting: deque[Job] = deque()  # admitted, waiting for a decode slot
@@ -177,9 +183,84 @@ class Scheduler:
             self._admit(job)
         self._fill_slots()
         self.rounds += 1
+        plain: list[tuple[Job, ForwardInput]] = []
         for job in list(self._active):
-            if not self._step(job):
+            step = self._prepare(job)
+            if step is None:
                 self._active.remove(job)
+            elif step.plain and self.batch and self._batchable:
+                plain.append((job, step))  # run below, in one forward with the others
+            else:
+                t0 = time.perf_counter()
+                try:
+                    logits = self.engine.target.forward(step.ids, step.positions, step.cache, step.mask)[0]
+                except Exception:
+                    self._decode_failed(job)
+                    continue
+                self._commit(job, logits, time.perf_counter() - t0)
+        if len(plain) == 1:
+            job, step = plain[0]
+            t0 = time.perf_counter()
+            try:
+                logits = self.engine.target.forward(step.ids, step.positions, step.cache, step.mask)[0]
+            except Exception:
+                self._decode_failed(job)
+            else:
+                self._commit(job, logits, time.perf_counter() - t0)
+        elif plain:
+            self._forward_batch(plain)
+
+    def _forward_batch(self, plain: list[tuple["Job", ForwardInput]]) -> None:
+        """Continuous batching: one forward for every request at a plain decoding step."""
+        t0 = time.perf_counter()
+        try:
+            ids = torch.cat([step.ids for _, step in plain])  # [B, 1]
+            positions = torch.cat([step.positions for _, step in plain])  # [B, 1]
+            logits = self.engine.target.forward_rows(ids, positions, [step.cache for _, step in plain])  # [B, 1, V]
+        except Exception:
+            for job, _ in plain:
+                self._decode_failed(job)
+            return
+        dt = time.perf_counter() - t0
+        self.metrics.batch_size.observe(len(plain))
+        for i, (job, _) in enumerate(plain):
+            self._commit(job, logits[i], dt)
+
+    def _prepare(self, job: Job) -> ForwardInput | None:
+        """Propose ``job``'s next step; None when it finished, failed or was dropped."""
+        if self._dropped(job):
+            return None
+        try:
+            step = job.stream.decoder.prepare()
+        except ParadecError as e:
+            self._close(job)
+            job.emit("error", from_paradec(e))
+            return None
+        except Exception:
+            log.exception("decoding failed")
+            self._close(job)
+            job.emit("error", APIError(500, "internal error while decoding", type="server_error"))
+            return None
+        if step is None:
+            self._piece(job, job.stream.tail())
+            self._finish(job)
+        return step
+
+    def _commit(self, job: Job, logits: torch.Tensor, forward_s: float) -> None:
+        try:
+            new = job.stream.decoder.commit(logits, forward_s)
+            piece = job.stream.absorb(new)
+        except Exception:
+            self._decode_failed(job)
+            return
+        self._piece(job, piece)
+
+    def _decode_failed(self, job: Job) -> None:
+        log.exception("decoding failed")
+        self._close(job)
+        job.emit("error", APIError(500, "internal error while decoding", type="server_error"))
+        if job in self._active:
+            self._active.remove(job)
 
     def _fail_all(self, error: APIError) -> None:
         with self._cv:
@@ -216,7 +297,6 @@ class Scheduler:
             first = (str(e).splitlines() or [""])[0][:300]
             job.emit("error", APIError.bad_request(f"invalid request: {type(e).__name__}: {first}"))
             return
-        job.steps = job.stream.steps()
         self._waiting.append(job)
         job.emit("ready", len(job.stream.prompt_ids))
 
@@ -272,31 +352,13 @@ class Scheduler:
             self.metrics.queue_wait.observe(job.started - job.arrival)
             self._active.append(job)
 
-    def _step(self, job: Job) -> bool:
-        """Advance ``job`` by one decode step; False when it is finished (or dropped)."""
-        if self._dropped(job):
-            return False
-        try:
-            piece = next(job.steps)
-        except StopIteration:
-            self._finish(job)
-            return False
-        except ParadecError as e:
-            self._close(job)
-            job.emit("error", from_paradec(e))
-            return False
-        except Exception:
-            log.exception("decoding failed")
-            self._close(job)
-            job.emit("error", APIError(500, "internal error while decoding", type="server_error"))
-            return False
+    def _piece(self, job: Job, piece: str) -> None:
         if piece:
             if not job.first_token:
                 job.first_token = time.monotonic()
                 self.metrics.ttft.observe(job.first_token - job.arrival)
             if job.want_pieces:
                 job.emit("text", piece)
-        return True
 
     def _finish(self, job: Job) -> None:
         s = job.stream
@@ -306,13 +368,8 @@ class Scheduler:
         self.metrics.finished(s.stats, len(s.token_ids))
         self.metrics.latency.labels(job.endpoint).observe(now - job.arrival)
         job.emit("done", Result(s.text, list(s.token_ids), len(s.prompt_ids), s.stats, finish_reason(s.stats), job.started - job.arrival))
-        job.steps = None
 
     @staticmethod
     def _close(job: Job) -> None:
-        if job.steps is not None:
-            try:
-                job.steps.close()
-            except Exception:  # closing a generator that failed mid-step
-                pass
-            job.steps = None
+        if job.stream is not None:
+            job.stream.decoder.close()
