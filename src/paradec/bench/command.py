@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from ..errors import ParadecError
+
 
 def bench(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target: packaged name, model dir, .gguf file or cached hub id (default smollm2-135m)."),
@@ -25,6 +27,9 @@ def bench(
     report: Optional[str] = typer.Option(None, "--report", help="Write report.md and PNG plots into this directory."),
     seed: int = typer.Option(0, "--seed", help="Base seed for sampling runs."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and llama.cpp (default: torch's choice)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Records file (JSON lines): every finished measurement is appended at once; run the same command again to continue where it stopped."),
+    fresh: bool = typer.Option(False, "--fresh", help="With --resume: start the records file over (the old one is kept as PATH.bak)."),
+    from_path: Optional[str] = typer.Option(None, "--from", help="Rebuild the tables, --json and --report from a --resume records file; runs nothing."),
 ) -> None:
     """Spec-Bench-style speed benchmark: paradec's methods and their peers (transformers,
     llama.cpp) on the same prompts, model and machine, in one run."""
@@ -32,16 +37,48 @@ def bench(
 
     from .config import BenchConfig
     from .report import print_tables
-    from .run import run_bench
 
-    cfg = BenchConfig(
-        model=model, draft_model=draft_model, suite=suite, methods=methods, peers=peers, temperature=temperature,
-        dtype=dtype, device=device, max_new_tokens=max_new_tokens, prompts_per_category=prompts_per_category,
-        repeats=repeats, quick=quick, json_path=json_path, report_dir=report, seed=seed, threads=threads,
-    )
-    result = run_bench(cfg, console=Console(stderr=True))
+    if from_path is not None:
+        given = {
+            "--model": model is not None, "--draft-model": draft_model is not None, "--suite": suite != "all",
+            "--methods": methods != "all", "--peers": peers != "all", "--temperature": temperature != 0.0,
+            "--dtype": dtype != "float32", "--device": device != "auto", "--max-new-tokens": max_new_tokens is not None,
+            "--prompts-per-category": prompts_per_category is not None, "--repeats": repeats != 1, "--quick": quick,
+            "--seed": seed != 0, "--threads": threads is not None, "--resume": resume is not None, "--fresh": fresh,
+        }
+        bad = [k for k, v in given.items() if v]
+        if bad:
+            raise ParadecError(f"--from only rebuilds results from records: {', '.join(bad)} cannot be used with it")
+        result = _from_records(from_path, json_path, report)
+    else:
+        from .run import run_bench
+
+        cfg = BenchConfig(
+            model=model, draft_model=draft_model, suite=suite, methods=methods, peers=peers, temperature=temperature,
+            dtype=dtype, device=device, max_new_tokens=max_new_tokens, prompts_per_category=prompts_per_category,
+            repeats=repeats, quick=quick, json_path=json_path, report_dir=report, seed=seed, threads=threads,
+            resume=resume, fresh=fresh,
+        )
+        result = run_bench(cfg, console=Console(stderr=True))
     print_tables(result, Console())
     if json_path:
         print(f"raw figures: {json_path}")
     if report:
         print(f"report: {report}/report.md")
+    if resume:
+        print(f"records: {resume}" + ("" if result.get("complete") else " (incomplete: run the same command again to continue)"))
+
+
+def _from_records(path: str, json_path: str | None, report: str | None) -> dict:
+    from .config import check_writable_dir, check_writable_file, same_file
+    from .run import result_from_file, write_outputs
+
+    if json_path and same_file(json_path, path):
+        raise ParadecError("--json and --from name the same file: the JSON would overwrite the records")
+    result = result_from_file(path)
+    if json_path:
+        check_writable_file(json_path, "--json")
+    if report:
+        check_writable_dir(report, "--report")
+    write_outputs(result, json_path, report)
+    return result

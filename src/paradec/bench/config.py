@@ -34,6 +34,8 @@ class BenchConfig:
     seed: int = 0
     threads: int | None = None  # CPU threads for torch and llama.cpp (default: torch's choice)
     roofline: bool = True
+    resume: str | None = None  # records file (JSON lines): append every measurement, continue what it holds
+    fresh: bool = False  # with resume: start the records file over (the old one is kept as PATH.bak)
     # filled in by validate()
     suites: list[str] = field(default_factory=list)
     skipped_suites: list[str] = field(default_factory=list)
@@ -151,4 +153,14 @@ def validate(cfg: BenchConfig) -> BenchConfig:
         check_writable_file(cfg.json_path, "--json")
     if cfg.report_dir:
         check_writable_dir(cfg.report_dir, "--report")
+    if cfg.fresh and not cfg.resume:
+        raise ParadecError("--fresh needs --resume PATH (it starts that records file over)")
+    if cfg.resume:
+        check_writable_file(cfg.resume, "--resume")
+        if cfg.json_path and same_file(cfg.json_path, cfg.resume):
+            raise ParadecError("--json and --resume name the same file: the JSON would overwrite the records")
     return cfg
+
+
+def same_file(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()

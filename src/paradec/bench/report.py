@@ -105,12 +105,36 @@ def print_tables(result: dict, console=None) -> None:
     for row in result["rows"]:
         if row["status"] != "ok":
             console.print(f"[red]{row['name']} failed:[/] {row['error']}", highlight=False)
+    segs = result.get("segments") or []
+    if len(segs) > 1 or result.get("interrupted"):
+        done = "complete" if result.get("complete") else "incomplete"
+        console.print(f"{done}: {result.get('measurements', 0)} measurements over {len(segs)} segment(s)", highlight=False)
     t = Table(title="speedup vs ar per category", box=box.SIMPLE_HEAD, pad_edge=False)
     for c in ["row"] + result["categories"] + [OVERALL]:
         t.add_column(SHORT_CATEGORY.get(c, c), justify="left" if c == "row" else "right", no_wrap=True)
     for r in category_rows(result, peer_suffix=False):
         t.add_row(*r)
     console.print(t)
+
+
+def _segment_lines(result: dict) -> list[str]:
+    segs = result.get("segments") or []
+    if not segs:
+        return []
+    if len(segs) == 1:
+        s = segs[0]
+        return [f"- ran in one segment, {s['start']} to {s['end']}, {s['measurements']} measurements"]
+    out = [f"- the run spanned {len(segs)} segments (sessions), resumed from its records file:"]
+    commits = {s.get("git_commit") for s in segs}
+    for s in segs:
+        load = (f"; load average {_f(s['loadavg_start'])} at the start, {_f(s['loadavg_end'])} at the end, "
+                f"{_f(s['loadavg_max'])} at most" if s.get("loadavg_start") is not None else "")
+        commit = f"; commit {str(s['git_commit'])[:10]}{' (modified)' if s.get('git_dirty') else ''}" if len(commits) > 1 else ""
+        out.append(f"  - segment {s['segment']}: {s['start']} to {s['end']} ({s['wall_s'] / 60:.1f} min, "
+                   f"{s['ended']}), {s['measurements']} measurements{load}{commit}")
+    if len(commits) > 1:
+        out.append("  - **the segments ran different paradec commits**: compare their rows with care")
+    return out
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -148,7 +172,10 @@ def markdown(result: dict, images: dict[str, str] | None = None) -> str:
         f"prompts per category: {', '.join(f'{c} {n}' for c, n in result['prompts'].items())}",
         f"- prompts use the chat template: {'yes' if cfg.get('chat_template') else 'no (raw completion / Q&A transcript)'}",
         f"- wall time {result['wall_s'] / 60:.1f} min"
-        + ("; **interrupted**: these are the prompts measured before Ctrl-C" if result.get("interrupted") else ""),
+        + ("; **incomplete**: these are the whole prompt turns measured so far" if result.get("interrupted") else ""),
+    ]
+    parts += _segment_lines(result)
+    parts += [
         "",
         "## Overall",
         "",

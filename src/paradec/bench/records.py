@@ -1,0 +1,449 @@
+"""Benchmark records: every finished measurement as one JSON line, so that a run can stop at
+any moment (a killed process included) and continue later with ``--resume PATH``, and so that
+the results can be rebuilt from the file alone (``--from PATH``).
+
+The file is JSON Lines, one object per line, each with a ``type``:
+
+- ``header`` (the first line): the run's configuration fingerprint. Resuming with another
+  configuration is an error (``--fresh`` starts the file over);
+- ``segment``: a process started measuring (start time, load average, machine, command, git
+  commit, the prompts it planned). A run that spans several sessions has several segments;
+- ``row``: a row was prepared and warmed up in a segment (its description, the resident memory
+  its preparation and first run added), or failed (the failure sticks: a resumed run does not
+  retry it, as a single run would not have);
+- ``roofline``: the roofline probe (measured once per file);
+- ``skip``: a later prompt turn that did not fit the context window;
+- ``sample``: one measurement of one row on one prompt turn and repeat, with the time, the load
+  average and the process's memory figures right after it;
+- ``segment_end``: the segment finished or was stopped with Ctrl-C. A killed one has none.
+
+Every line is written with one ``write`` and flushed to disk (``fsync``) before the run goes
+on, so at most the line being written is lost; a cut-short last line is dropped on reading.
+
+Everything a later segment needs is in the file: the finished (prompt, turn, row, repeat)
+items are skipped, and ``ar``'s answers (the reference for identity, and the history that
+MT-Bench's second turn is asked after) come from its recorded token ids.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+from ..errors import ParadecError
+from .machine import loadavg
+from .metrics import Sample
+
+FORMAT = 1
+# fingerprint fields shown but not enforced: a commit between two sessions (say, to another part
+# of the package) should not throw hours of measurements away; the report lists each segment's
+# commit so that a change is visible.
+INFORMATIONAL = ("git_commit", "git_dirty")
+SAMPLE_FIELDS = tuple(Sample.__dataclass_fields__)
+HEADER_START = b'{"type":"header"'  # how the writer starts the first line
+
+
+def iso(t: float) -> str:
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _model_spec(spec: str) -> str:
+    """A local path as an absolute path (the same model from another working directory matches),
+    anything else (a packaged name, a hub id) as given."""
+    p = Path(spec).expanduser()
+    return str(p.resolve()) if p.exists() else spec
+
+
+def fingerprint(cfg) -> dict:
+    """What a resumed run must share with the records it continues (``cfg`` validated)."""
+    from ..models.registry import DEFAULT_MODEL
+    from .machine import git_state, machine_info, paradec_version
+
+    m = machine_info(cfg.device)
+    commit, dirty = git_state()
+    return {
+        "model": _model_spec(cfg.model or DEFAULT_MODEL),
+        "draft_model": _model_spec(cfg.draft_model) if cfg.draft_model else None,
+        "dtype": cfg.dtype,
+        "device": cfg.device,
+        "temperature": float(cfg.temperature),
+        "max_new_tokens": cfg.new_tokens,
+        "methods": list(cfg.method_list),
+        "peers": list(cfg.peer_list),
+        "suites": list(cfg.suites),
+        "prompts_per_category": cfg.per_category,
+        "repeats": cfg.repeats,
+        "seed": cfg.seed,
+        "threads": cfg.threads,
+        "paradec": paradec_version(),
+        "machine": {k: m.get(k) for k in ("cpu", "cpu_count", "memory_gb", "gpu", "python", "torch", "transformers",
+                                           "llama_cpp_python")},
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
+
+
+def diff_fingerprint(old: dict, new: dict) -> list[str]:
+    """The enforced fields that differ, as 'field: old -> new'."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k in INFORMATIONAL:
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}.{kk}: {a.get(kk)!r} -> {b.get(kk)!r}" for kk in sorted(set(a) | set(b)) if a.get(kk) != b.get(kk)]
+        elif a != b:
+            out.append(f"{k}: {a!r} -> {b!r}")
+    return out
+
+
+def read_records(path: str | os.PathLike, option: str = "--resume") -> tuple[list[dict], int, bool]:
+    """(records, byte length of the good part, whether the good part lacks its final newline).
+    A last line cut short (a process killed mid-write) is dropped; a bad line anywhere else is
+    an error."""
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as e:
+        raise ParadecError(f"{option} {path} cannot be read ({e.strerror or e})") from None
+    records: list[dict] = []
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the file ends with a newline
+    pos, good = 0, 0
+    for i, line in enumerate(lines):
+        end = pos + len(line) + 1
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                rec = None
+            if not isinstance(rec, dict) or "type" not in rec:
+                if i == len(lines) - 1 and (records or line.startswith(HEADER_START)):
+                    break  # cut short by a kill: drop it (but never take another file for records)
+                if not records:
+                    raise ParadecError(f"{option} {path} is not a paradec bench records file (from --resume)")
+                raise ParadecError(f"{option} {path} line {i + 1} is not a benchmark record (a damaged file?)")
+            records.append(rec)
+        good = min(end, len(data))
+        pos = end
+    if records and (records[0].get("type") != "header" or records[0].get("format") != FORMAT):
+        raise ParadecError(f"{option} {path} is not a paradec bench records file (from --resume)")
+    return records, good, good > 0 and data[good - 1 : good] != b"\n"
+
+
+def sample_key(rec: dict) -> tuple[str, int, str, int]:
+    return rec["prompt_id"], int(rec["turn"]), rec["runner"], int(rec["repeat"])
+
+
+class RecordStore:
+    """The records of one run: kept in memory, and appended to a file when there is one.
+
+    ``begin_segment`` holds the segment's record until something else is recorded, so a resumed
+    run with nothing left to do adds no segment."""
+
+    def __init__(self, records: list[dict], fd: int | None = None, path: str | None = None) -> None:
+        self.records: list[dict] = []
+        self.fd, self.path = fd, path
+        self.samples: dict[tuple[str, int, str, int], dict] = {}
+        self.failed: dict[str, str] = {}  # row -> error
+        self.skips: set[tuple[str, int]] = set()
+        self.roofline: dict | None = None
+        self.segment = 0
+        self._pending: dict | None = None
+        self._started = False
+        for r in records:
+            self._index(r)
+        self.resumed = any(r.get("type") == "segment" for r in records)
+
+    # ---- opening ----------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | None, fp: dict, fresh: bool = False) -> RecordStore:
+        header = {"type": "header", "format": FORMAT, "created": iso(_now()), "fingerprint": fp}
+        if path is None:
+            return cls([header])
+        p = Path(path).expanduser()
+        if fresh and p.exists() and p.stat().st_size:
+            os.replace(p, p.with_name(p.name + ".bak"))
+        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock(fd, path)
+            records, good, no_newline = read_records(p)
+            if records:
+                diff = diff_fingerprint(records[0]["fingerprint"], fp)
+                if diff:
+                    raise ParadecError(
+                        f"--resume {path} holds a run with another configuration ({'; '.join(diff[:3])}"
+                        f"{'; ...' if len(diff) > 3 else ''}): pass --fresh to start it over, or use another file"
+                    )
+            os.ftruncate(fd, good)  # drop a line cut short by a kill
+            os.lseek(fd, 0, os.SEEK_END)
+            store = cls(records, fd, str(path))
+            if no_newline:
+                _write_all(fd, b"\n")
+            if not records:
+                store._write(header)
+                store._index(header)
+            return store
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    # ---- writing ----------------------------------------------------------------------------------
+    def begin_segment(self, info: dict) -> None:
+        self.segment = 1 + max((r["segment"] for r in self.records if r["type"] == "segment"), default=0)
+        self._pending = {"type": "segment", "segment": self.segment, **info}
+
+    def add(self, rec: dict) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._started = True
+            self.add(pending)
+        if rec["type"] != "header":
+            rec = {"segment": self.segment, "t": round(_now(), 3), "loadavg": loadavg(), **rec}
+        if self.fd is not None:
+            self._write(rec)
+        self._index(rec)
+
+    def end_segment(self, info: dict) -> None:
+        if self._started:
+            self.add({"type": "segment_end", **info})
+
+    def _write(self, rec: dict) -> None:
+        _write_all(self.fd, (json.dumps(rec, separators=(",", ":")) + "\n").encode())
+        os.fsync(self.fd)
+
+    def _index(self, rec: dict) -> None:
+        self.records.append(rec)
+        t = rec.get("type")
+        if t == "sample":
+            self.samples[sample_key(rec)] = rec
+        elif t == "row" and rec.get("status") == "failed":
+            self.failed.setdefault(rec["name"], rec.get("error", ""))
+        elif t == "skip":
+            self.skips.add((rec["prompt_id"], int(rec["turn"])))
+        elif t == "roofline":
+            self.roofline = rec
+
+    def sample(self, prompt_id: str, turn: int, runner: str, repeat: int) -> dict | None:
+        return self.samples.get((prompt_id, turn, runner, repeat))
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _lock(fd: int, path: str) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise ParadecError(f"--resume {path} is in use by another paradec bench process") from None
+
+
+# ---- the result, from the records alone ------------------------------------------------------------
+def load_records(path: str) -> list[dict]:
+    """The records of ``path`` for ``--from`` (read only)."""
+    if not Path(path).expanduser().is_file():
+        raise ParadecError(f"--from {path}: no such file")
+    records, _, _ = read_records(path, "--from")
+    if not records:
+        raise ParadecError(f"--from {path} is empty")
+    if not any(r["type"] == "segment" for r in records):
+        raise ParadecError(f"--from {path} holds no measurements yet")
+    return records
+
+
+def _row_kind(name: str) -> str:
+    from ..proposers import METHODS
+
+    return "paradec" if name in METHODS else "peer"
+
+
+def _row_description(name: str) -> str:
+    from ..proposers import METHODS
+    from .runners import PEERS
+
+    return METHODS[name][0] if name in METHODS else PEERS.get(name, "")
+
+
+def _max(values) -> float | None:
+    vs = [v for v in values if v is not None]
+    return max(vs) if vs else None
+
+
+def result_from_records(records: list[dict]) -> dict:
+    """The result dict (what ``--json`` writes, the tables and the report read) from the records
+    of a run, however many segments it took. Figures come from whole prompt turns only: a turn
+    counts once every row still running has all its repeats of it."""
+    from .metrics import summarize
+
+    fp = records[0]["fingerprint"]
+    segs = [r for r in records if r["type"] == "segment"]
+    if not segs:
+        raise ParadecError("the records hold no measurements yet")
+    first, last = segs[0], segs[-1]
+    names = list(fp["methods"]) + list(fp["peers"])
+    repeats = int(fp["repeats"])
+
+    # rows: the latest record of each, a failure sticks
+    row_rec: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    growth: dict[str, list[float]] = {}
+    for r in records:
+        if r["type"] == "row":
+            row_rec[r["name"]] = r
+            if r.get("status") == "failed":
+                failed.setdefault(r["name"], r.get("error", ""))
+            if r.get("rss_growth_mb") is not None:
+                growth.setdefault(r["name"], []).append(r["rss_growth_mb"])
+
+    sample_recs: dict[tuple, dict] = {}
+    for r in records:
+        if r["type"] == "sample":
+            sample_recs[sample_key(r)] = r
+    # whole prompt turns only
+    have: dict[tuple[str, int], set[tuple[str, int]]] = {}
+    for pid, turn, runner, rep in sample_recs:
+        have.setdefault((pid, turn), set()).add((runner, rep))
+    need = {(n, rep) for n in names if n not in failed for rep in range(repeats)}
+    whole = {k for k, v in have.items() if need <= v}
+    kept = [r for k, r in sample_recs.items() if k[:2] in whole]
+    samples = [Sample(**{f: r[f] for f in SAMPLE_FIELDS if f in r}) for r in kept]
+
+    rows = []
+    for n in names:
+        rec = row_rec.get(n, {})
+        mine = [r for r in sample_recs.values() if r["runner"] == n]
+        rows.append({
+            "name": n,
+            "kind": rec.get("kind") or _row_kind(n),
+            "description": rec.get("description") or _row_description(n),
+            "status": "failed" if n in failed else "ok",
+            "error": failed.get(n, ""),
+            "peak_rss_mb": _max(r.get("peak_rss_mb") for r in mine),
+            "rss_mb": _max(r.get("rss_mb") for r in mine),
+            "rss_growth_mb": _max(growth.get(n, [])),
+            "peak_gpu_mb": _max(r.get("peak_gpu_mb") for r in mine),
+        })
+
+    categories = list(last.get("categories") or dict.fromkeys(s.category for s in samples))
+    summary = summarize(samples, names, categories, baseline="ar", hf="hf")
+    roofline = {}
+    for r in records:
+        if r["type"] == "roofline":
+            roofline = {"prompt_tokens": r["prompt_tokens"], "k": r["k"], "seconds": r["seconds"]}
+    if roofline:
+        from .roofline import ideal_speedup
+
+        curve = dict(zip(roofline["k"], roofline["seconds"]))
+        for row in rows:
+            if row["name"].startswith("llama.cpp"):
+                continue  # the curve is the transformers target's; llama.cpp's forwards cost differently
+            for s in summary[row["name"]].values():
+                s.ideal_speedup = ideal_speedup(curve, s.mean_accepted, s.mean_forward_tokens)
+
+    skipped = list(last.get("skipped") or [])
+    seen_skips = set()
+    for r in records:
+        if r["type"] == "skip" and (r["prompt_id"], r["turn"]) not in seen_skips:
+            seen_skips.add((r["prompt_id"], r["turn"]))
+            skipped.append({"prompt_id": r["prompt_id"], "turn": r["turn"], "reason": r["reason"]})
+
+    segments = _segments(records)
+    complete = bool(segments[-1]["complete"])
+    quant = next((r.get("quantization") for r in row_rec.values() if r.get("quantization")), "")
+    peak = _max([s["peak_rss_mb"] for s in segments] + [r.get("peak_rss_mb") for r in sample_recs.values()])
+    return {
+        "paradec_bench": 1,
+        "date": first["start"],
+        "command": last.get("command"),
+        "config": {
+            "model": last.get("model_name") or fp["model"],
+            "draft_model": fp["draft_model"],
+            "suites": fp["suites"],
+            "skipped_suites": last.get("skipped_suites", []),
+            "methods": fp["methods"],
+            "peers": fp["peers"],
+            "temperature": fp["temperature"],
+            "dtype": fp["dtype"],
+            "device": fp["device"],
+            "max_new_tokens": fp["max_new_tokens"],
+            "prompts_per_category": fp["prompts_per_category"],
+            "repeats": repeats,
+            "quick": last.get("quick", False),
+            "seed": fp["seed"],
+            "threads": fp["threads"],
+            "chat_template": last.get("chat_template"),
+            "llama_cpp_quantization": quant,
+        },
+        "fingerprint": fp,
+        "machine": {**(last.get("machine") or {}), "loadavg_start": first.get("loadavg"),
+                    "loadavg_end": segments[-1]["loadavg_end"]},
+        "load_s": last.get("load_s"),
+        "categories": categories,
+        "prompts": last.get("prompts") or {},
+        "rows": rows,
+        "roofline": roofline,
+        "summary": {r: {c: s.to_dict() for c, s in summary[r].items()} for r in names},
+        "samples": [s.to_dict() for s in samples],
+        "skipped": skipped,
+        "interrupted": not complete,
+        "complete": complete,
+        "segments": segments,
+        "peak_rss_mb": peak,
+        "measurements": len(sample_recs),
+        "wall_s": sum(s["wall_s"] for s in segments),
+    }
+
+
+def _segments(records: list[dict]) -> list[dict]:
+    """Per segment: start and end time, load average at both ends (and its maximum over the
+    measurements), measurements, how it ended, git commit and peak RSS."""
+    out: dict[int, dict] = {}
+    for r in records:
+        t = r["type"]
+        if t == "segment":
+            out[r["segment"]] = {
+                "segment": r["segment"], "start": r["start"], "end": r["start"], "t0": r["t"], "t1": r["t"],
+                "loadavg_start": r.get("loadavg"), "loadavg_end": r.get("loadavg"), "loadavg_max": r.get("loadavg"),
+                "measurements": 0, "ended": "killed", "complete": False, "git_commit": r.get("git_commit"),
+                "git_dirty": r.get("git_dirty"), "peak_rss_mb": None, "command": r.get("command"),
+            }
+            continue
+        s = out.get(r.get("segment"))
+        if s is None or "t" not in r:
+            continue
+        s["t1"], s["end"] = r["t"], iso(r["t"])
+        if r.get("loadavg") is not None:
+            s["loadavg_end"] = r["loadavg"]
+            s["loadavg_max"] = _max([s["loadavg_max"], r["loadavg"]])
+        if r.get("peak_rss_mb") is not None:
+            s["peak_rss_mb"] = _max([s["peak_rss_mb"], r["peak_rss_mb"]])
+        if t == "sample":
+            s["measurements"] += 1
+        elif t == "segment_end":
+            s["complete"] = bool(r.get("complete"))
+            s["ended"] = "finished" if s["complete"] else "interrupted"
+    segs = sorted(out.values(), key=lambda s: s["segment"])
+    for s in segs:
+        s["wall_s"] = max(0.0, s.pop("t1") - s.pop("t0"))
+    return segs
