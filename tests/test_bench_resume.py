@@ -116,6 +116,7 @@ def test_killed_twice_and_resumed_equals_one_run(tiny_dir, tmp_path, monkeypatch
     assert sum(r["type"] == "roofline" for r in _lines(path)) == 1
     # the cut-short lines are gone, and every line is a record
     assert all("type" in r for r in _lines(path))
+    assert done["rows"][0]["peak_rss_mb"] > 0 and done["peak_rss_mb"] > 0
 
     # resuming a finished run measures nothing and adds no segment
     calls.clear()
@@ -172,7 +173,7 @@ def test_report_from_records(tiny_dir, tmp_path, capsys, monkeypatch):
     assert r["samples"] == json.loads(json.dumps(ran["samples"]))
     md = (rep / "report.md").read_text()
     assert "the run spanned 2 segments" in md and "segment 1:" in md and "killed" in md and "finished" in md
-    assert "load average" in md
+    assert "load average" in md and "process peak RSS" in md
     assert (rep / "speedup.png").is_file()
     assert "speedup vs ar per category" in out
 
@@ -244,3 +245,20 @@ def test_result_without_file_matches_records(tiny_dir):
     assert r["fingerprint"]["max_new_tokens"] == 8 and r["fingerprint"]["methods"] == ["ar", "pld"]
     with pytest.raises(ParadecError, match="no measurements"):
         result_from_records([{"type": "header", "format": 1, "fingerprint": {}}])
+
+
+def test_peak_rss_and_per_row_growth_in_json_and_report(tiny_dir, tmp_path):
+    out_json, rep = tmp_path / "r.json", tmp_path / "rep"
+    r = run_bench(_cfg(tiny_dir, None, suite="qa", json_path=str(out_json), report_dir=str(rep), roofline=False),
+                  progress=False)
+    j = json.loads(out_json.read_text())
+    assert j["peak_rss_mb"] > 0 and j["peak_rss_mb"] == r["peak_rss_mb"]
+    assert j["segments"][0]["peak_rss_mb"] > 0
+    for row in j["rows"]:
+        assert row["peak_rss_mb"] > 0 and row["rss_mb"] > 0, row
+        assert isinstance(row["rss_growth_mb"], float), row  # before/after its preparation and first run
+    md = (rep / "report.md").read_text()
+    assert f"process peak RSS {j['peak_rss_mb']:.0f} MB" in md
+    assert "| RSS MB | RSS + MB | status |" in md
+    growth = {row["name"]: row["rss_growth_mb"] for row in j["rows"]}
+    assert f"| {j['rows'][0]['peak_rss_mb']:.0f} | {growth['ar']:+.0f} | ok |" in md

@@ -26,6 +26,9 @@ DEFINITIONS = """\
 - **RSS**: the process's peak resident memory (`getrusage`) after the row's last run. It is a
   high-water mark of the whole process, so it never goes down from one row to the next; `rss`
   in the JSON is the largest current RSS seen right after the row's runs.
+- **RSS +**: the resident memory the row added when it was prepared and ran for the first time
+  (current RSS before and after its warm-up): its own model copy, drafter and caches. Memory the
+  allocator keeps from earlier rows can make it small or negative.
 """
 
 
@@ -60,6 +63,7 @@ def overall_rows(result: dict, peer_suffix: bool = True) -> list[list[str]]:
             ident,
             _f(s["ideal_speedup"], "{:.2f}x"),
             _f(row["peak_rss_mb"], "{:.0f}"),
+            _f(row.get("rss_growth_mb"), "{:+.0f}"),
             status,
         ])
     return out
@@ -71,7 +75,7 @@ SHORT_CATEGORY = {"mt_bench": "mt", "humaneval": "code", "translation": "transl"
 TERMINAL_HEADERS = {"tokens/s": "tok/s", "accepted/fwd": "acc/fwd", "fwd/token": "fwd/tok", "draft share": "draft",
                     "identical": "same"}
 OVERALL_COLUMNS = ["row", "tokens/s", "vs ar", "vs hf", "accepted/fwd", "fwd/token", "draft share", "identical",
-                   "ideal", "RSS MB", "status"]
+                   "ideal", "RSS MB", "RSS + MB", "status"]
 
 
 def category_rows(result: dict, key: str = "speedup_vs_ar", fmt: str = "{:.2f}x", peer_suffix: bool = True) -> list[list[str]]:
@@ -95,7 +99,7 @@ def print_tables(result: dict, console=None) -> None:
     t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     # the terminal table leaves out fwd/token (1 / accepted for paradec), RSS and status: they are in
     # the report and the JSON, and failures are listed below the table
-    keep = [i for i, c in enumerate(OVERALL_COLUMNS) if c not in ("fwd/token", "RSS MB", "status")]
+    keep = [i for i, c in enumerate(OVERALL_COLUMNS) if c not in ("fwd/token", "RSS MB", "RSS + MB", "status")]
     for i in keep:
         c = TERMINAL_HEADERS.get(OVERALL_COLUMNS[i], OVERALL_COLUMNS[i])
         t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
@@ -105,6 +109,8 @@ def print_tables(result: dict, console=None) -> None:
     for row in result["rows"]:
         if row["status"] != "ok":
             console.print(f"[red]{row['name']} failed:[/] {row['error']}", highlight=False)
+    if result.get("peak_rss_mb"):
+        console.print(f"process peak RSS {result['peak_rss_mb']:.0f} MB", highlight=False)
     segs = result.get("segments") or []
     if len(segs) > 1 or result.get("interrupted"):
         done = "complete" if result.get("complete") else "incomplete"
@@ -174,6 +180,8 @@ def markdown(result: dict, images: dict[str, str] | None = None) -> str:
         f"- wall time {result['wall_s'] / 60:.1f} min"
         + ("; **incomplete**: these are the whole prompt turns measured so far" if result.get("interrupted") else ""),
     ]
+    if result.get("peak_rss_mb"):
+        parts.append(f"- process peak RSS {result['peak_rss_mb']:.0f} MB (`getrusage`, the highest of all segments)")
     parts += _segment_lines(result)
     parts += [
         "",
