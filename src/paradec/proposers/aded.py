@@ -8,7 +8,9 @@ Two parts:
   target's top-1 prediction at every draft node the verifier scored (rows of the step's logits
   for rejected nodes are still exact target predictions, so they come for free). The number of
   contexts is bounded (``max_contexts``, least recently updated evicted first) and so is the
-  number of next tokens per context (``max_next``, the smallest count evicted first).
+  number of next tokens per context (``max_next``, the smallest count evicted first): at most
+  ``max_contexts * max_next`` counts however long the stream, each eviction O(1) (an LRU pop) or
+  O(max_next) (the smallest of one context's counts).
 * :func:`search_tree`, an exploration/exploitation tree search (MCTS with UCB1 selection)
   that grows the draft from the last committed tokens one node per iteration: starting at the
   root, each iteration descends by picking the candidate child with the highest

@@ -27,6 +27,10 @@ decoding; the best one drafts (ties go to the cheaper). When the model drafter h
 
 The choice depends only on past steps, never on the verifier's coins, so verification stays
 exactly lossless, greedy and sampled alike.
+
+Bounded state: the lookup's index holds at most ``max_tokens`` tokens (``suffix``'s eviction);
+the cost model is a handful of moving averages per size and match-length bucket (a few dozen
+numbers); the model drafter's cache is bounded by the model's context window.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from dataclasses import dataclass
 from ..sampling import SamplingParams
 from ..tree import DraftTree
 from .base import ProposeContext, Proposer, StepResult
-from .suffix import SuffixDrafter
+from .suffix import SuffixConfig, SuffixDrafter
 
 MODEL_CHOICES = ("auto", "none", "qdraft", "draft")
 
@@ -49,6 +53,7 @@ class AutoConfig:
     explore_every: int = 24  # run the model drafter at least once per this many steps
     prior_accept: float = 2.0  # model drafter's expected accepted tokens before it has run
     growth: float = 1.25  # assumed forward-time growth per doubling of unmeasured sizes
+    max_tokens: int = 1 << 16  # tokens the lookup's suffix index holds at most (older ones evicted)
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_CHOICES:
@@ -59,6 +64,8 @@ class AutoConfig:
             raise ValueError("auto explore_every must be >= 1")
         if self.growth < 1.0 or self.prior_accept < 0:
             raise ValueError("auto growth must be >= 1 and prior_accept >= 0")
+        if self.max_tokens < 16:
+            raise ValueError("auto max_tokens must be >= 16")
 
 
 def _size_bucket(k: int) -> int:
@@ -85,7 +92,7 @@ class AutoDrafter:
 
     def __init__(self, model: Proposer | None = None, config: AutoConfig | None = None) -> None:
         self.config = c = config or AutoConfig()
-        self.lookup = SuffixDrafter()
+        self.lookup = SuffixDrafter(SuffixConfig(max_tokens=c.max_tokens))
         self.model = model
         self.fwd: dict[int, _Ema] = {}  # size bucket -> forward seconds (kept across requests)
         self.lookup_cost = _Ema(c.ema)

@@ -22,6 +22,11 @@ context. Each guess carries its *trail*, the diagonal of earlier guesses it was 
 lookahead decoding's 2-D window, laid out as tree branches. With ``pool_from_context`` the
 pool also learns the n-grams of the prompt and of the committed text (an extension beyond the
 paper; drafts of the generated text itself are often what repeats).
+
+Bounded state: the pool holds at most ``max_grams`` continuations in all, at most
+``pool_per_key`` per first token and ``max_keys`` first tokens. Past any of these the oldest go
+first: the least recently added continuation of a key, the least recently updated key (and, for
+the total, the oldest continuation of the least recently updated key). Every eviction is O(1).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class LookaheadConfig:
     guesses: int = 5  # G: pool continuations verified per step
     pool_per_key: int = 8  # continuations kept per first token (least recently added dropped)
     max_keys: int = 65536  # first tokens kept in the pool (least recently updated dropped)
+    max_grams: int = 65536  # continuations kept in all (the oldest of the least recently updated key dropped)
     pool_from_context: bool = True  # also pool the n-grams of the prompt and committed text
     max_nodes: int = 64  # tree size (candidates first, then chains)
     seed: int = 0  # RNG for chain initialisation and filler tokens
@@ -53,37 +59,53 @@ class LookaheadConfig:
             raise ValueError("lookahead ngram must be >= 2")
         if self.window < 0 or self.guesses < 0:
             raise ValueError("lookahead window and guesses must be >= 0")
-        if self.pool_per_key < 1 or self.max_keys < 1 or self.max_nodes < 1:
-            raise ValueError("lookahead pool_per_key, max_keys and max_nodes must be >= 1")
+        if min(self.pool_per_key, self.max_keys, self.max_grams, self.max_nodes) < 1:
+            raise ValueError("lookahead pool_per_key, max_keys, max_grams and max_nodes must be >= 1")
 
 
 class NGramPool:
     """first token -> continuations (tuples of ``n - 1`` tokens), most recently added last.
-    Bounded per key (``per_key``) and in keys (``max_keys``), both least-recently-added first."""
+    Bounded per key (``per_key``), in keys (``max_keys``) and in all (``max_grams``), the oldest
+    evicted first (see the module docstring)."""
 
-    def __init__(self, n: int, per_key: int = 8, max_keys: int = 65536) -> None:
-        self.n, self.per_key, self.max_keys = n, per_key, max_keys
+    def __init__(self, n: int, per_key: int = 8, max_keys: int = 65536, max_grams: int = 65536) -> None:
+        self.n, self.per_key, self.max_keys, self.max_grams = n, per_key, max_keys, max_grams
         self._pool: OrderedDict[int, OrderedDict[tuple[int, ...], None]] = OrderedDict()
+        self._size = 0  # continuations in all
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._pool.values())
+        return self._size
+
+    @property
+    def keys(self) -> int:
+        return len(self._pool)
 
     def add(self, gram: Sequence[int]) -> None:
         """Add an n-gram (exactly ``n`` tokens); re-adding one makes it most recent."""
         if len(gram) != self.n:
             raise ValueError(f"expected a {self.n}-gram, got {len(gram)} tokens")
         key, cont = int(gram[0]), tuple(int(t) for t in gram[1:])
-        conts = self._pool.get(key)
+        pool = self._pool
+        conts = pool.get(key)
         if conts is None:
-            conts = self._pool[key] = OrderedDict()
-            if len(self._pool) > self.max_keys:
-                self._pool.popitem(last=False)
+            conts = pool[key] = OrderedDict()
+            if len(pool) > self.max_keys:
+                self._size -= len(pool.popitem(last=False)[1])
         else:
-            self._pool.move_to_end(key)
-            conts.pop(cont, None)
+            pool.move_to_end(key)
+            if conts.pop(cont, 0) is None:  # already there: it only moves to the newest place
+                self._size -= 1
         conts[cont] = None
+        self._size += 1
         if len(conts) > self.per_key:
             conts.popitem(last=False)
+            self._size -= 1
+        if self._size > self.max_grams:  # the oldest continuation of the least recently updated key
+            old_key, old = next(iter(pool.items()))
+            old.popitem(last=False)
+            self._size -= 1
+            if not old:
+                del pool[old_key]
 
     def add_text(self, tokens: Sequence[int], start: int = 0) -> None:
         """Add every n-gram of ``tokens`` that ends at index >= ``start``."""
@@ -134,7 +156,7 @@ class Lookahead:
     def __init__(self, config: LookaheadConfig | None = None) -> None:
         self.config = config or LookaheadConfig()
         c = self.config
-        self.pool = NGramPool(c.ngram, c.pool_per_key, c.max_keys)
+        self.pool = NGramPool(c.ngram, c.pool_per_key, c.max_keys, c.max_grams)
         self.chains: list[_Chain] = []
         self.rng = random.Random(c.seed)
         self._tree = DraftTree()
@@ -145,7 +167,7 @@ class Lookahead:
     def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
         c = self.config
         if not c.keep_state:
-            self.pool = NGramPool(c.ngram, c.pool_per_key, c.max_keys)
+            self.pool = NGramPool(c.ngram, c.pool_per_key, c.max_keys, c.max_grams)
         self.rng = random.Random(c.seed)
         self.chains = [self._fresh_chain(prompt) for _ in range(c.window)]
         self._tree, self._paths = DraftTree(), []

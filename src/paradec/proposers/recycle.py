@@ -25,7 +25,8 @@ per rank, so it is wide at depth 1 and narrows with depth: 64 nodes, per depth 8
 Memory: ``vocab * k * 4`` bytes, allocated from the logits' vocabulary size on the first
 observation (before any, drafts are empty): 1.5 MiB for a 49152-token vocabulary with k = 8
 (under the paper's 2 MB). ``begin`` clears M unless ``keep_state`` (the paper keeps the matrix
-across queries, a "hot start").
+across queries, a "hot start"). The matrix is the drafter's whole state, so it is bounded by
+construction: its size never changes however long the stream.
 """
 
 from __future__ import annotations
