@@ -152,7 +152,10 @@ app.command("bench")(_bench)
 from .server.command import serve as _serve  # noqa: E402 - cheap: FastAPI loads only when run
 from .diffusion.command import dllm_app as _dllm_app  # noqa: E402 - cheap: torch loads only when run
 
+from .diffusion.convert_cli import convert as _convert  # noqa: E402 - cheap: torch loads only when run
+
 app.add_typer(_dllm_app, name="dllm")
+app.command("convert")(_convert)
 
 app.command("serve")(_serve)
 

@@ -150,14 +150,21 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
     d = getattr(m, "directory", None)
     if d is not None:
         gen_length = json.loads((Path(d) / "config.json").read_text()).get("train", {}).get("gen_length", 18)
+    if hasattr(m, "encode"):  # a converted AR model: chat prompts, its own block size
+        gen_length = 64
+        if method != "adablock":
+            opts.setdefault("block_size", str(m.spec.block_size))
     s, extra = make_settings(method, opts, gen_length=gen_length, eos_id=m.spec.eos_id, filter_model=_filter_of(m))
     tok = getattr(m, "tokenizer", None)
-    ids = tok(prompt)["input_ids"] if tok is not None else encode_prompt(prompt)
+    if hasattr(m, "encode"):
+        ids = m.encode(prompt)
+    else:
+        ids = tok(prompt)["input_ids"] if tok is not None else encode_prompt(prompt)
     if method == "freedave":
         r = freedave.generate(m, [ids], s, depth=extra["depth"])[0]
     else:
         r = generate(m, [ids], s)[0]
-    text = tok.decode(r.answer) if tok is not None else decode_answer(r.tokens)
+    text = tok.decode(r.answer, skip_special_tokens=True) if tok is not None else decode_answer(r.tokens)
     st = r.stats
     if as_json:
         print(json.dumps({"text": text, "token_ids": r.answer, "model": model, "method": method,

@@ -2,6 +2,8 @@
 
 - paradec's own checkpoints (config.json with a ``paradec_dllm`` section: model.safetensors),
   packaged as ``tiny-dllm`` (and ``tiny-ar``, the AR reference, which has no mask token);
+- AR models converted by ``paradec convert`` (config.json with a ``paradec_converted`` section:
+  the base model's name + adapter-*.safetensors), packaged as ``smollm2-135m-dlm``;
 - Hugging Face checkpoints shaped like LLaDA (``model_type`` llada: unshifted logits,
   bidirectional), Dream (``Dream``: shifted logits, bidirectional) or SDAR (``sdar``: block-causal
   attention with a block size), loaded with ``trust_remote_code`` from the directory's own
@@ -20,6 +22,7 @@ from ..errors import ParadecError
 from .adapter import DiffusionSpec, HFDiffusionLM, TinyDLM
 
 PACKAGED = {"tiny-dllm": "dllm", "tiny-ar": "ar"}
+CONVERTED_DIR = "dlm"  # data/dlm/<name>/: converted AR models, loadable by <name>
 FAMILIES = {"llada": "llada", "dream": "dream", "sdar": "sdar"}
 LLADA_MASK_ID = 126336  # LLaDA's configs do not always carry it
 
@@ -28,9 +31,17 @@ def packaged_dir(name: str) -> Path:
     return Path(str(resources.files("paradec") / "data" / "dllm" / PACKAGED[name]))
 
 
+def converted_dirs() -> dict[str, Path]:
+    """Shipped converted models by name."""
+    root = Path(str(resources.files("paradec") / "data" / CONVERTED_DIR))
+    if not root.is_dir():
+        return {}
+    return {d.name: d for d in sorted(root.iterdir()) if (d / "config.json").is_file()}
+
+
 def is_diffusion(name_or_path: str) -> bool:
     """A packaged dLLM name, or a directory whose config.json is paradec's or a dLLM family's."""
-    if name_or_path in PACKAGED:
+    if name_or_path in PACKAGED or name_or_path in converted_dirs():
         return True
     cfg = Path(name_or_path) / "config.json"
     if not cfg.is_file():
@@ -39,7 +50,43 @@ def is_diffusion(name_or_path: str) -> bool:
         c = json.loads(cfg.read_text())
     except (OSError, ValueError):
         return False
-    return "paradec_dllm" in c or str(c.get("model_type", "")).lower() in FAMILIES
+    return "paradec_dllm" in c or "paradec_converted" in c or str(c.get("model_type", "")).lower() in FAMILIES
+
+
+def _converted_dir(name_or_path: str) -> Path | None:
+    named = converted_dirs()
+    if name_or_path in named:
+        return named[name_or_path]
+    d = Path(name_or_path)
+    if (d / "config.json").is_file():
+        try:
+            if "paradec_converted" in json.loads((d / "config.json").read_text()):
+                return d
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def converted_for(hf_model, adapter: str = "auto", max_context: int | None = None):
+    """A BlockDiffusionAR over a copy of ``hf_model``: the adapter named (or a directory), or with
+    ``auto`` the shipped one trained on this very base model."""
+    from .converted import check_fingerprint, load_converted, read_config
+
+    if adapter == "auto":
+        for name, d in converted_dirs().items():
+            try:
+                check_fingerprint(read_config(d).get("base_fingerprint", {}), hf_model, name)
+            except ParadecError:
+                continue
+            if any(d.glob("adapter-*.safetensors")):
+                return load_converted(d, hf_model, copy_base=True, max_context=max_context)
+        known = ", ".join(converted_dirs()) or "none"
+        raise ParadecError(f"deer: no converted adapter for this model (shipped: {known}); make one with `paradec convert` "
+                           "and pass --opt adapter=DIR")
+    d = _converted_dir(adapter)
+    if d is None:
+        raise ParadecError(f"deer: unknown adapter '{adapter}' (shipped: {', '.join(converted_dirs()) or 'none'}; or a directory from `paradec convert`)")
+    return load_converted(d, hf_model, copy_base=True, max_context=max_context)
 
 
 def _dtype(dtype) -> torch.dtype:
@@ -53,6 +100,9 @@ def _dtype(dtype) -> torch.dtype:
 
 def load_diffusion(name_or_path: str, dtype="float32", device: str = "cpu", block_size: int | None = None):
     """A DiffusionLM (or, for paradec's AR reference, a TinyDLM whose spec has no mask token)."""
+    conv = _converted_dir(name_or_path)
+    if conv is not None:
+        return _load_converted(conv, name_or_path, dtype, device, block_size)
     d = packaged_dir(name_or_path) if name_or_path in PACKAGED else Path(name_or_path)
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
@@ -71,6 +121,19 @@ def load_diffusion(name_or_path: str, dtype="float32", device: str = "cpu", bloc
     if family is None:
         raise ParadecError(f"'{name_or_path}' is not a LLaDA-, Dream- or SDAR-shaped checkpoint (model_type {cfg.get('model_type')!r})")
     return _load_hf(d, cfg, family, dt, device, block_size)
+
+
+def _load_converted(d: Path, name: str, dtype, device, block_size):
+    from ..models.loader import load_hf
+    from .converted import load_converted, read_config
+    from .converted_dlm import ConvertedDLM
+
+    base = read_config(d)["paradec_converted"]["base"]
+    loaded = load_hf(base, dtype=dtype, device=device)
+    model = load_converted(d, loaded.model, copy_base=False)
+    m = ConvertedDLM(model, loaded.tokenizer, name=name, block_size=block_size)
+    m.directory = d
+    return m
 
 
 def _load_hf(d: Path, cfg: dict, family: str, dt, device, block_size):

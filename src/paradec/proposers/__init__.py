@@ -12,6 +12,7 @@ from .base import NoDraft, ProposeContext, Proposer, StepResult
 from .draft_model import DraftModelConfig, DraftModelProposer
 from .aded import ADED, ADEDConfig
 from .auto import AutoConfig, AutoDrafter
+from .deer import DeerConfig, DeerProposer
 from .lookahead import Lookahead, LookaheadConfig
 from .pld import PLDConfig, PromptLookup
 from .qdraft import QDraftConfig, QuantizedSelfDraft
@@ -70,6 +71,7 @@ METHODS: dict[str, tuple[str, bool]] = {
     "aded": ("adaptive n-gram model of the target, drafts by UCB tree search", False),
     "lookahead": ("Jacobi chains + n-gram pool, verified in the same tree forward", False),
     "auto": ("per step: suffix lookup, a model drafter or none, by expected tokens/s (online cost model)", False),
+    "deer": ("DEER: a converted block-diffusion model drafts a block in one pass (its adapter, e.g. smollm2-135m-dlm)", False),
 }
 
 
@@ -115,6 +117,16 @@ def _auto(models: Models, vocab: int, cfg: AutoConfig) -> Proposer:
     return AutoDrafter(model, cfg)
 
 
+def _deer(models: Models, vocab: int, cfg: DeerConfig) -> Proposer:
+    from ..diffusion.loaders import converted_for
+
+    base = models.draft if models.draft is not None else models.target
+    key = ("deer", cfg.adapter, id(base))
+    if key not in models._self_drafters:
+        models._self_drafters[key] = converted_for(base.model, cfg.adapter, max_context=base.max_context)
+    return DeerProposer(models._self_drafters[key], vocab, cfg)
+
+
 def make_proposer(method: str, models: Models, options: dict | None = None) -> Proposer:
     options = dict(options or {})
     if method not in METHODS:
@@ -134,5 +146,6 @@ def make_proposer(method: str, models: Models, options: dict | None = None) -> P
         "aded": lambda: ADED(_build(ADEDConfig, options)),
         "lookahead": lambda: Lookahead(_build(LookaheadConfig, options)),
         "auto": lambda: _auto(models, vocab, _build(AutoConfig, options)),
+        "deer": lambda: _deer(models, vocab, _build(DeerConfig, options)),
     }
     return builders[method]()
