@@ -262,3 +262,21 @@ def test_peak_rss_and_per_row_growth_in_json_and_report(tiny_dir, tmp_path):
     assert "| RSS MB | RSS + MB | status |" in md
     growth = {row["name"]: row["rss_growth_mb"] for row in j["rows"]}
     assert f"| {j['rows'][0]['peak_rss_mb']:.0f} | {growth['ar']:+.0f} | ok |" in md
+
+
+def test_a_new_commit_between_segments_is_allowed_and_shown(tiny_dir, tmp_path, monkeypatch):
+    from paradec.bench import machine
+
+    path = tmp_path / "r.jsonl"
+    monkeypatch.setattr(machine, "git_state", lambda: ("a" * 40, False))
+    _kill_at(monkeypatch, "qa", 0, "ar")
+    with pytest.raises(Killed):
+        run_bench(_cfg(tiny_dir, path, roofline=False), progress=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(machine, "git_state", lambda: ("b" * 40, True))
+    r = run_bench(_cfg(tiny_dir, path, roofline=False), progress=False)
+    assert [s["git_commit"][0] for s in r["segments"]] == ["a", "b"] and r["complete"]
+    from paradec.bench.report import markdown
+
+    md = markdown(r)
+    assert "commit aaaaaaaaaa" in md and "commit bbbbbbbbbb (modified)" in md and "different paradec commits" in md

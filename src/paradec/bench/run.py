@@ -178,12 +178,18 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
         import torch
 
         torch.set_num_threads(cfg.threads)  # llama.cpp rows and qdraft's llama.cpp drafter follow torch
-    store = RecordStore.open(cfg.resume, fingerprint(cfg), fresh=cfg.fresh)  # a mismatch fails here
+    fp = fingerprint(cfg)
+    store = RecordStore.open(cfg.resume, fp, fresh=cfg.fresh)  # a mismatch fails here
     try:
         if store.resumed:
             segs = sum(r["type"] == "segment" for r in store.records)
             console.print(f"resuming {cfg.resume}: {len(store.samples)} measurements recorded over {segs} segment(s)")
-        _run(cfg, store, prompts, console, progress, t_start, load_start,
+            was = [r.get("git_commit") for r in store.records if r["type"] == "segment"][-1]
+            now = fp.get("git_commit")
+            if was and now and was != now:
+                console.print(f"[yellow]note: the last segment ran paradec commit {was[:10]}, this one runs {now[:10]} "
+                              "(the report lists each segment's commit)[/]")
+        _run(cfg, store, fp, prompts, console, progress, t_start, load_start,
              (Progress, BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn))
     finally:
         store.close()
@@ -192,7 +198,7 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
     return result
 
 
-def _run(cfg, store, prompts, console, progress, t_start, load_start, bar_parts) -> None:
+def _run(cfg, store, fp, prompts, console, progress, t_start, load_start, bar_parts) -> None:
     Progress, BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn = bar_parts
     if cfg.skipped_suites:
         console.print(f"[yellow]skipping suites whose package is not installed: {', '.join(cfg.skipped_suites)} "
@@ -232,8 +238,7 @@ def _run(cfg, store, prompts, console, progress, t_start, load_start, bar_parts)
     store.begin_segment({
         "start": iso(t_start), "t": round(t_start, 3), "loadavg": load_start, "pid": os.getpid(),
         "command": " ".join(["paradec", "bench", *argv[1:]]) if argv[:1] == ["bench"] else None,
-        "git_commit": store.records[0]["fingerprint"].get("git_commit"),
-        "git_dirty": store.records[0]["fingerprint"].get("git_dirty"),
+        "git_commit": fp.get("git_commit"), "git_dirty": fp.get("git_dirty"),  # this segment's, not the first's
         "machine": machine_info(cfg.device), "model_name": engine.name, "chat_template": prompter.chat,
         "quick": cfg.quick, "skipped_suites": cfg.skipped_suites, "load_s": round(load_s, 3),
         "categories": categories, "prompts": {c: sum(1 for p, _ in first if p.category == c) for c in categories},
