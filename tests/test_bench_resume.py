@@ -235,6 +235,9 @@ def test_store_lock_refuses_a_second_writer(tmp_path):
     try:
         with pytest.raises(ParadecError, match="in use by another"):
             RecordStore.open(str(path), {"model": "m"})
+        with pytest.raises(ParadecError, match="in use by another"):
+            RecordStore.open(str(path), {"model": "m"}, fresh=True)
+        assert not (tmp_path / "r.jsonl.bak").exists()
     finally:
         s.close()
 

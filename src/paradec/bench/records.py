@@ -165,7 +165,12 @@ class RecordStore:
             return cls([header])
         p = Path(path).expanduser()
         if fresh and p.exists() and p.stat().st_size:
-            os.replace(p, p.with_name(p.name + ".bak"))
+            old = os.open(p, os.O_RDWR)
+            try:
+                _lock(old, path)  # never move a file another run is writing
+                os.replace(p, p.with_name(p.name + ".bak"))
+            finally:
+                os.close(old)
         fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _lock(fd, path)
