@@ -131,7 +131,7 @@ def test_convert_cli_tiny_end_to_end(converted_dir, capsys):
     code, stdout, err = run_cli(args, capsys)
     assert code == 0, err
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["train"]["data"]["continuations"] == 6 and cfg["train"]["steps"] == 3
+    assert cfg["train"]["data"]["continuations"] == 6 and cfg["train"]["steps_done"] == 3
     assert cfg["train"]["command"].startswith("paradec convert --base")
     q = cfg["quality"]
     assert set(q["masked_accuracy"]) == {"4"} and len(q["masked_accuracy"]["4"]["per_position"]) == 4

@@ -118,6 +118,28 @@ def bench_cmd(
     print(f"wrote {out}/results.json, results.md, frontier.png")
 
 
+@dllm_app.command("text-bench")
+def text_bench_cmd(
+    model: str = typer.Option("smollm2-135m-dlm", "--model", "-m", help="A converted text dLLM (name or directory)."),
+    mt: int = typer.Option(8, "--mt", help="Held-out MT-Bench first turns."),
+    humaneval: int = typer.Option(8, "--humaneval", help="Held-out HumanEval problems (pass@1, sandboxed)."),
+    gen_mt: int = typer.Option(64, "--gen-mt"),
+    gen_he: int = typer.Option(128, "--gen-he"),
+    only: list[str] | None = typer.Option(None, "--only", help="Run only these methods or labels (repeatable)."),
+    out: str = typer.Option("dllm-text-bench", "--out", "-o"),
+    threads: int = typer.Option(1, "--threads"),
+) -> None:
+    """Speed/quality frontier of a converted text dLLM: every policy on held-out MT-Bench
+    prompts (AR perplexity of the output) and HumanEval problems (pass@1, sandboxed execution)."""
+    import torch
+
+    from .text_bench import run
+
+    torch.set_num_threads(threads)
+    run(model, mt, humaneval, gen_mt, gen_he, only=only, out_dir=out, log=lambda s: print(s, flush=True))
+    print(f"wrote {out}/text_results.json, text_results.md, text_frontier.png")
+
+
 @dllm_app.command("methods")
 def methods_cmd() -> None:
     """List the diffusion decoding methods."""

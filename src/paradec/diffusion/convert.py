@@ -146,8 +146,10 @@ def loss_fn(model: BlockDiffusionAR, batch: Batch):
     return loss, acc
 
 
-def train(model: BlockDiffusionAR, rows: list[dict], cfg: ConvertConfig, log=print, save_every: int = 0, save=None) -> dict:
-    """LoRA fine-tune on ``rows`` (prompt_ids / response_ids). Returns a summary."""
+def train(model: BlockDiffusionAR, rows: list[dict], cfg: ConvertConfig, log=print, save_every: int = 0, save=None,
+          minutes: float = 0.0) -> dict:
+    """LoRA fine-tune on ``rows`` (prompt_ids / response_ids). ``minutes`` > 0: stop after that
+    long (the summary records the steps done). Returns a summary."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     params = model.trainable()
@@ -160,7 +162,11 @@ def train(model: BlockDiffusionAR, rows: list[dict], cfg: ConvertConfig, log=pri
     order: list[int] = []
     t0, run_loss, run_acc = time.time(), 0.0, 0.0
     model.hf.train()
+    done = 0
     for step in range(1, cfg.steps + 1):
+        if minutes and time.time() - t0 > 60 * minutes:
+            log(f"time budget of {minutes} min reached after {done} steps")
+            break
         if len(order) < cfg.batch:
             more = list(range(len(rows)))
             rng.shuffle(more)
@@ -178,12 +184,14 @@ def train(model: BlockDiffusionAR, rows: list[dict], cfg: ConvertConfig, log=pri
         run_loss, run_acc = (1 - a) * run_loss + a * loss.item(), (1 - a) * run_acc + a * acc
         if step % 10 == 0 or step == cfg.steps:
             log(f"step {step:4d}  loss {run_loss:.3f}  masked acc {100 * run_acc:.1f}%  lr {sched.get_last_lr()[0]:.2e}  {time.time() - t0:.0f}s")
+        done = step
         if save is not None and save_every and step % save_every == 0 and step < cfg.steps:
             save(step)
     model.hf.eval()
     for p in params:
         p.requires_grad_(False)
-    return {"steps": cfg.steps, "seconds": round(time.time() - t0), "final_loss": round(run_loss, 4)}
+    return {"steps_done": done, "seconds": round(time.time() - t0), "final_loss": round(run_loss, 4),
+            "final_masked_acc": round(run_acc, 4)}
 
 
 @torch.no_grad()

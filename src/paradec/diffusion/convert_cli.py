@@ -35,6 +35,8 @@ def convert(
     eval_prompts: int = typer.Option(24, "--eval-prompts", help="Held-out prompts for the quality measurements (0 = skip)."),
     eval_gen: int = typer.Option(64, "--eval-gen", help="Tokens generated per held-out prompt for the perplexity check."),
     save_every: int = typer.Option(50, "--save-every", help="Also save the adapter every n steps (0 = only at the end)."),
+    train_minutes: float = typer.Option(0.0, "--train-minutes", help="Stop training after this long (0 = no limit)."),
+    views: int = typer.Option(2, "--views", help="Block cuts per sequence per step (they share one clean pass)."),
     dtype: str = typer.Option("float32", "--dtype", help="Training dtype: float32 (or float64 for tests)."),
 ) -> None:
     """Convert an AR model into a block-diffusion model: generate its own continuations of the
@@ -53,7 +55,8 @@ def convert(
     log = lambda s: print(s, flush=True)  # noqa: E731
     try:
         cfg = ConvertConfig(base=base, seed=seed, steps=steps, batch=batch, lr=lr, rank=rank, alpha=2.0 * rank,
-                            block_size=block_size, min_block=min_block, max_block=max_block, max_len=max_len, threads=threads)
+                            block_size=block_size, min_block=min_block, max_block=max_block, max_len=max_len, threads=threads,
+                            views=views, warmup=min(30, max(1, steps // 10)))
         acfg = cfg.adapter()
     except ValueError as e:
         raise ParadecError(str(e)) from None
@@ -82,14 +85,16 @@ def convert(
     model = BlockDiffusionAR(loaded.model, acfg)  # in place: with the gate off it is still the base model
     meta = {
         "train": {**asdict(cfg), "command": _command(base, seed, steps, batch, lr, rank, block_size, min_block, max_block,
-                                                     max_len, threads, max_new, samples, data_minutes, max_prompts),
+                                                     max_len, threads, max_new, samples, data_minutes, max_prompts)
+                  + f" --views {views}" + (f" --train-minutes {train_minutes}" if train_minutes else ""),
                   "data": {"continuations": len(rows), "tokens": n_tok, "by_mode": _count(rows, "mode"),
                            "by_source": _count(rows, "source"), "max_new": max_new, "samples": samples,
                            "split": "prompt i of each source held out when i % 4 == 0 (never trained on)"}},
     }
     t0 = time.time()
     summary = train(model, rows, cfg, log=log, save_every=save_every,
-                    save=lambda step: (model.save(d, {**meta, "checkpoint_step": step}), log(f"saved checkpoint at step {step}")))
+                    save=lambda step: (model.save(d, {**meta, "checkpoint_step": step}), log(f"saved checkpoint at step {step}")),
+                    minutes=train_minutes)
     meta["train"].update(summary)
     model.save(d, meta)
     log(f"trained in {time.time() - t0:.0f}s; saved {d}")
@@ -97,7 +102,7 @@ def convert(
         from .convert_eval import quality
 
         meta["quality"] = quality(model, loaded.tokenizer, split(prompts, heldout=True), cfg, eval_prompts, eval_gen,
-                                  d / "heldout.jsonl", log=log)
+                                  data_path.with_name("heldout.jsonl"), log=log)
         model.save(d, meta)
         log(json.dumps(meta["quality"], indent=1))
 

@@ -1,0 +1,53 @@
+"""The shipped converted model (smollm2-135m-dlm): loads by name as a dLLM, and ``deer`` with it
+on the real default model gives exactly ``ar``'s greedy output (float32)."""
+
+from __future__ import annotations
+
+import pytest
+
+from paradec.diffusion.loaders import converted_dirs
+
+pytestmark = pytest.mark.slow
+
+NAME = "smollm2-135m-dlm"
+PROMPTS = [
+    "Explain what a hash table is in two sentences.",
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "List three tips for writing clear emails.",
+    "Translate to French: The weather is nice today.",
+]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    if NAME not in converted_dirs() or not any(converted_dirs()[NAME].glob("adapter-*.safetensors")):
+        pytest.skip(f"{NAME} adapter not in this checkout")
+    import paradec
+
+    try:
+        return paradec.load("smollm2-135m")
+    except paradec.ParadecError as e:
+        pytest.skip(str(e))
+
+
+def test_shipped_adapter_loads_by_name_as_a_dllm(engine):
+    from paradec.diffusion.loaders import load_diffusion
+    from paradec.diffusion.loop import generate
+    from paradec.diffusion.policies import make_settings
+
+    m = load_diffusion(NAME)
+    assert m.spec.attention == "block_causal" and m.spec.block_size == 8
+    s, _ = make_settings("threshold", {"tau": "0.9", "block_size": "8"}, gen_length=16, eos_id=m.spec.eos_id)
+    r = generate(m, [m.encode(PROMPTS[0])], s)[0]
+    assert m.spec.mask_id not in r.tokens and r.stats.forwards <= 16
+
+
+def test_deer_greedy_identical_to_ar_on_the_default_model(engine):
+    accepted = 0
+    for p in PROMPTS:
+        ar = engine.generate(p, method="ar", max_new_tokens=64)
+        deer = engine.generate(p, method="deer", max_new_tokens=64)
+        assert deer.token_ids == ar.token_ids, p
+        accepted += deer.stats.accepted
+        assert deer.stats.mean_accepted > 1.0
+    assert accepted > 0
