@@ -9,6 +9,7 @@ from conftest import tiny_llama
 from lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling_lossless, run
 from paradec.models.adapter import HFCausalLM
 from paradec.proposers import Models, make_proposer
+from paradec.proposers.base import NoDraft
 from paradec.proposers.auto import AutoConfig, AutoDrafter, _Ema, _size_bucket
 from paradec.proposers.draft_model import DraftModelConfig, DraftModelProposer
 from paradec.sampling import SamplingParams
@@ -161,3 +162,66 @@ def test_model_cost_ignores_catch_up_calls(target, reference):
     assert out == ref
     assert model.calls > 2 and auto.model_cost.value is not None
     assert auto.model_cost.value < 0.1  # the 0.3 s catch-up call was left out
+
+
+def _with_accept(auto, bucket, table):
+    for n, a in table.items():
+        e = _Ema(1.0)
+        e.add(a)
+        auto.lookup_accept[(bucket, n)] = e
+
+
+def test_tree_size_follows_the_roofline():
+    """Same acceptance curve, two machines: where verification is nearly free (flat forward
+    time) the whole tree pays; where every token costs (steep) a small one does."""
+    tree = DraftTree.chain(list(range(1, 17)))  # 16 nodes, depth 16
+    accept = {1: 0.9, 2: 1.6, 4: 2.4, 8: 3.0, 16: 3.4}
+    flat, steep = AutoDrafter(), AutoDrafter()
+    for auto in (flat, steep):
+        _with_accept(auto, 3, accept)
+    flat.forward_time = lambda k: 0.040 + 0.0005 * k  # 40 ms + 0.5 ms per token
+    steep.forward_time = lambda k: 0.010 * k  # linear: every token costs as much as the first
+    assert flat.best_lookup_size(tree, 3, 0.0)[0] == 16
+    assert steep.best_lookup_size(tree, 3, 0.0)[0] == 1
+    medium = AutoDrafter()
+    _with_accept(medium, 3, accept)
+    medium.forward_time = lambda k: 0.040 + 0.004 * k
+    assert medium.best_lookup_size(tree, 3, 0.0)[0] in (4, 8)
+    # an unlearned size takes the acceptance of the largest smaller size learned
+    assert medium.lookup_acceptance(3, 12) == accept[8]
+    assert medium.lookup_acceptance(5, 4) == 1.0  # nothing learned for that match bucket
+    assert AutoDrafter.sizes(11) == [1, 2, 4, 8, 11] and AutoDrafter.sizes(1) == [1] and AutoDrafter.sizes(0) == []
+
+
+def test_tree_size_in_a_run_is_lossless_and_follows_the_cost_model(target):
+    p = [1] + list(range(10, 26)) * 3  # a long repeated phrase: deep lookup trees
+    want, _ = run(target, NoDraft(), p)
+    mean_size = {}
+    # flat: 40 ms + 0.1 ms per token; steep: 20 ms + 10 ms per token
+    for name, f in {"flat": lambda k: 0.04 + 0.0001 * k, "steep": lambda k: 0.02 + 0.01 * k}.items():
+        auto = AutoDrafter(None, AutoConfig(explore_every=1000))
+        for b in range(13):  # start out believing every lookup tree is right 5 tokens deep
+            _with_accept(auto, b, {n: 5.0 for n in (1, 2, 4, 8, 16, 32, 48)})
+        auto.forward_time = f
+        out, _ = run(target, auto, p)
+        assert out == want, name
+        sent = auto.lookup_sizes
+        assert sent, f"{name}: the lookup was never used"
+        mean_size[name] = sum(n * k for n, k in sent.items()) / sum(sent.values())
+    assert mean_size["flat"] > mean_size["steep"], mean_size  # (deterministic: the clock is mocked)
+
+
+def test_censored_counterfactual_only_raises_the_estimate(target, reference):
+    """Under plain decoding (one committed token per step) every lookup tree that guessed the
+    token is censored at 1; that must not drag a learned higher acceptance down."""
+    p = PROMPTS[2]
+    auto = AutoDrafter(None, AutoConfig(explore_every=1000))
+    auto.forward_time = lambda k: 0.01 * k * k  # drafting never pays: every step is plain
+    for b in range(13):
+        _with_accept(auto, b, {n: 5.0 for n in (1, 2, 4, 8, 16, 32, 48)})
+    out, _ = run(target, auto, p, n=30)
+    assert out == reference[tuple(p)][:30]
+    assert auto.choices["lookup"] == 0
+    values = [e.value for e in auto.lookup_accept.values()]
+    assert min(values) < 5.0  # some trees missed: exact observations count
+    assert max(values) == 5.0  # hits are censored at 1 token: they never lowered a 5

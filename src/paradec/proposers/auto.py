@@ -17,13 +17,22 @@ Cost model, learned online from the request itself (nothing is hard-coded per ma
   lookup committed is not mistaken for drafting cost; until measured it counts as free, which
   makes ``auto`` try the model drafter twice in a row early on);
 - ``a_c``: expected accepted tokens of candidate c. For the lookup draft it is kept per suffix
-  match-length bucket and updated *every* step, also when the draft was not used: the committed
-  tokens show how much of it the target would have accepted (a counterfactual that is exact
-  under greedy decoding, censored at the number of committed tokens). The model drafter's is
-  updated when it runs.
+  match-length bucket *and per tree size* and updated *every* step, also when the draft was
+  not used: the committed tokens show how much of it the target would have accepted (a
+  counterfactual that is exact under greedy decoding when the tree diverges within the committed
+  tokens; when it spells all of them it might have gone on, and that lower bound may only raise
+  the estimate). The model drafter's is updated when it runs.
 The expected rate of c is ``(a_c + 1) / (d_c + f(n_c + 1))`` against ``1 / f(1)`` for plain
 decoding; the best one drafts (ties go to the cheaper). When the model drafter has not run for
 ``explore_every`` steps it runs once, so a change in the text is noticed.
+
+Tree size from the roofline: the lookup builds its tree best-first (most probable nodes first)
+up to ``max_nodes``, so its first n nodes are the best tree of n nodes. ``auto`` scores the
+sizes n = 1, 2, 4, ... by the same rate, with ``a(n)`` from the counterfactual of the n-node
+prefix tree and ``f(n + 1)`` from the measured forward times, and sends the best size: big
+trees where verification is nearly free (a flat roofline), small ones where every extra token
+costs. Every ``explore_every`` lookup steps it sends the whole tree, so the acceptance of big
+trees is not underestimated forever by censoring.
 
 The choice depends only on past steps, never on the verifier's coins, so verification stays
 exactly lossless, greedy and sampled alike.
@@ -54,6 +63,7 @@ class AutoConfig:
     prior_accept: float = 2.0  # model drafter's expected accepted tokens before it has run
     growth: float = 1.25  # assumed forward-time growth per doubling of unmeasured sizes
     max_tokens: int = 1 << 16  # tokens the lookup's suffix index holds at most (older ones evicted)
+    max_nodes: int = 48  # largest lookup tree built; the size sent is chosen by the cost model
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_CHOICES:
@@ -66,6 +76,8 @@ class AutoConfig:
             raise ValueError("auto growth must be >= 1 and prior_accept >= 0")
         if self.max_tokens < 16:
             raise ValueError("auto max_tokens must be >= 16")
+        if self.max_nodes < 1:
+            raise ValueError("auto max_nodes must be >= 1")
 
 
 def _size_bucket(k: int) -> int:
@@ -92,14 +104,18 @@ class AutoDrafter:
 
     def __init__(self, model: Proposer | None = None, config: AutoConfig | None = None) -> None:
         self.config = c = config or AutoConfig()
-        self.lookup = SuffixDrafter(SuffixConfig(max_tokens=c.max_tokens))
+        # generous caps: the lookup offers a big best-first tree and the cost model cuts it
+        self.lookup = SuffixDrafter(
+            SuffixConfig(max_tokens=c.max_tokens, max_nodes=c.max_nodes, match_alpha=2.0 * c.max_nodes, depth_alpha=4.0)
+        )
         self.model = model
         self.fwd: dict[int, _Ema] = {}  # size bucket -> forward seconds (kept across requests)
         self.lookup_cost = _Ema(c.ema)
         self.model_cost = _Ema(c.ema)
         self.model_nodes = _Ema(c.ema)
         self.model_accept = _Ema(c.ema)
-        self.lookup_accept: dict[int, _Ema] = {}
+        self.lookup_accept: dict[tuple[int, int], _Ema] = {}  # (match bucket, tree size) -> accepted
+        self.lookup_sizes: dict[int, int] = {}  # tree size sent -> steps (this request)
         self.choices = {"lookup": 0, "model": 0, "none": 0}  # steps per choice in this request
         self._reset_step()
 
@@ -109,6 +125,7 @@ class AutoDrafter:
         self._bucket = 0
         self._t_proposed = 0.0
         self._since_model = 0
+        self._lookup_steps = 0
 
     # ---- the cost model ------------------------------------------------------------------------
     def forward_time(self, k: int) -> float:
@@ -126,12 +143,41 @@ class AutoDrafter:
     def _rate(self, accepted: float, draft_s: float, nodes: int) -> float:
         return (accepted + 1.0) / max(draft_s + self.forward_time(nodes + 1), 1e-6)
 
+    @staticmethod
+    def sizes(n: int) -> list[int]:
+        """Tree sizes scored for a tree of ``n`` nodes: 1, 2, 4, ... and ``n`` itself."""
+        out, k = [], 1
+        while k < n:
+            out.append(k)
+            k *= 2
+        return out + [n] if n else []
+
+    def lookup_acceptance(self, bucket: int, size: int) -> float:
+        """Expected accepted tokens of the ``size``-node lookup tree at match bucket ``bucket``:
+        the learned value, else that of the largest smaller size learned, else 1 (a prior)."""
+        e = self.lookup_accept.get((bucket, size))
+        if e is not None and e.value is not None:
+            return e.value
+        known = [k for (b, k), v in self.lookup_accept.items() if b == bucket and k < size and v.value is not None]
+        return self.lookup_accept[(bucket, max(known))].value if known else 1.0
+
+    def best_lookup_size(self, tree: DraftTree, bucket: int, draft_s: float) -> tuple[int, float]:
+        """The tree size with the highest expected tokens/s, and that rate."""
+        best, best_rate = 0, 0.0
+        for n in self.sizes(len(tree)):
+            accepted = min(self.lookup_acceptance(bucket, n), tree.truncated(n).depth)
+            r = self._rate(accepted, draft_s, n)
+            if r > best_rate * 1.0001:  # ties go to the smaller tree
+                best, best_rate = n, r
+        return best, best_rate
+
     # ---- the proposer protocol -------------------------------------------------------------------
     def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
         self.lookup.begin(prompt, sampling)
         if self.model is not None:
             self.model.begin(prompt, sampling)
         self.choices = {"lookup": 0, "model": 0, "none": 0}
+        self.lookup_sizes = {}
         self._reset_step()
         self._since_model = self.config.explore_every  # try the model drafter early on
 
@@ -144,10 +190,9 @@ class AutoDrafter:
         self._bucket = _match_bucket(self.lookup.last_match)
 
         best, best_rate = "none", 1.0 / max(self.forward_time(1), 1e-6)
+        size = 0
         if len(tree):
-            acc = self.lookup_accept.get(self._bucket)
-            expected = acc.get(1.0) if acc is not None else 1.0
-            r = self._rate(min(expected, tree.depth), self.lookup_cost.get(0.0), len(tree))
+            size, r = self.best_lookup_size(tree, self._bucket, self.lookup_cost.get(0.0))
             if r > best_rate:
                 best, best_rate = "lookup", r
         if self.model is not None:
@@ -173,7 +218,14 @@ class AutoDrafter:
             self.model_nodes.add(len(draft))
         else:
             self._since_model += 1
-            draft = tree if best == "lookup" else DraftTree()
+            draft = DraftTree()
+            if best == "lookup":
+                self._lookup_steps += 1
+                if self._lookup_steps % c.explore_every:  # else: the whole tree, to uncensor
+                    draft = tree.truncated(size)
+                else:
+                    draft = tree
+                self.lookup_sizes[len(draft)] = self.lookup_sizes.get(len(draft), 0) + 1
         self._t_proposed = time.perf_counter()
         return draft
 
@@ -184,9 +236,14 @@ class AutoDrafter:
         self.fwd.setdefault(b, _Ema(c.ema)).add(elapsed)
 
         new = result.verdict.tokens  # accepted + the target's own token
-        if len(self._lookup_tree):
-            seen = self._lookup_tree.match_length(new)  # what the target would have accepted
-            self.lookup_accept.setdefault(self._bucket, _Ema(c.ema)).add(seen)
+        tree = self._lookup_tree
+        for n in self.sizes(len(tree)):  # what the target would have accepted of each size
+            seen = tree.truncated(n).match_length(new)
+            e = self.lookup_accept.setdefault((self._bucket, n), _Ema(c.ema))
+            # A tree that spelled every committed token might have gone on (censored): such a
+            # lower bound may only raise the estimate. Exact observations always count.
+            if seen < len(new) or e.value is None or seen > e.value:
+                e.add(seen)
         if self._choice == "model":
             self.model_accept.add(len(result.verdict.accepted))
             self.model.observe(result)
