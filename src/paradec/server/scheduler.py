@@ -191,24 +191,20 @@ class Scheduler:
             elif step.plain and self.batch and self._batchable:
                 plain.append((job, step))  # run below, in one forward with the others
             else:
-                t0 = time.perf_counter()
-                try:
-                    logits = self.engine.target.forward(step.ids, step.positions, step.cache, step.mask)[0]
-                except Exception:
-                    self._decode_failed(job)
-                    continue
-                self._commit(job, logits, time.perf_counter() - t0)
+                self._forward_one(job, step)
         if len(plain) == 1:
-            job, step = plain[0]
-            t0 = time.perf_counter()
-            try:
-                logits = self.engine.target.forward(step.ids, step.positions, step.cache, step.mask)[0]
-            except Exception:
-                self._decode_failed(job)
-            else:
-                self._commit(job, logits, time.perf_counter() - t0)
+            self._forward_one(*plain[0])
         elif plain:
             self._forward_batch(plain)
+
+    def _forward_one(self, job: Job, step: ForwardInput) -> None:
+        t0 = time.perf_counter()
+        try:
+            logits = self.engine.target.forward(step.ids, step.positions, step.cache, step.mask)[0]  # [n+1, V]
+        except Exception:
+            self._decode_failed(job)
+            return
+        self._commit(job, logits, time.perf_counter() - t0)
 
     def _forward_batch(self, plain: list[tuple["Job", ForwardInput]]) -> None:
         """Continuous batching: one forward for every request at a plain decoding step."""
