@@ -75,9 +75,18 @@ def decode(
 
 
 class Decoder:
-    """The state of one request's decode loop (see the module docstring)."""
+    """The state of one request's decode loop (see the module docstring). Each ``prepare`` that
+    returns a forward must be followed by one ``commit`` with that forward's logits."""
 
-    def __init__(self, target, proposer, prompt, cfg, stats=None, stop=None) -> None:
+    def __init__(
+        self,
+        target: CausalLM,
+        proposer: Proposer,
+        prompt: Sequence[int],
+        cfg: DecodeConfig,
+        stats: DecodeStats | None = None,
+        stop: Callable[[list[int]], bool] | None = None,
+    ) -> None:
         self.stats = stats if stats is not None else DecodeStats()
         prompt = [int(t) for t in prompt]
         if not prompt:
