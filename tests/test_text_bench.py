@@ -38,14 +38,18 @@ def test_text_bench_on_a_tiny_converted_model(tmp_path, capsys):
     tok.save_pretrained(base)
     code, _, err = run_cli(["convert", "--base", str(base), "--out", str(tmp_path / "dlm"), "--steps", "1", "--batch", "1",
                             "--rank", "2", "--block-size", "4", "--min-block", "2", "--max-block", "4", "--max-len", "48",
-                            "--threads", "1", "--max-prompts", "1", "--max-new", "4", "--samples", "0", "--eval-prompts", "0"], capsys)
+                            "--threads", "1", "--max-prompts", "1", "--max-new", "4", "--samples", "0", "--eval-prompts", "0",
+                            "--filter-prompts", "2", "--eval-gen", "8"], capsys)
     assert code == 0, err
     code, out, err = run_cli(["dllm", "text-bench", "--model", str(tmp_path / "dlm"), "--mt", "1", "--humaneval", "1",
-                              "--gen-mt", "8", "--gen-he", "8", "--only", "one", "--only", "threshold 0.9",
+                              "--gen-mt", "8", "--gen-he", "8", "--only", "one", "--only", "threshold 0.9", "--only", "learn2pd",
                               "--out", str(tmp_path / "tb")], capsys)
     assert code == 0, err
     res = json.loads((tmp_path / "tb" / "text_results.json").read_text())
     labels = [(r["suite"], r["label"]) for r in res["rows"]]
     assert ("mt_bench", "AR greedy") in labels and ("humaneval", "threshold 0.9") in labels
+    assert ("mt_bench", "learn2pd 0.9") in labels and ("humaneval", "learn2pd 0.7") in labels  # the shipped filter
+    cfg = json.loads((tmp_path / "dlm" / "config.json").read_text())
+    assert cfg["filter"]["decisions"] > 0 and "--filter-prompts 2" in cfg["train"]["command"]
     assert all("pass@1" in r for r in res["rows"] if r["suite"] == "humaneval")
     assert (tmp_path / "tb" / "text_frontier.png").is_file()

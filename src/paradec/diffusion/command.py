@@ -128,6 +128,7 @@ def text_bench_cmd(
     only: list[str] | None = typer.Option(None, "--only", help="Run only these methods or labels (repeatable)."),
     out: str = typer.Option("dllm-text-bench", "--out", "-o"),
     threads: int = typer.Option(1, "--threads"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
 ) -> None:
     """Speed/quality frontier of a converted text dLLM: every policy on held-out MT-Bench
     prompts (AR perplexity of the output) and HumanEval problems (pass@1, sandboxed execution)."""
@@ -136,7 +137,7 @@ def text_bench_cmd(
     from .text_bench import run
 
     torch.set_num_threads(threads)
-    run(model, mt, humaneval, gen_mt, gen_he, only=only, out_dir=out, log=lambda s: print(s, flush=True))
+    run(model, mt, humaneval, gen_mt, gen_he, only=only, out_dir=out, log=lambda s: print(s, flush=True), device=device)
     print(f"wrote {out}/text_results.json, text_results.md, text_frontier.png")
 
 

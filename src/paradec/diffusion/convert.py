@@ -156,8 +156,10 @@ def train(model: BlockDiffusionAR, rows: list[dict], cfg: ConvertConfig, log=pri
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    # cosine decay over whichever runs out first: the steps or the time budget
+    progress = [0.0]
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress[0]))))
     )
     order: list[int] = []
     t0, run_loss, run_acc = time.time(), 0.0, 0.0
@@ -179,6 +181,7 @@ def train(model: BlockDiffusionAR, rows: list[dict], cfg: ConvertConfig, log=pri
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        progress[0] = max(step / cfg.steps, (time.time() - t0) / (60 * minutes) if minutes else 0.0)
         sched.step()
         a = 0.05 if step > 1 else 1.0
         run_loss, run_acc = (1 - a) * run_loss + a * loss.item(), (1 - a) * run_acc + a * acc

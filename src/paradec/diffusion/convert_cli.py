@@ -35,9 +35,12 @@ def convert(
     eval_prompts: int = typer.Option(24, "--eval-prompts", help="Held-out prompts for the quality measurements (0 = skip)."),
     eval_gen: int = typer.Option(64, "--eval-gen", help="Tokens generated per held-out prompt for the perplexity check."),
     save_every: int = typer.Option(50, "--save-every", help="Also save the adapter every n steps (0 = only at the end)."),
-    train_minutes: float = typer.Option(0.0, "--train-minutes", help="Stop training after this long (0 = no limit)."),
+    train_minutes: float = typer.Option(0.0, "--train-minutes", help="Stop training after this long; the learning-rate decay follows the budget (0 = no limit)."),
     views: int = typer.Option(2, "--views", help="Block cuts per sequence per step (they share one clean pass)."),
     dtype: str = typer.Option("float32", "--dtype", help="Training dtype: float32 (or float64 for tests)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    filter_prompts: int = typer.Option(0, "--filter-prompts",
+                                       help="Train a Learn2PD commit filter on this many training prompts' one-token-per-step runs (0 = none)."),
 ) -> None:
     """Convert an AR model into a block-diffusion model: generate its own continuations of the
     offline prompts (training split), LoRA fine-tune with masked blocks, measure masked-token
@@ -52,6 +55,7 @@ def convert(
     if steps < 1:
         raise ParadecError(f"--steps must be >= 1, got {steps}")
     torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = True  # CUDA only: TF32 products for training
     log = lambda s: print(s, flush=True)  # noqa: E731
     try:
         cfg = ConvertConfig(base=base, seed=seed, steps=steps, batch=batch, lr=lr, rank=rank, alpha=2.0 * rank,
@@ -62,7 +66,7 @@ def convert(
         raise ParadecError(str(e)) from None
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
-    loaded = load_hf(base, dtype=dtype)
+    loaded = load_hf(base, dtype=dtype, device=device)
     prompts = offline_prompts()
     train_prompts = split(prompts, heldout=False)
     if max_prompts:
@@ -86,7 +90,10 @@ def convert(
     meta = {
         "train": {**asdict(cfg), "command": _command(base, seed, steps, batch, lr, rank, block_size, min_block, max_block,
                                                      max_len, threads, max_new, samples, data_minutes, max_prompts)
-                  + f" --views {views}" + (f" --train-minutes {train_minutes}" if train_minutes else ""),
+                  + f" --views {views}" + (f" --train-minutes {train_minutes}" if train_minutes else "")
+                  + f" --gen-batch {gen_batch} --eval-prompts {eval_prompts} --eval-gen {eval_gen}"
+                  + (f" --device {device}" if device != "cpu" else "")
+                  + (f" --filter-prompts {filter_prompts}" if filter_prompts else ""),
                   "data": {"continuations": len(rows), "tokens": n_tok, "by_mode": _count(rows, "mode"),
                            "by_source": _count(rows, "source"), "max_new": max_new, "samples": samples,
                            "split": "prompt i of each source held out when i % 4 == 0 (never trained on)"}},
@@ -105,6 +112,34 @@ def convert(
                                   data_path.with_name("heldout.jsonl"), log=log)
         model.save(d, meta)
         log(json.dumps(meta["quality"], indent=1))
+    if filter_prompts:
+        meta["filter"] = train_converted_filter(model, loaded.tokenizer, train_prompts, filter_prompts, eval_gen, d,
+                                                seed=seed, log=log)
+        model.save(d, meta)
+
+
+def train_converted_filter(model, tokenizer, prompts, n: int, gen_length: int, d: Path, seed: int = 0, log=print) -> dict:
+    """Learn2PD filter for a converted model: features of every step of one-token-per-step runs on
+    ``n`` training prompts, labelled by whether the step's prediction is the final token there."""
+    import torch
+
+    from .convert_data import chat_ids
+    from .convert_eval import pick
+    from .converted_dlm import ConvertedDLM
+    from .policies.learned import collect, save_filter, train_filter
+
+    dlm = ConvertedDLM(model, tokenizer)
+    chosen = pick(prompts, n)
+    t0 = time.time()
+    X, Y = collect(dlm, [chat_ids(tokenizer, p.text) for p in chosen], gen_length, batch_size=8,
+                   block_size=dlm.spec.block_size)
+    log(f"filter: {len(X)} decisions from {len(chosen)} prompts in {time.time() - t0:.0f}s")
+    filt = train_filter(X, Y, seed=seed, epochs=300, log=log)
+    save_filter(filt, d / "filter.safetensors")
+    with torch.no_grad():
+        acc = float(((filt(X) > 0).float() == Y).float().mean())
+    return {"prompts": len(chosen), "gen_length": gen_length, "decisions": len(X), "positives": round(float(Y.mean()), 4),
+            "train_accuracy": round(acc, 4)}
 
 
 def _count(rows: list[dict], key: str) -> dict:

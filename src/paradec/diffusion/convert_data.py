@@ -82,11 +82,13 @@ def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int],
     from transformers import DynamicCache
 
     B, P = len(prompts), max(len(p) for p in prompts)
+    dev = next(model.parameters()).device
     ids = torch.full((B, P), pad_id, dtype=torch.long)
     am = torch.zeros(B, P + max_new, dtype=torch.long)
     for b, p in enumerate(prompts):
         ids[b, P - len(p):] = torch.tensor(p)
         am[b, P - len(p):P] = 1
+    ids, am = ids.to(dev), am.to(dev)
     pos = (am[:, :P].cumsum(1) - 1).clamp(min=0)  # [B, P]
     cache = DynamicCache()
     out = [[] for _ in range(B)]
@@ -101,12 +103,13 @@ def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int],
                 sp, si = probs.sort(-1, descending=True)
                 drop = sp.cumsum(-1) - sp > top_p
                 probs = probs.scatter(-1, si, sp.masked_fill(drop, 0.0))
-            tok = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            tok = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(dev)
         else:
             tok = logits.argmax(-1)
+        host = tok.tolist()
         for b in live.nonzero()[:, 0].tolist():
-            out[b].append(int(tok[b]))
-            if int(tok[b]) in eos:
+            out[b].append(host[b])
+            if host[b] in eos:
                 live[b] = False
         if not live.any() or j == max_new - 1:
             break

