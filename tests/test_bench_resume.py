@@ -149,6 +149,11 @@ def test_mismatching_configuration_is_a_one_line_error(tiny_dir, tmp_path, capsy
     assert code != 0 and len(lines) == 1, err
     assert lines[0].startswith("error:") and "max_new_tokens: 6 -> 5" in lines[0] and "--fresh" in lines[0]
     assert "methods" in lines[0]
+    # more methods than before: the new row is measured on the prompts already done too
+    code, out, err = run_cli([*args, "-n", "6", "--methods", "pld,suffix"], capsys)
+    assert code == 0, err
+    runners = [r["runner"] for r in _lines(path) if r["type"] == "sample"]
+    assert runners.count("suffix") == runners.count("pld") > 0
     # --fresh starts over and keeps the old records aside
     code, out, err = run_cli([*args, "-n", "5", "--fresh"], capsys)
     assert code == 0, err

@@ -37,7 +37,8 @@ def test_cuda_ar_equals_cpu_ar(cuda_target, cuda_reference, reference):
     assert cuda_reference == reference
 
 
-@pytest.mark.parametrize("method", ["pld", "suffix", "recycle", "aded", "lookahead", "auto", "draft", "qdraft", "deer"])
+@pytest.mark.parametrize("method", ["pld", "suffix", "recycle", "aded", "lookahead", "auto", "draft", "qdraft", "deer",
+                                    "deer-fused"])
 def test_cuda_greedy_identical_to_ar(method, cuda_target, cuda_reference):
     draft = HFCausalLM(tiny_llama(1, vocab=VOCAB).to("cuda")) if method == "draft" else None
     models = Models(cuda_target, draft=draft)
@@ -47,6 +48,13 @@ def test_cuda_greedy_identical_to_ar(method, cuda_target, cuda_reference):
         from paradec.proposers.deer import DeerConfig, DeerProposer
 
         make = lambda: DeerProposer(drafter, VOCAB, DeerConfig())  # noqa: E731
+    elif method == "deer-fused":
+        from test_deer_fused import fused_model
+
+        from paradec.proposers.deer_fused import FusedDeer
+
+        fm = fused_model(cuda_target)
+        make = lambda: FusedDeer(fm, VOCAB)  # noqa: E731
     else:
         make = lambda: make_proposer(method, models, opts)  # noqa: E731
     accepted = 0

@@ -49,11 +49,12 @@ class ForwardInput:
     positions: torch.Tensor  # [1, n+1] long
     mask: torch.Tensor  # [1, n+1, base+n+1] bool
     cache: KVCache
+    fused: bool = False  # the proposer runs this forward itself (it drafts inside it)
 
     @property
     def plain(self) -> bool:
         """A plain decoding step: one token, no draft (what the server batches across requests)."""
-        return self.ids.shape[1] == 1
+        return self.ids.shape[1] == 1 and not self.fused
 
 
 def decode(
@@ -105,6 +106,8 @@ class Decoder:
         sampling = cfg.sampling
         self._generator = None if sampling.greedy else sampling.generator(target.device)
         self._draft_generator = None if sampling.greedy else sampling.generator("cpu", stream=1)
+        # a proposer that drafts inside the verifying forward (deer-fused) runs that forward
+        self._fused = getattr(proposer, "fused_forward", None)
         # total sequence length cap
         self._limit = min(target.max_context, len(prompt) + cfg.max_new_tokens)
 
@@ -140,9 +143,16 @@ class Decoder:
             positions=torch.tensor([[base + o for o in draft.position_offsets()]]),  # [1, n+1]
             mask=attention_mask(draft, base)[None],  # [1, n+1, base+n+1]
             cache=self.cache,
+            fused=self._fused is not None,
         )
         self.stats.draft_s += time.perf_counter() - t0
         return step
+
+    def forward(self, step: ForwardInput) -> torch.Tensor:
+        """Run ``step`` on the target: logits [n+1, V]. The cache gains exactly the n+1 inputs."""
+        if self._fused is not None:
+            return self._fused(self.target, step)
+        return self.target.forward(step.ids, step.positions, step.cache, step.mask)[0]
 
     def commit(self, logits: torch.Tensor, forward_s: float = 0.0) -> list[int]:
         """Verify the draft against ``logits`` [n+1, V] (the forward ``prepare`` returned, already
@@ -185,7 +195,7 @@ class Decoder:
         if (step := self.prepare()) is None:
             return None
         t0 = time.perf_counter()
-        logits = self.target.forward(step.ids, step.positions, step.cache, step.mask)[0]  # [n+1, V]
+        logits = self.forward(step)  # [n+1, V]
         return self.commit(logits, time.perf_counter() - t0)
 
     def close(self) -> None:

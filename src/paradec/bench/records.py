@@ -41,6 +41,9 @@ FORMAT = 1
 # of the package) should not throw hours of measurements away; the report lists each segment's
 # commit so that a change is visible.
 INFORMATIONAL = ("git_commit", "git_dirty")
+# fingerprint lists that a resumed run may extend: a new method or peer is measured on every
+# prompt, the ones done before included, and nothing recorded changes meaning
+GROWABLE = ("methods", "peers")
 SAMPLE_FIELDS = tuple(Sample.__dataclass_fields__)
 HEADER_START = b'{"type":"header"'  # how the writer starts the first line
 
@@ -92,6 +95,8 @@ def diff_fingerprint(old: dict, new: dict) -> list[str]:
         if k in INFORMATIONAL:
             continue
         a, b = old.get(k), new.get(k)
+        if k in GROWABLE and isinstance(a, list) and isinstance(b, list) and set(a) <= set(b):
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
             out += [f"{k}.{kk}: {a.get(kk)!r} -> {b.get(kk)!r}" for kk in sorted(set(a) | set(b)) if a.get(kk) != b.get(kk)]
         elif a != b:

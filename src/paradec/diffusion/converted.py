@@ -230,14 +230,25 @@ def read_config(directory: str | Path) -> dict:
     return c
 
 
-def load_converted(directory: str | Path, hf_model, copy_base: bool = True, max_context: int | None = None) -> BlockDiffusionAR:
-    """The adapter in ``directory`` on top of ``hf_model`` (copied unless ``copy_base=False``)."""
+def shared_copy(hf_model):
+    """A second module tree over the same weights: the adapter can wrap its linear layers while
+    the original model stays untouched, and no weight is copied."""
+    memo = {id(t): t for t in list(hf_model.parameters()) + list(hf_model.buffers())}
+    return copy.deepcopy(hf_model, memo)
+
+
+def load_converted(directory: str | Path, hf_model, copy_base: bool | str = True, max_context: int | None = None) -> BlockDiffusionAR:
+    """The adapter in ``directory`` on top of ``hf_model``: on a copy (``copy_base=True``), in
+    place (False), or on a module tree sharing the weights (``"share"``)."""
     c = read_config(directory)
     check_fingerprint(c.get("base_fingerprint", {}), hf_model, f"adapter '{Path(directory).name}'")
     a = dict(c["paradec_converted"])
     a["targets"] = tuple(a.get("targets", TARGETS))
     cfg = AdapterConfig(**a)
-    m = (BlockDiffusionAR.from_base if copy_base else BlockDiffusionAR)(hf_model, cfg, max_context)
+    if copy_base == "share":
+        m = BlockDiffusionAR(shared_copy(hf_model), cfg, max_context)
+    else:
+        m = (BlockDiffusionAR.from_base if copy_base else BlockDiffusionAR)(hf_model, cfg, max_context)
     m.load_adapter(directory)
     m.meta = c
     return m

@@ -67,9 +67,10 @@ def _converted_dir(name_or_path: str) -> Path | None:
     return None
 
 
-def converted_for(hf_model, adapter: str = "auto", max_context: int | None = None):
-    """A BlockDiffusionAR over a copy of ``hf_model``: the adapter named (or a directory), or with
-    ``auto`` the shipped one trained on this very base model."""
+def converted_for(hf_model, adapter: str = "auto", max_context: int | None = None, copy_base: bool | str = True):
+    """A BlockDiffusionAR over a copy of ``hf_model`` (``copy_base="share"``: over its very
+    weights): the adapter named (or a directory), or with ``auto`` the shipped one trained on
+    this very base model."""
     from .converted import check_fingerprint, load_converted, read_config
 
     if adapter == "auto":
@@ -79,14 +80,14 @@ def converted_for(hf_model, adapter: str = "auto", max_context: int | None = Non
             except ParadecError:
                 continue
             if any(d.glob("adapter-*.safetensors")):
-                return load_converted(d, hf_model, copy_base=True, max_context=max_context)
+                return load_converted(d, hf_model, copy_base=copy_base, max_context=max_context)
         known = ", ".join(converted_dirs()) or "none"
         raise ParadecError(f"deer: no converted adapter for this model (shipped: {known}); make one with `paradec convert` "
                            "and pass --opt adapter=DIR")
     d = _converted_dir(adapter)
     if d is None:
         raise ParadecError(f"deer: unknown adapter '{adapter}' (shipped: {', '.join(converted_dirs()) or 'none'}; or a directory from `paradec convert`)")
-    return load_converted(d, hf_model, copy_base=True, max_context=max_context)
+    return load_converted(d, hf_model, copy_base=copy_base, max_context=max_context)
 
 
 def _dtype(dtype) -> torch.dtype:

@@ -13,6 +13,7 @@ from .draft_model import DraftModelConfig, DraftModelProposer
 from .aded import ADED, ADEDConfig
 from .auto import AutoConfig, AutoDrafter
 from .deer import DeerConfig, DeerProposer
+from .deer_fused import FusedDeer, FusedDeerConfig
 from .lookahead import Lookahead, LookaheadConfig
 from .pld import PLDConfig, PromptLookup
 from .qdraft import QDraftConfig, QuantizedSelfDraft
@@ -72,6 +73,7 @@ METHODS: dict[str, tuple[str, bool]] = {
     "lookahead": ("Jacobi chains + n-gram pool, verified in the same tree forward", False),
     "auto": ("per step: suffix lookup, a model drafter or none, by expected tokens/s (online cost model)", False),
     "deer": ("DEER: a converted block-diffusion model drafts a block in one pass (its adapter, e.g. smollm2-135m-dlm)", False),
+    "deer-fused": ("DEER in one model: each target forward verifies the block and drafts the next (no drafter pass)", False),
 }
 
 
@@ -127,6 +129,16 @@ def _deer(models: Models, vocab: int, cfg: DeerConfig) -> Proposer:
     return DeerProposer(models._self_drafters[key], vocab, cfg)
 
 
+def _deer_fused(models: Models, vocab: int, cfg: FusedDeerConfig) -> Proposer:
+    from ..diffusion.loaders import converted_for
+
+    t = models.target
+    key = ("deer-fused", cfg.adapter, id(t))
+    if key not in models._self_drafters:  # the target's own weights, plus the adapter
+        models._self_drafters[key] = converted_for(t.model, cfg.adapter, max_context=t.max_context, copy_base="share")
+    return FusedDeer(models._self_drafters[key], vocab, cfg)
+
+
 def make_proposer(method: str, models: Models, options: dict | None = None) -> Proposer:
     options = dict(options or {})
     if method not in METHODS:
@@ -147,5 +159,6 @@ def make_proposer(method: str, models: Models, options: dict | None = None) -> P
         "lookahead": lambda: Lookahead(_build(LookaheadConfig, options)),
         "auto": lambda: _auto(models, vocab, _build(AutoConfig, options)),
         "deer": lambda: _deer(models, vocab, _build(DeerConfig, options)),
+        "deer-fused": lambda: _deer_fused(models, vocab, _build(FusedDeerConfig, options)),
     }
     return builders[method]()

@@ -131,7 +131,7 @@ class DeerProposer:
                 n = next((j for j in range(1, len(chain)) if float(conf[j]) < c.min_confidence), len(chain))
             chain = chain[:n]
         else:
-            chain = [int(torch.multinomial(p[j].to(ctx.generator.device), 1, generator=ctx.generator)) for j in range(k)]
+            chain = [int(torch.multinomial(p[j].to(ctx.generator.device), 1, generator=ctx.generator)) for j in range(len(p))]
         tokens, parents, qs = [], [], []
         parent = -1
         for d, tok in enumerate(chain):

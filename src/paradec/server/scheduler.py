@@ -200,7 +200,7 @@ class Scheduler:
     def _forward_one(self, job: Job, step: ForwardInput) -> None:
         t0 = time.perf_counter()
         try:
-            logits = self.engine.target.forward(step.ids, step.positions, step.cache, step.mask)[0]  # [n+1, V]
+            logits = job.stream.decoder.forward(step)  # [n+1, V]
         except Exception:
             self._decode_failed(job)
             return
