@@ -40,6 +40,7 @@ GREEDY = {
     "off-k4": FusedDeerConfig(adapt="off", block=4),
     "off-k1": FusedDeerConfig(adapt="off", block=1, min_block=1),
     "confidence": FusedDeerConfig(min_confidence=0.3),
+    "tree": FusedDeerConfig(width=3, sibling_depth=2),
 }
 
 
@@ -104,6 +105,7 @@ def test_each_block_is_the_drafters_block_after_that_prefix(target, fmodel):
 SAMPLING = {
     "t1": (SamplingParams(temperature=1.0), FusedDeerConfig(block=3, adapt="off")),
     "t0.7-topk4-topp0.9": (SamplingParams(temperature=0.7, top_k=4, top_p=0.9), FusedDeerConfig(block=2)),
+    "t1-tree": (SamplingParams(temperature=1.0), FusedDeerConfig(block=3, width=2, sibling_depth=2)),
 }
 
 
@@ -123,7 +125,27 @@ def test_make_proposer_and_bad_input(tmp_path, target, reference):
     assert not any(isinstance(mod, LoRALinear) for mod in target.model.modules())
     out, _ = run(target, NoDraft(), PROMPTS[0], n=5)  # the target still decodes plainly
     assert out == reference[tuple(PROMPTS[0])][:5]
-    for bad in ({"adapt": "prefill"}, {"width": "2"}, {"passes": "2"}, {"block": "0"}):
+    for bad in ({"adapt": "prefill"}, {"passes": "2"}, {"block": "0"}):
         with pytest.raises(ParadecError):
             make_proposer("deer-fused", models, {"adapter": str(tmp_path / "a"), **bad})
 
+
+
+@pytest.mark.parametrize("cfg", [FusedDeerConfig(adapt="off", block=3), FusedDeerConfig(adapt="off", block=3, width=3, sibling_depth=2)])
+def test_next_draft_is_the_block_after_what_was_accepted(target, fmodel, cfg):
+    """After every step, the kept block is the drafter's block after the committed tokens but the
+    last one (whose place the block's first mask takes), whatever was accepted: the chosen node's
+    path is exactly the accepted prefix."""
+    state, checked, lengths = fmodel.new_state(64), 0, []
+    for prompt in PROMPTS:
+        prop = FusedDeer(fmodel, target.vocab_size, cfg)
+        dec = Decoder(target, prop, prompt, DecodeConfig(max_new_tokens=24))
+        while dec.step() is not None and not dec.done:
+            if prop._side is None:
+                continue
+            ref = fmodel.block_logits(state, dec.tokens[:-1], [None] * cfg.block)
+            torch.testing.assert_close(prop._side[: cfg.block - 1], ref[1:], atol=1e-9, rtol=0)
+            checked += 1
+        lengths += dec.stats.accept_lengths
+    assert checked >= 20
+    assert 1 in lengths and max(lengths) > 1  # steps with rejections and steps with acceptances
