@@ -1,5 +1,6 @@
-"""The shipped converted model (smollm2-135m-dlm): loads by name as a dLLM, and ``deer`` with it
-on the real default model gives exactly ``ar``'s greedy output (float32)."""
+"""The shipped converted model (smollm2-135m-dlm): loads by name as a dLLM (its Learn2PD filter
+too), and ``deer`` and ``deer-fused`` with it on the real default model give exactly ``ar``'s
+greedy output (float32)."""
 
 from __future__ import annotations
 
@@ -42,12 +43,27 @@ def test_shipped_adapter_loads_by_name_as_a_dllm(engine):
     assert m.spec.mask_id not in r.tokens and r.stats.forwards <= 16
 
 
-def test_deer_greedy_identical_to_ar_on_the_default_model(engine):
+@pytest.mark.parametrize("method", ["deer", "deer-fused"])
+def test_deer_greedy_identical_to_ar_on_the_default_model(engine, method):
     accepted = 0
     for p in PROMPTS:
         ar = engine.generate(p, method="ar", max_new_tokens=64)
-        deer = engine.generate(p, method="deer", max_new_tokens=64)
+        deer = engine.generate(p, method=method, max_new_tokens=64)
         assert deer.token_ids == ar.token_ids, p
         accepted += deer.stats.accepted
         assert deer.stats.mean_accepted > 1.0
     assert accepted > 0
+
+
+def test_shipped_learn2pd_filter_decodes(engine):
+    from paradec.diffusion.command import _filter_of
+    from paradec.diffusion.loaders import load_diffusion
+    from paradec.diffusion.loop import generate
+    from paradec.diffusion.policies import make_settings
+
+    m = load_diffusion(NAME)
+    filt = _filter_of(m)
+    assert filt is not None
+    s, _ = make_settings("learn2pd", {"tau": "0.9", "block_size": "8"}, gen_length=16, eos_id=m.spec.eos_id, filter_model=filt)
+    r = generate(m, [m.encode(PROMPTS[2])], s)[0]
+    assert m.spec.mask_id not in r.tokens and 1 <= r.stats.forwards <= 16
