@@ -12,7 +12,7 @@ from paradec.bench.metrics import OVERALL, Sample, accept_histogram, aggregate, 
 from paradec.bench.report import markdown, write_report
 from paradec.bench.roofline import forward_time, ideal_speedup
 from paradec.bench.runners import cut_at_eos
-from paradec.bench.suites import OWN_SUITES, SUITES, load_suite, load_suites, parse_suites, spread
+from paradec.bench.suites import OWN_SUITES, SUITES, BenchPrompt, load_suite, load_suites, parse_suites, run_order, spread
 from paradec.errors import ParadecError
 
 
@@ -49,6 +49,22 @@ def test_spread_and_per_category_limit():
     ps = load_suites(["mt_bench", "qa"], per_category=2)
     assert [p.category for p in ps] == ["mt_bench", "mt_bench", "qa", "qa"]
     assert ps[0].meta["subcategory"] != ps[1].meta["subcategory"]  # spread over sub-categories
+
+
+def test_run_order_interleaves_categories_in_proportion_and_spreads_each():
+    sizes = {"a": 80, "b": 164, "c": 21}
+    prompts = [BenchPrompt(f"{c}/{i}", c, ("q",)) for c, n in sizes.items() for i in range(n)]
+    order = run_order(prompts)
+    assert sorted(order) == list(range(len(prompts)))  # a permutation: every prompt once
+    total = len(prompts)
+    for cut in (10, 40, 100, 200, total):  # every prefix holds each category in proportion
+        head = [prompts[i] for i in order[:cut]]
+        for c, n in sizes.items():
+            got = sum(p.category == c for p in head)
+            assert abs(got - cut * n / total) <= 1.5, (cut, c, got)
+    # inside a category, a prefix covers the whole suite: the first 4 of "a" are one per quarter
+    first_a = [int(prompts[i].id.split("/")[1]) for i in order if prompts[i].category == "a"][:4]
+    assert sorted(q // 20 for q in first_a) == [0, 1, 2, 3]
 
 
 def test_parse_suites():

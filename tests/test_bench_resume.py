@@ -230,8 +230,11 @@ def test_record_store_drops_a_cut_line_and_appends_after_it(tmp_path):
     s.add({"type": "skip", "prompt_id": "qa/1", "turn": 1, "reason": "long"})
     s.close()
     assert [r.get("segment") for r in _lines(path)] == [None, 1, 1, 2, 2]
-    with pytest.raises(ParadecError, match=r"machine.cpu: 'x' -> 'y'"):
-        RecordStore.open(str(path), {**fp, "machine": {"cpu": "y"}})
+    # another CPU of the same kind may continue the run (the report lists each segment's machine);
+    # another device may not
+    RecordStore.open(str(path), {**fp, "machine": {"cpu": "y"}}).close()
+    with pytest.raises(ParadecError, match=r"machine.gpu: None -> 'H100'"):
+        RecordStore.open(str(path), {**fp, "machine": {"cpu": "x", "gpu": "H100"}})
 
 
 def test_store_lock_refuses_a_second_writer(tmp_path):
@@ -288,3 +291,28 @@ def test_a_new_commit_between_segments_is_allowed_and_shown(tiny_dir, tmp_path, 
 
     md = markdown(r)
     assert "commit aaaaaaaaaa" in md and "commit bbbbbbbbbb (modified)" in md and "different paradec commits" in md
+
+
+def test_another_machine_may_continue_the_run_and_is_shown(tiny_dir, tmp_path, monkeypatch):
+    from paradec.bench import machine
+    from paradec.bench import run as run_mod
+
+    path = tmp_path / "r.jsonl"
+    real = machine.machine_info
+
+    def on(cpu):
+        for mod in (machine, run_mod):
+            monkeypatch.setattr(mod, "machine_info", lambda device: {**real(device), "cpu": cpu})
+
+    on("CPU one")
+    _kill_at(monkeypatch, "qa", 0, "ar")
+    with pytest.raises(Killed):
+        run_bench(_cfg(tiny_dir, path, roofline=False), progress=False)
+    monkeypatch.undo()
+    on("CPU two")
+    r = run_bench(_cfg(tiny_dir, path, roofline=False), progress=False)
+    assert r["complete"] and [s["machine"].split(",")[0] for s in r["segments"]] == ["CPU one", "CPU two"]
+    from paradec.bench.report import markdown
+
+    md = markdown(r)
+    assert "on CPU one" in md and "on CPU two" in md and "different machines" in md

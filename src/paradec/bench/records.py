@@ -41,6 +41,12 @@ FORMAT = 1
 # of the package) should not throw hours of measurements away; the report lists each segment's
 # commit so that a change is visible.
 INFORMATIONAL = ("git_commit", "git_dirty")
+# machine fields a resumed run must share: the device kind. The CPU model, memory and library
+# versions are shown, not enforced: a run that spans sessions may get another machine of the same
+# kind, and every row still runs each prompt turn on the same machine in the same minutes (rows
+# are interleaved per turn), so the rows stay comparable; the report lists each segment's
+# machine and says when they differ (absolute tokens/s then mix machines).
+MACHINE_ENFORCED = ("gpu",)
 # fingerprint lists that a resumed run may extend: a new method or peer is measured on every
 # prompt, the ones done before included, and nothing recorded changes meaning
 GROWABLE = ("methods", "peers")
@@ -98,7 +104,8 @@ def diff_fingerprint(old: dict, new: dict) -> list[str]:
         if k in GROWABLE and isinstance(a, list) and isinstance(b, list) and set(a) <= set(b):
             continue
         if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{k}.{kk}: {a.get(kk)!r} -> {b.get(kk)!r}" for kk in sorted(set(a) | set(b)) if a.get(kk) != b.get(kk)]
+            keys = MACHINE_ENFORCED if k == "machine" else sorted(set(a) | set(b))
+            out += [f"{k}.{kk}: {a.get(kk)!r} -> {b.get(kk)!r}" for kk in keys if a.get(kk) != b.get(kk)]
         elif a != b:
             out.append(f"{k}: {a!r} -> {b!r}")
     return out
@@ -425,6 +432,12 @@ def result_from_records(records: list[dict]) -> dict:
     }
 
 
+def machine_label(m: dict) -> str:
+    """A segment's machine in one line: CPU model, cores, GPU."""
+    gpu = f", {m['gpu']}" if m.get("gpu") else ""
+    return f"{m.get('cpu') or 'unknown CPU'}, {m.get('cpu_count')} cores{gpu}"
+
+
 def _segments(records: list[dict]) -> list[dict]:
     """Per segment: start and end time, load average at both ends (and its maximum over the
     measurements), measurements, how it ended, git commit and peak RSS."""
@@ -437,6 +450,7 @@ def _segments(records: list[dict]) -> list[dict]:
                 "loadavg_start": r.get("loadavg"), "loadavg_end": r.get("loadavg"), "loadavg_max": r.get("loadavg"),
                 "measurements": 0, "ended": "killed", "complete": False, "git_commit": r.get("git_commit"),
                 "git_dirty": r.get("git_dirty"), "peak_rss_mb": None, "command": r.get("command"),
+                "machine": machine_label(r.get("machine") or {}),
             }
             continue
         s = out.get(r.get("segment"))

@@ -132,14 +132,20 @@ def _segment_lines(result: dict) -> list[str]:
         return [f"- ran in one segment, {s['start']} to {s['end']}, {s['measurements']} measurements"]
     out = [f"- the run spanned {len(segs)} segments (sessions), resumed from its records file:"]
     commits = {s.get("git_commit") for s in segs}
+    machines = {s.get("machine") for s in segs}
     for s in segs:
         load = (f"; load average {_f(s['loadavg_start'])} at the start, {_f(s['loadavg_end'])} at the end, "
                 f"{_f(s['loadavg_max'])} at most" if s.get("loadavg_start") is not None else "")
         commit = f"; commit {str(s['git_commit'])[:10]}{' (modified)' if s.get('git_dirty') else ''}" if len(commits) > 1 else ""
+        where = f"; on {s.get('machine')}" if len(machines) > 1 else ""
         out.append(f"  - segment {s['segment']}: {s['start']} to {s['end']} ({s['wall_s'] / 60:.1f} min, "
-                   f"{s['ended']}), {s['measurements']} measurements{load}{commit}")
+                   f"{s['ended']}), {s['measurements']} measurements{load}{commit}{where}")
     if len(commits) > 1:
         out.append("  - **the segments ran different paradec commits**: compare their rows with care")
+    if len(machines) > 1:
+        out.append("  - **the segments ran on different machines**: every row ran each prompt turn on the same "
+                   "machine, so speedups compare rows fairly, but absolute tokens/s mix the machines, and the "
+                   "roofline curve is the first segment's machine's")
     return out
 
 

@@ -16,7 +16,7 @@ from .config import BenchConfig, validate
 from .machine import loadavg, machine_info, peak_rss_mb, rss_mb
 from .metrics import OVERALL, Sample, identical_to
 from .records import RecordStore, fingerprint, iso, result_from_records
-from .suites import BenchPrompt, load_suites
+from .suites import BenchPrompt, load_suites, run_order
 
 WARMUP_TOKENS = 8
 
@@ -184,7 +184,14 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
         if store.resumed:
             segs = sum(r["type"] == "segment" for r in store.records)
             console.print(f"resuming {cfg.resume}: {len(store.samples)} measurements recorded over {segs} segment(s)")
-            was = [r.get("git_commit") for r in store.records if r["type"] == "segment"][-1]
+            last_seg = [r for r in store.records if r["type"] == "segment"][-1]
+            from .records import machine_label
+
+            was_m, now_m = machine_label(last_seg.get("machine") or {}), machine_label(machine_info(cfg.device))
+            if was_m != now_m:
+                console.print(f"[yellow]note: the last segment ran on {was_m}, this one runs on {now_m} "
+                              "(the report lists each segment's machine)[/]")
+            was = last_seg.get("git_commit")
             now = fp.get("git_commit")
             if was and now and was != now:
                 console.print(f"[yellow]note: the last segment ran paradec commit {was[:10]}, this one runs {now[:10]} "
@@ -287,7 +294,8 @@ def _run(cfg, store, fp, prompts, console, progress, t_start, load_start, bar_pa
             # ---- the prompts: every row on the same ids, interleaved, ar first ----------------------
             active = [r for r in rows if r.status == "ok"]
             task = bar.add_task("benchmark", total=sum(todo.get(r.name, 0) for r in active))
-            for n_prompt, (p, ids0) in enumerate(first):
+            for n_prompt in run_order([p for p, _ in first]):  # categories interleaved
+                p, ids0 = first[n_prompt]  # n_prompt (the seed) is the suite-order index
                 answers: list[str] = []
                 for turn in range(len(p.turns)):
                     try:

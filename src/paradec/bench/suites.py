@@ -167,6 +167,39 @@ def spread(items: list, n: int | None) -> list:
     return [items[(i * len(items)) // n] for i in range(n)]
 
 
+def _spread_order(n: int) -> list[int]:
+    """0..n-1 ordered so that every prefix is spread evenly over the range: the k-th pick is the
+    unused index nearest to the k-th van der Corput fraction (0, 1/2, 1/4, 3/4, 1/8, ...)."""
+    def vdc(k: int) -> float:
+        x, f = 0.0, 0.5
+        while k:
+            x, k, f = x + f * (k & 1), k >> 1, f / 2
+        return x
+
+    left, out = list(range(n)), []
+    for k in range(n):
+        t = vdc(k) * n
+        j = min(range(len(left)), key=lambda a: (abs(left[a] - t), left[a]))
+        out.append(left.pop(j))
+    return out
+
+
+def run_order(prompts: list[BenchPrompt]) -> list[int]:
+    """The order a run measures ``prompts`` in (indices into the list): categories interleaved
+    in proportion to their sizes, and each category's prompts in an order whose every prefix
+    covers the whole suite evenly. A run stopped at any point (a long run spread over sessions,
+    say) then holds a sample of every category in proportion, not the first suites only."""
+    by_cat: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_cat.setdefault(p.category, []).append(i)
+    keyed = []
+    for c_rank, idx in enumerate(by_cat.values()):
+        n = len(idx)
+        for rank, j in enumerate(_spread_order(n)):
+            keyed.append(((rank + 0.5) / n, c_rank, idx[j]))
+    return [i for _, _, i in sorted(keyed)]
+
+
 def load_suites(names: list[str], per_category: int | None = None) -> list[BenchPrompt]:
     """The prompts of ``names``, in suite order; ``per_category`` evenly spaced ones of each."""
     prompts: list[BenchPrompt] = []
