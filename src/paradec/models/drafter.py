@@ -105,10 +105,10 @@ class LlamaCppDrafter:
     """A GGUF model run by llama.cpp; its KV cache is rolled back by resetting ``n_tokens``."""
 
     def __init__(self, gguf_path: str, n_ctx: int = 4096, n_threads: int | None = None) -> None:
-        from llama_cpp import Llama
+        from .llamacpp import open_llama
 
-        self.llm = Llama(
-            model_path=gguf_path,
+        self.llm = open_llama(
+            gguf_path,
             n_ctx=n_ctx,
             n_batch=512,
             n_threads=n_threads or torch.get_num_threads(),

@@ -44,7 +44,6 @@ class LlamaCppRunner(Runner):
         if not gguf_path:
             raise RuntimeError("the target was not loaded from a GGUF file, which llama.cpp needs")
         try:
-            from llama_cpp import Llama
             from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
         except ImportError:
             raise RuntimeError("llama-cpp-python is not installed (pip install llama-cpp-python)") from None
@@ -52,8 +51,10 @@ class LlamaCppRunner(Runner):
 
         draft = LlamaPromptLookupDecoding(num_pred_tokens=PROMPT_LOOKUP_TOKENS) if self.name.endswith("-pld") else None
         cuda = self.engine.device.type == "cuda"
-        self.llm = Llama(
-            model_path=gguf_path,
+        from ...models.llamacpp import extra_buffers_note, open_llama
+
+        self.llm = open_llama(
+            gguf_path,
             n_ctx=self.n_ctx,
             n_batch=512,
             n_threads=torch.get_num_threads(),
@@ -63,6 +64,7 @@ class LlamaCppRunner(Runner):
         )
         self.quantization = gguf_quantization(gguf_path)
         q = f", {self.quantization}" if self.quantization else ""
+        q += f", {extra_buffers_note()}" if extra_buffers_note() else ""
         self.description += f" ({Path(gguf_path).name}{q}, run quantized)"
         self.eos = set(self.engine.eos_ids) | {int(self.llm.token_eos())}
 
