@@ -142,3 +142,15 @@ def test_hub_id_from_local_hf_cache(tiny_model_dir, tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr
     assert 1 <= int(p.stdout.strip().splitlines()[-1]) <= 5
+
+
+def test_cache_kwarg_follows_the_transformers_signature():
+    from paradec.models.adapter import cache_kwarg
+
+    class New:
+        def forward(self, input_ids=None, cache=None, **kw): ...
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None, **kw): ...
+
+    assert cache_kwarg(New()) == "cache" and cache_kwarg(Old()) == "past_key_values"

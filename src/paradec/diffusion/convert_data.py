@@ -81,6 +81,8 @@ def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int],
     including its first EOS."""
     from transformers import DynamicCache
 
+    from ..models.adapter import cache_kwarg
+
     B, P = len(prompts), max(len(p) for p in prompts)
     dev = next(model.parameters()).device
     ids = torch.full((B, P), pad_id, dtype=torch.long)
@@ -91,9 +93,10 @@ def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int],
     ids, am = ids.to(dev), am.to(dev)
     pos = (am[:, :P].cumsum(1) - 1).clamp(min=0)  # [B, P]
     cache = DynamicCache()
+    kw = cache_kwarg(model)
     out = [[] for _ in range(B)]
     live = torch.ones(B, dtype=torch.bool)
-    logits = model(input_ids=ids, attention_mask=am[:, :P], position_ids=pos, past_key_values=cache,
+    logits = model(input_ids=ids, attention_mask=am[:, :P], position_ids=pos, **{kw: cache},
                    use_cache=True, logits_to_keep=1).logits[:, -1]  # [B, V]
     nxt_pos = pos[:, -1:] + 1  # [B, 1]
     for j in range(max_new):
@@ -115,7 +118,7 @@ def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int],
             break
         am[:, P + j] = 1
         logits = model(input_ids=tok[:, None], attention_mask=am[:, : P + j + 1], position_ids=nxt_pos,
-                       past_key_values=cache, use_cache=True).logits[:, -1]
+                       **{kw: cache}, use_cache=True).logits[:, -1]
         nxt_pos = nxt_pos + 1
     return out
 

@@ -6,6 +6,7 @@ kernel path, llama.cpp, a remote server) can stand in for Hugging Face transform
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol
 
 import torch
@@ -36,6 +37,12 @@ class CausalLM(Protocol):
         """Fill ``cache`` with a causal pass over ``ids`` [B, L] (logits not needed)."""
 
 
+def cache_kwarg(module) -> str:
+    """The name a transformers forward takes its cache under: ``cache`` in current 5.x releases
+    (where ``past_key_values`` is deprecated, to be removed), ``past_key_values`` in earlier ones."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 class HFCausalLM:
     """Any Hugging Face ``*ForCausalLM`` that accepts 4D attention masks and position ids."""
 
@@ -54,6 +61,7 @@ class HFCausalLM:
         layer_types = getattr(text_cfg, "layer_types", None) or []
         window = getattr(text_cfg, "sliding_window", None)
         self._sliding_window = int(window) if window and "sliding_attention" in layer_types else None
+        self._cache_kw = cache_kwarg(self.model)
 
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.num_layers, capacity)
@@ -84,7 +92,7 @@ class HFCausalLM:
             input_ids=ids.to(self.device),
             position_ids=positions.to(self.device),
             attention_mask=self._hf_mask(attn_mask.to(self.device), positions.to(self.device), cache_len),
-            past_key_values=cache,
+            **{self._cache_kw: cache},
             use_cache=True,
         )
         return out.logits
@@ -113,7 +121,7 @@ class HFCausalLM:
             input_ids=ids.to(self.device),
             position_ids=positions,
             attention_mask=hf_mask,
-            past_key_values=_RowsCache(caches, kv_len),
+            **{self._cache_kw: _RowsCache(caches, kv_len)},
             use_cache=True,
         )
         return out.logits
@@ -132,7 +140,7 @@ class HFCausalLM:
                 input_ids=piece,
                 position_ids=pos,
                 attention_mask=self._hf_mask(mask.expand(b, -1, -1), pos, past),
-                past_key_values=cache,
+                **{self._cache_kw: cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
