@@ -136,3 +136,26 @@ def test_load_by_gguf_path(default_engine, tmp_path, monkeypatch):
         p, method="ar", max_new_tokens=16
     ).token_ids
     assert any((tmp_path / "converted").iterdir())
+
+
+@pytest.mark.parametrize("peer", ["llama.cpp", "llama.cpp-pld"])
+def test_llama_cpp_peers_run_prompts_longer_than_a_batch(peer, default_engine):
+    """A prompt past llama.cpp's n_batch (512) tokens: the prompt-lookup peer's score buffer once
+    held n_batch rows only and failed there; both peers reproduce most of ar's greedy answer."""
+    pytest.importorskip("llama_cpp")
+    from paradec.bench.runners import make_peer
+
+    ids = default_engine.encode("The cat sat on the mat. " * 100, chat=False)  # a pattern the lookup drafts from
+    assert 600 < len(ids) < 900
+    runner = make_peer(default_engine, peer, n_ctx=1024)
+    try:
+        runner.prepare()
+        out = runner.run(ids, 48, 0.0, 0)
+    finally:
+        runner.close()
+    ref = default_engine.generate(ids, method="ar", max_new_tokens=48).token_ids
+    assert len(out.token_ids) == len(ref) == 48
+    same = next((i for i, (a, b) in enumerate(zip(out.token_ids, ref)) if a != b), 48)
+    assert same >= 8, (out.token_ids, ref)  # llama.cpp runs the GGUF's own Q4_1 weights
+    if peer == "llama.cpp-pld":
+        assert out.forwards < 48  # drafts were evaluated past position 512

@@ -60,6 +60,10 @@ class LlamaCppRunner(Runner):
             n_threads=torch.get_num_threads(),
             n_gpu_layers=-1 if cuda else 0,
             draft_model=draft,
+            # with a draft model llama-cpp-python keeps logits for every position, but sizes its
+            # score buffer by n_batch unless logits_all is set: a prompt past n_batch (512) tokens
+            # then failed with a broadcast error (measured on a 430-token summarization prompt)
+            logits_all=draft is not None,
             verbose=False,
         )
         self.quantization = gguf_quantization(gguf_path)
