@@ -250,20 +250,27 @@ def _plt():
     return plt
 
 
+def _colors(plt, n: int) -> list:
+    """n distinct colours: tab10 up to 10 rows, tab20 beyond (tab10 repeats after 10)."""
+    return list(plt.get_cmap("tab10" if n <= 10 else "tab20").colors)[:n] if n <= 20 else [None] * n
+
+
 def plot_speedup(result: dict, path: Path) -> None:
     plt = _plt()
     cats = result["categories"] + [OVERALL]
     rows = [r for r in result["rows"] if r["name"] != "ar" and result["summary"][r["name"]][OVERALL]["samples"]]
     fig, ax = plt.subplots(figsize=(min(14, max(7, 1.2 * len(cats) + 0.15 * len(rows) * len(cats))), 5))
     width = 0.8 / max(1, len(rows))
+    colors = _colors(plt, len(rows))
     for i, r in enumerate(rows):
         vals = [result["summary"][r["name"]][c]["speedup_vs_ar"] or 0.0 for c in cats]
-        ax.bar([x + i * width - 0.4 + width / 2 for x in range(len(cats))], vals, width, label=_row_label(r))
+        ax.bar([x + i * width - 0.4 + width / 2 for x in range(len(cats))], vals, width, label=_row_label(r),
+               color=colors[i], hatch="//" if r.get("kind") == "peer" else None, edgecolor="white", linewidth=0)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(cats)), cats, rotation=20)
     ax.set_ylabel("speedup vs paradec ar")
-    ax.set_title(f"{result['config']['model']}: speedup per category")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"{result['config']['model']}: speedup per category (hatched: peers)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
