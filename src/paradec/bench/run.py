@@ -15,7 +15,7 @@ from ..errors import ParadecError
 from .config import BenchConfig, validate
 from .machine import loadavg, machine_info, peak_rss_mb, rss_mb
 from .metrics import OVERALL, Sample, identical_to
-from .records import RecordStore, fingerprint, iso, result_from_records
+from .records import RecordStore, fingerprint, iso, machine_label, result_from_records
 from .suites import BenchPrompt, load_suites, run_order
 
 WARMUP_TOKENS = 8
@@ -185,9 +185,7 @@ def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
             segs = sum(r["type"] == "segment" for r in store.records)
             console.print(f"resuming {cfg.resume}: {len(store.samples)} measurements recorded over {segs} segment(s)")
             last_seg = [r for r in store.records if r["type"] == "segment"][-1]
-            from .records import machine_label
-
-            was_m, now_m = machine_label(last_seg.get("machine") or {}), machine_label(machine_info(cfg.device))
+            was_m, now_m = machine_label(last_seg.get("machine") or {}), machine_label(fp["machine"])
             if was_m != now_m:
                 console.print(f"[yellow]note: the last segment ran on {was_m}, this one runs on {now_m} "
                               "(the report lists each segment's machine)[/]")

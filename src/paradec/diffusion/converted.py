@@ -36,7 +36,7 @@ from torch import nn
 
 from ..cache import KVCache
 from ..errors import ParadecError
-from ..models.adapter import HFCausalLM, cache_kwarg
+from ..models.adapter import HFCausalLM
 from .lora import TARGETS, apply_lora, load_lora_state, lora_state
 
 MAX_FILE_BYTES = 15 * 1024 * 1024  # each adapter file stays under 16 MiB
@@ -138,7 +138,7 @@ class BlockDiffusionAR:
         try:
             body = self.hf.model if hidden_only else self.hf
             out = body(inputs_embeds=x, position_ids=positions, attention_mask=mask, use_cache=cache is not None,
-                       **{cache_kwarg(body): cache})
+                       **{self.runner.cache_kw: cache})
         finally:
             self.gate.mask = None
         return out.last_hidden_state if hidden_only else out.logits

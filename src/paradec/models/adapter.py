@@ -61,7 +61,7 @@ class HFCausalLM:
         layer_types = getattr(text_cfg, "layer_types", None) or []
         window = getattr(text_cfg, "sliding_window", None)
         self._sliding_window = int(window) if window and "sliding_attention" in layer_types else None
-        self._cache_kw = cache_kwarg(self.model)
+        self.cache_kw = cache_kwarg(self.model)  # the outer model and its body take the same name
 
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.num_layers, capacity)
@@ -92,7 +92,7 @@ class HFCausalLM:
             input_ids=ids.to(self.device),
             position_ids=positions.to(self.device),
             attention_mask=self._hf_mask(attn_mask.to(self.device), positions.to(self.device), cache_len),
-            **{self._cache_kw: cache},
+            **{self.cache_kw: cache},
             use_cache=True,
         )
         return out.logits
@@ -121,7 +121,7 @@ class HFCausalLM:
             input_ids=ids.to(self.device),
             position_ids=positions,
             attention_mask=hf_mask,
-            **{self._cache_kw: _RowsCache(caches, kv_len)},
+            **{self.cache_kw: _RowsCache(caches, kv_len)},
             use_cache=True,
         )
         return out.logits
@@ -140,7 +140,7 @@ class HFCausalLM:
                 input_ids=piece,
                 position_ids=pos,
                 attention_mask=self._hf_mask(mask.expand(b, -1, -1), pos, past),
-                **{self._cache_kw: cache},
+                **{self.cache_kw: cache},
                 use_cache=True,
                 logits_to_keep=1,
             )

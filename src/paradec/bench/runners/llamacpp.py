@@ -67,8 +67,7 @@ class LlamaCppRunner(Runner):
             verbose=False,
         )
         self.quantization = gguf_quantization(gguf_path)
-        q = f", {self.quantization}" if self.quantization else ""
-        q += f", {extra_buffers_note()}" if extra_buffers_note() else ""
+        q = "".join(f", {part}" for part in (self.quantization, extra_buffers_note()) if part)
         self.description += f" ({Path(gguf_path).name}{q}, run quantized)"
         self.eos = set(self.engine.eos_ids) | {int(self.llm.token_eos())}
 
