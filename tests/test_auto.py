@@ -10,7 +10,7 @@ from lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling
 from paradec.models.adapter import HFCausalLM
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import NoDraft
-from paradec.proposers.auto import AutoConfig, AutoDrafter, _Ema, _size_bucket
+from paradec.proposers.auto import AutoConfig, AutoDrafter, AutoMemory, _Ema, _size_bucket
 from paradec.proposers.draft_model import DraftModelConfig, DraftModelProposer
 from paradec.sampling import SamplingParams
 from paradec.tree import DraftTree
@@ -225,3 +225,92 @@ def test_censored_counterfactual_only_raises_the_estimate(target, reference):
     values = [e.value for e in auto.lookup_accept.values()]
     assert min(values) < 5.0  # some trees missed: exact observations count
     assert max(values) == 5.0  # hits are censored at 1 token: they never lowered a 5
+
+
+class CatchingUp(Scripted):
+    """A model drafter with its own cache: before drafting it reads every token committed since
+    it last ran, at ``per_token`` seconds each (the whole prompt on its first call)."""
+
+    def __init__(self, ref, n0, per_token, **kw):
+        super().__init__(ref, n0, **kw)
+        self.per_token, self.seen, self.read = per_token, 0, []
+
+    def propose(self, ctx):
+        pending = len(ctx.tokens) - self.seen
+        self.read.append(pending)
+        time.sleep(self.per_token * pending)
+        return super().propose(ctx)
+
+    def observe(self, result):
+        super().observe(result)
+        self.seen = len(result.tokens) - 1  # its accepted draft is in its cache already
+
+
+def _long_prompt(n):
+    return [1] + [(7 * i * i + 3 * i) % (VOCAB - 2) + 2 for i in range(n - 1)]
+
+
+def test_catch_up_cost_is_learned_per_token(target):
+    p = _long_prompt(60)
+    ref = run(target, NoDraft(), p)[0]
+    model = CatchingUp(ref, len(p), per_token=0.004, good=True, k=6)
+    auto = AutoDrafter(model, AutoConfig(explore_every=4))
+    out, _ = run(target, auto, p, n=40)
+    assert out == ref
+    assert auto.catchup.value is not None
+    # the estimate is the time beyond a drafting step per pending token (sleep overshoots a little)
+    assert 0.002 < auto.catchup.value < 0.008
+
+
+def test_a_long_prompt_keeps_auto_off_a_model_it_would_have_to_catch_up(target):
+    """One memory across requests: once auto knows the model drafter reads 10 ms a token, a
+    200-token prompt (2 s to read) is not worth a model that saves little on 40 tokens. Without
+    that knowledge auto explores the model at the start and pays the prompt."""
+    short = _long_prompt(40)
+    ref_short = run(target, NoDraft(), short)[0]
+    long = _long_prompt(200)
+    ref_long = run(target, NoDraft(), long)[0]
+    memory = AutoMemory(AutoConfig().ema)
+
+    first = CatchingUp(ref_short, len(short), per_token=0.01, good=True, k=6)
+    out, _ = run(target, AutoDrafter(first, memory=memory), short)
+    assert out == ref_short and first.calls > 0 and memory.catchup.value is not None
+
+    informed = CatchingUp(ref_long, len(long), per_token=0.01, good=True, k=6)
+    auto = AutoDrafter(informed, memory=memory)
+    out, _ = run(target, auto, long)
+    assert out == ref_long
+    assert informed.calls == 0, informed.read  # never paid the 200-token read
+
+    naive = CatchingUp(ref_long, len(long), per_token=0.01, good=True, k=6)
+    out, _ = run(target, AutoDrafter(naive), long)
+    assert out == ref_long
+    assert naive.calls > 0 and naive.read[0] >= 198  # the control: it read the whole prompt
+
+
+def test_model_rate_charges_catch_up_over_the_remaining_tokens():
+    auto = AutoDrafter(Scripted([], 0), AutoConfig(horizon=128))
+    m = auto.memory
+    for ema, v in ((m.model_accept, 5.0), (m.model_cost, 0.08), (m.model_nodes, 6.0), (m.catchup, 0.003)):
+        ema.add(v)
+    for k, v in ((1, 0.03), (7, 0.04)):
+        m.fwd[_size_bucket(k)] = e = _Ema(1.0)
+        e.add(v)
+    caught_up = auto.model_rate(auto.catch_up_time(2), 128)
+    assert caught_up == pytest.approx(6 / (0.08 + 0.04))
+    behind = auto.model_rate(auto.catch_up_time(402), 128)  # 400 tokens to read: 1.2 s
+    assert behind == pytest.approx(6 / (0.08 + 0.04 + 1.2 / (128 / 6)))
+    assert behind < caught_up
+    # near the end of a request the same catch-up is spread over fewer steps
+    assert auto.model_rate(auto.catch_up_time(402), 24) < behind
+    # the horizon caps how far a catch-up is amortized
+    assert auto.model_rate(auto.catch_up_time(402), 4096) == pytest.approx(behind)
+
+
+def test_auto_memory_is_shared_per_models_and_config():
+    models = Models(HFCausalLM(tiny_llama(0, vocab=VOCAB)))
+    a, b = make_proposer("auto", models), make_proposer("auto", models)
+    assert a is not b and a.memory is b.memory  # a new request starts from what earlier ones learned
+    c = make_proposer("auto", models, options={"explore_every": 5})
+    assert c.memory is not a.memory
+    assert Models(models.target) is not models and make_proposer("auto", Models(models.target)).memory is not a.memory

@@ -71,3 +71,46 @@ def test_reserve_preallocates():
     assert buf.shape[2] == 64
     _fill(c, 50)
     assert c.layers[0].keys.data_ptr() == buf.data_ptr()  # no reallocation within capacity
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_plain_step_without_mask_equals_the_masked_forward(attn):
+    """A plain decoding step runs with no attention mask (the kernel's unmasked path); it must
+    compute what the explicit all-visible mask computes, on an inference-mode forward whose
+    cache stays writable by rollback."""
+    from conftest import tiny_llama
+    from paradec.models.adapter import HFCausalLM
+
+    model = tiny_llama(0)
+    model.config._attn_implementation = attn
+    target = HFCausalLM(model)
+    prompt = torch.tensor([[1, 5, 7, 9, 5, 7, 9, 11, 3, 5]])
+    a, b = target.new_cache(32), target.new_cache(32)
+    target.prefill(prompt[:, :-1], a)
+    target.prefill(prompt[:, :-1], b)
+    ids, pos = prompt[:, -1:], torch.tensor([[9]])
+    mask = torch.ones(1, 1, 10, dtype=torch.bool)
+    build = target._hf_mask
+    target._hf_mask = lambda *a: pytest.fail("a plain step built a mask")
+    plain = target.forward(ids, pos, a, mask)  # takes the no-mask path
+    target._hf_mask = build
+    masked = target.model(
+        input_ids=ids, position_ids=pos, attention_mask=target._hf_mask(mask, pos, 9), **{target.cache_kw: b}
+    ).logits
+    torch.testing.assert_close(plain, masked, rtol=0, atol=1e-12)
+    assert a.seq_len == b.seq_len == 10
+    # one token whose mask hides a slot must not take the no-mask path
+    hidden = mask.clone()
+    hidden[0, 0, 3] = False
+    a.truncate(9)
+    b.truncate(9)
+    part = target.forward(ids, pos, a, hidden)
+    part_ref = target.model(
+        input_ids=ids, position_ids=pos, attention_mask=target._hf_mask(hidden, pos, 9), **{target.cache_kw: b}
+    ).logits
+    torch.testing.assert_close(part, part_ref, rtol=0, atol=1e-12)
+    assert (part - plain).abs().max() > 1e-6
+    # the forward ran under inference mode, but the cache buffers are normal tensors
+    assert plain.is_inference() and not a.layers[0].keys.is_inference()
+    a.compact([2, 4, 6], offset=0)
+    assert a.seq_len == 3

@@ -34,8 +34,11 @@ class SlotLayer(CacheLayerMixin):
         b, h, _, dk = key_states.shape
         dv = value_states.shape[-1]
         self.dtype, self.device = key_states.dtype, key_states.device
-        self.keys = torch.empty(b, h, self.capacity, dk, dtype=key_states.dtype, device=key_states.device)
-        self.values = torch.empty(b, h, self.capacity, dv, dtype=value_states.dtype, device=value_states.device)
+        # Normal tensors even when the forward runs under ``torch.inference_mode`` (the models
+        # do): rollback (``compact``) writes into them outside it.
+        with torch.inference_mode(False):
+            self.keys = torch.empty(b, h, self.capacity, dk, dtype=key_states.dtype, device=key_states.device)
+            self.values = torch.empty(b, h, self.capacity, dv, dtype=value_states.dtype, device=value_states.device)
         self.is_initialized = True
 
     def _grow(self, needed: int) -> None:
@@ -44,7 +47,8 @@ class SlotLayer(CacheLayerMixin):
             cap *= 2
         for name in ("keys", "values"):
             old = getattr(self, name)
-            new = old.new_empty(*old.shape[:2], cap, old.shape[-1])
+            with torch.inference_mode(False):  # see lazy_initialization
+                new = old.new_empty(*old.shape[:2], cap, old.shape[-1])
             new[:, :, : self.length] = old[:, :, : self.length]
             setattr(self, name, new)
         self.capacity = cap

@@ -85,19 +85,26 @@ class HFCausalLM:
         near = (positions[:, :, None] - kv_pos[:, None, :]) < self._sliding_window  # [B, q, kv]
         return {"full_attention": fmt(mask), "sliding_attention": fmt(mask & near)}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def forward(self, ids, positions, cache, attn_mask) -> torch.Tensor:
         cache_len = cache.seq_len
+        positions = positions.to(self.device)
+        if ids.shape[:2] == (1, 1) and self._sliding_window is None and bool(attn_mask.all()):
+            # A plain decoding step sees the whole cache: no mask lets the attention kernel take
+            # its unmasked path (measured on a 2-core CPU: 1.2 ms of a 35 ms step).
+            mask = None
+        else:
+            mask = self._hf_mask(attn_mask.to(self.device), positions, cache_len)
         out = self.model(
             input_ids=ids.to(self.device),
-            position_ids=positions.to(self.device),
-            attention_mask=self._hf_mask(attn_mask.to(self.device), positions.to(self.device), cache_len),
+            position_ids=positions,
+            attention_mask=mask,
             **{self.cache_kw: cache},
             use_cache=True,
         )
         return out.logits
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
         """One forward for B requests at one new token each, every row on its own cache.
 
@@ -126,7 +133,7 @@ class HFCausalLM:
         )
         return out.logits
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, cache: KVCache, chunk: int = 512) -> None:
         """Append ``ids`` [B, L] to ``cache`` causally (positions continue from the cache)."""
         ids = ids.to(self.device)

@@ -11,7 +11,7 @@ from ..models.adapter import CausalLM
 from .base import NoDraft, ProposeContext, Proposer, StepResult
 from .draft_model import DraftModelConfig, DraftModelProposer
 from .aded import ADED, ADEDConfig
-from .auto import AutoConfig, AutoDrafter
+from .auto import AutoConfig, AutoDrafter, AutoMemory
 from .deer import DeerConfig, DeerProposer
 from .deer_fused import FusedDeer, FusedDeerConfig
 from .lookahead import Lookahead, LookaheadConfig
@@ -32,6 +32,14 @@ class Models:
     draft: CausalLM | None = None
     gguf_path: str | None = None  # the target's GGUF file, when it was loaded from one
     _self_drafters: dict = field(default_factory=dict, repr=False)
+    _memories: dict = field(default_factory=dict, repr=False)
+
+    def memory(self, key, make: Callable[[], Any]):
+        """State an adaptive proposer keeps across requests on these models (``auto``'s cost
+        model), one per ``key``, made by ``make()`` on first use."""
+        if key not in self._memories:
+            self._memories[key] = make()
+        return self._memories[key]
 
     def self_drafter_backend(self, backend: str = "auto") -> str:
         """The backend ``qdraft`` uses for ``backend`` (``auto`` resolved)."""
@@ -116,7 +124,7 @@ def _auto(models: Models, vocab: int, cfg: AutoConfig) -> Proposer:
         model = DraftModelProposer(models.draft, vocab, DraftModelConfig())
     elif which == "qdraft":
         model = _qdraft(models, vocab, QDraftConfig())
-    return AutoDrafter(model, cfg)
+    return AutoDrafter(model, cfg, models.memory(("auto", which, cfg), lambda: AutoMemory(cfg.ema)))
 
 
 def _deer(models: Models, vocab: int, cfg: DeerConfig) -> Proposer:

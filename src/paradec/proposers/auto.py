@@ -16,6 +16,12 @@ Cost model, learned online from the request itself (nothing is hard-coded per ma
   model drafter only steps right after its own, so catching up on a prompt or on tokens the
   lookup committed is not mistaken for drafting cost; until measured it counts as free, which
   makes ``auto`` try the model drafter twice in a row early on);
+- ``u``: the model drafter's catch-up time per token: a model drafter has its own cache, and
+  before it drafts it must read every token committed since it last ran (the whole prompt, at
+  first). Learned from the model steps that follow other choices (time beyond ``d_model``, per
+  pending token). Switching to the model with P tokens pending costs ``u * P`` once; it is
+  charged to the model's steps amortized over the request's remaining tokens, so a long prompt
+  (RAG, summarization) keeps ``auto`` on the lookup unless the model is worth its prefill;
 - ``a_c``: expected accepted tokens of candidate c. For the lookup draft it is kept per suffix
   match-length bucket *and per tree size* and updated *every* step, also when the draft was
   not used: the committed tokens show how much of it the target would have accepted (a
@@ -23,8 +29,14 @@ Cost model, learned online from the request itself (nothing is hard-coded per ma
   tokens; when it spells all of them it might have gone on, and that lower bound may only raise
   the estimate). The model drafter's is updated when it runs.
 The expected rate of c is ``(a_c + 1) / (d_c + f(n_c + 1))`` against ``1 / f(1)`` for plain
-decoding; the best one drafts (ties go to the cheaper). When the model drafter has not run for
-``explore_every`` steps it runs once, so a change in the text is noticed.
+decoding, with the model's catch-up added to its ``d`` as above; the best one drafts (ties go to
+the cheaper). When the model drafter has not run for ``explore_every`` steps it runs once, so a
+change in the text is noticed, but only when its catch-up is cheap (at most ``explore_share``
+of the time since it last ran): exploring must not cost a prefill of a long prompt.
+
+The cost model is kept across requests: ``make_proposer`` gives every ``auto`` on the same
+models one ``AutoMemory`` (forward times, drafting and catch-up costs, acceptances), so a
+request starts from what earlier ones measured instead of paying to learn it again.
 
 Tree size from the roofline: the lookup builds its tree best-first (most probable nodes first)
 up to ``max_nodes``, so its first n nodes are the best tree of n nodes. ``auto`` scores the
@@ -38,8 +50,8 @@ The choice depends only on past steps, never on the verifier's coins, so verific
 exactly lossless, greedy and sampled alike.
 
 Bounded state: the lookup's index holds at most ``max_tokens`` tokens (``suffix``'s eviction);
-the cost model is a handful of moving averages per size and match-length bucket (a few dozen
-numbers); the model drafter's cache is bounded by the model's context window.
+the cost model (``AutoMemory``) is a handful of moving averages per size and match-length bucket
+(a few dozen numbers); the model drafter's cache is bounded by the model's context window.
 """
 
 from __future__ import annotations
@@ -64,6 +76,8 @@ class AutoConfig:
     growth: float = 1.25  # assumed forward-time growth per doubling of unmeasured sizes
     max_tokens: int = 1 << 16  # tokens the lookup's suffix index holds at most (older ones evicted)
     max_nodes: int = 48  # largest lookup tree built; the size sent is chosen by the cost model
+    explore_share: float = 0.2  # exploring the model may cost (catch-up) this share of the time since it ran
+    horizon: int = 128  # a model catch-up is amortized over at most this many of the remaining tokens
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_CHOICES:
@@ -78,6 +92,12 @@ class AutoConfig:
             raise ValueError("auto max_tokens must be >= 16")
         if self.max_nodes < 1:
             raise ValueError("auto max_nodes must be >= 1")
+        if self.explore_share < 0 or self.horizon < 1:
+            raise ValueError("auto explore_share must be >= 0 and horizon >= 1")
+
+
+_CATCHUP_FREE = 2  # pending tokens read within an ordinary drafting step (the root, the bonus)
+_CATCHUP_MIN = 8  # catch-ups shorter than this are too noisy to learn the per-token rate from
 
 
 def _size_bucket(k: int) -> int:
@@ -99,22 +119,35 @@ class _Ema:
         return default if self.value is None else self.value
 
 
+class AutoMemory:
+    """What ``auto`` has learned about this machine and these models, kept across requests."""
+
+    def __init__(self, ema: float) -> None:
+        self.fwd: dict[int, _Ema] = {}  # size bucket -> forward seconds
+        self.lookup_cost = _Ema(ema)  # seconds per lookup proposal
+        self.model_cost = _Ema(ema)  # seconds per model draft, caught up
+        self.catchup = _Ema(ema)  # seconds per token the model drafter reads to catch up
+        self.model_nodes = _Ema(ema)
+        self.model_accept = _Ema(ema)
+        self.lookup_accept: dict[tuple[int, int], _Ema] = {}  # (match bucket, tree size) -> accepted
+
+
 class AutoDrafter:
     name = "auto"
 
-    def __init__(self, model: Proposer | None = None, config: AutoConfig | None = None) -> None:
+    def __init__(
+        self, model: Proposer | None = None, config: AutoConfig | None = None, memory: AutoMemory | None = None
+    ) -> None:
         self.config = c = config or AutoConfig()
         # generous caps: the lookup offers a big best-first tree and the cost model cuts it
         self.lookup = SuffixDrafter(
             SuffixConfig(max_tokens=c.max_tokens, max_nodes=c.max_nodes, match_alpha=2.0 * c.max_nodes, depth_alpha=4.0)
         )
         self.model = model
-        self.fwd: dict[int, _Ema] = {}  # size bucket -> forward seconds (kept across requests)
-        self.lookup_cost = _Ema(c.ema)
-        self.model_cost = _Ema(c.ema)
-        self.model_nodes = _Ema(c.ema)
-        self.model_accept = _Ema(c.ema)
-        self.lookup_accept: dict[tuple[int, int], _Ema] = {}  # (match bucket, tree size) -> accepted
+        self.memory = m = memory if memory is not None else AutoMemory(c.ema)
+        # the learned cost model, shared with every auto given the same memory
+        self.fwd, self.lookup_cost, self.model_cost, self.catchup = m.fwd, m.lookup_cost, m.model_cost, m.catchup
+        self.model_nodes, self.model_accept, self.lookup_accept = m.model_nodes, m.model_accept, m.lookup_accept
         self.lookup_sizes: dict[int, int] = {}  # tree size sent -> steps (this request)
         self.choices = {"lookup": 0, "model": 0, "none": 0}  # steps per choice in this request
         self._reset_step()
@@ -126,6 +159,8 @@ class AutoDrafter:
         self._t_proposed = 0.0
         self._since_model = 0
         self._lookup_steps = 0
+        self._model_seen = 0  # tokens of this request the model drafter has read
+        self._t_model = time.perf_counter()  # when the model drafter last ran (or the request began)
 
     # ---- the cost model ------------------------------------------------------------------------
     def forward_time(self, k: int) -> float:
@@ -142,6 +177,19 @@ class AutoDrafter:
 
     def _rate(self, accepted: float, draft_s: float, nodes: int) -> float:
         return (accepted + 1.0) / max(draft_s + self.forward_time(nodes + 1), 1e-6)
+
+    def catch_up_time(self, pending: int) -> float:
+        """Estimated seconds for the model drafter to read ``pending`` tokens before drafting
+        (0 until measured; a token or two are part of every drafting step)."""
+        return self.catchup.get(0.0) * max(0, pending - _CATCHUP_FREE)
+
+    def model_rate(self, catch_s: float, remaining: int) -> float:
+        """Expected tokens/s of a model step, its catch-up ``catch_s`` spread over the model steps
+        that the rest of the request (``remaining`` tokens, at most ``horizon``) would take."""
+        accepted = self.model_accept.get(self.config.prior_accept)
+        steps = max(1.0, min(remaining, self.config.horizon) / (accepted + 1.0))
+        nodes = max(1, round(self.model_nodes.get(4.0)))
+        return self._rate(accepted, self.model_cost.get(0.0) + catch_s / steps, nodes)
 
     @staticmethod
     def sizes(n: int) -> list[int]:
@@ -195,12 +243,13 @@ class AutoDrafter:
             size, r = self.best_lookup_size(tree, self._bucket, self.lookup_cost.get(0.0))
             if r > best_rate:
                 best, best_rate = "lookup", r
+        pending = len(ctx.tokens) - self._model_seen  # tokens the model drafter must read first
         if self.model is not None:
-            if self._since_model >= c.explore_every:
+            catch_s = self.catch_up_time(pending)
+            if self._since_model >= c.explore_every and catch_s <= c.explore_share * (t0 - self._t_model):
                 best = "model"
             else:
-                nodes = max(1, round(self.model_nodes.get(4.0)))
-                r = self._rate(self.model_accept.get(c.prior_accept), self.model_cost.get(0.0), nodes)
+                r = self.model_rate(catch_s, ctx.max_depth + 1)
                 if r > best_rate:
                     best, best_rate = "model", r
 
@@ -210,11 +259,15 @@ class AutoDrafter:
             self._since_model = 0
             t1 = time.perf_counter()
             draft = self.model.propose(ctx)
+            self._t_model = t2 = time.perf_counter()
             if self._choice_before == "model":
                 # Only right after its own step: otherwise the time includes catching up on the
                 # tokens committed since it last ran (the whole prompt, at first), which is not
                 # what a drafting step costs.
-                self.model_cost.add(time.perf_counter() - t1)
+                self.model_cost.add(t2 - t1)
+            elif pending > _CATCHUP_MIN:
+                # the time beyond a drafting step, per token read: the catch-up rate
+                self.catchup.add(max(0.0, t2 - t1 - self.model_cost.get(0.0)) / (pending - _CATCHUP_FREE))
             self.model_nodes.add(len(draft))
         else:
             self._since_model += 1
@@ -245,6 +298,8 @@ class AutoDrafter:
             if seen < len(new) or e.value is None or seen > e.value:
                 e.add(seen)
         if self._choice == "model":
+            # it has read everything but the new root (the accepted draft tokens included)
+            self._model_seen = len(result.tokens) - 1
             self.model_accept.add(len(result.verdict.accepted))
             self.model.observe(result)
         self.lookup.observe(result)
