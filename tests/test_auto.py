@@ -288,23 +288,26 @@ def test_a_long_prompt_keeps_auto_off_a_model_it_would_have_to_catch_up(target):
     assert naive.calls > 0 and naive.read[0] >= 198  # the control: it read the whole prompt
 
 
-def test_model_rate_charges_catch_up_over_the_remaining_tokens():
-    auto = AutoDrafter(Scripted([], 0), AutoConfig(horizon=128))
+def test_model_rate_charges_catch_up_as_in_ski_rental():
+    auto = AutoDrafter(Scripted([], 0), AutoConfig(min_horizon=16))
     m = auto.memory
     for ema, v in ((m.model_accept, 5.0), (m.model_cost, 0.08), (m.model_nodes, 6.0), (m.catchup, 0.003)):
         ema.add(v)
     for k, v in ((1, 0.03), (7, 0.04)):
         m.fwd[_size_bucket(k)] = e = _Ema(1.0)
         e.add(v)
-    caught_up = auto.model_rate(auto.catch_up_time(2), 128)
-    assert caught_up == pytest.approx(6 / (0.08 + 0.04))
-    behind = auto.model_rate(auto.catch_up_time(402), 128)  # 400 tokens to read: 1.2 s
-    assert behind == pytest.approx(6 / (0.08 + 0.04 + 1.2 / (128 / 6)))
+    caught_up = auto.model_rate(auto.catch_up_time(2), 0, 128)
+    assert caught_up == pytest.approx(6 / (0.08 + 0.04))  # a token or two pending: no charge
+    # 400 tokens to read (1.2 s), spread over the tokens generated so far
+    behind = auto.model_rate(auto.catch_up_time(402), 64, 128)
+    assert behind == pytest.approx(6 / (0.08 + 0.04 + 1.2 / (64 / 6)))
     assert behind < caught_up
-    # near the end of a request the same catch-up is spread over fewer steps
-    assert auto.model_rate(auto.catch_up_time(402), 24) < behind
-    # the horizon caps how far a catch-up is amortized
-    assert auto.model_rate(auto.catch_up_time(402), 4096) == pytest.approx(behind)
+    # early in a request the switch is charged to few tokens (at least min_horizon) ...
+    start = auto.model_rate(auto.catch_up_time(402), 0, 128)
+    assert start == pytest.approx(6 / (0.08 + 0.04 + 1.2 / (16 / 6))) and start < behind
+    # ... and late in one, to no more than the tokens left
+    assert auto.model_rate(auto.catch_up_time(402), 120, 8) < start
+    assert auto.model_rate(auto.catch_up_time(402), 120, 4096) > behind
 
 
 def test_auto_memory_is_shared_per_models_and_config():
@@ -314,3 +317,60 @@ def test_auto_memory_is_shared_per_models_and_config():
     c = make_proposer("auto", models, options={"explore_every": 5})
     assert c.memory is not a.memory
     assert Models(models.target) is not models and make_proposer("auto", Models(models.target)).memory is not a.memory
+
+
+class SlowReader:
+    """A drafter (the ``Drafter`` protocol) that reads new tokens at ``per_token`` seconds each
+    and feeds one token in ``feed_s``: a stand-in for llama.cpp's prompt and token evaluation."""
+
+    def __init__(self, inner, per_token, feed_s):
+        self.inner, self.per_token, self.feed_s = inner, per_token, feed_s
+
+    def reset(self, capacity):
+        self.inner.reset(capacity)
+
+    def logits_after(self, tokens):
+        time.sleep(self.per_token * (len(tokens) - len(self.inner.cached)))
+        return self.inner.logits_after(tokens)
+
+    def feed(self, token):
+        time.sleep(self.feed_s)
+        return self.inner.feed(token)
+
+    def score(self, tokens, chain):
+        return self.inner.score(tokens, chain)
+
+    def truncate(self, n):
+        self.inner.truncate(n)
+
+
+def test_draft_model_timing_splits_drafting_from_catch_up(target, drafter_model):
+    """A draft-model proposer reports its first call (the read) and its feeds, so auto learns
+    both costs from its first proposal, catch-up included."""
+    from paradec.models.drafter import HFDrafter
+
+    p = _long_prompt(120)
+    ref = run(target, NoDraft(), p)[0]
+    slow = SlowReader(HFDrafter(drafter_model), per_token=0.003, feed_s=0.01)
+    model = DraftModelProposer(slow, VOCAB, DraftModelConfig(max_len=4, min_len=4, min_confidence=0.0))
+    auto = AutoDrafter(model, AutoConfig(explore_every=1000))
+    out, _ = run(target, auto, p, n=6)
+    assert out == ref[:6]
+    assert auto.choices["model"] >= 1
+    assert 0.002 < auto.catchup.value < 0.006  # 3 ms a token read
+    # drafting: three feeds and one more one-token call, about 10 ms each
+    assert 0.03 < auto.model_cost.value < 0.08
+
+
+def test_a_step_without_a_proposal_teaches_nothing(target, reference):
+    """The loop does not propose when no draft fits (the last token of a request); that step's
+    time must not be taken for a one-token forward, nor its empty draft for the model's."""
+    p = PROMPTS[3]
+    ref = reference[tuple(p)]
+    model = Scripted(ref, len(p), good=True, k=6)
+    auto = AutoDrafter(model)
+    out, stats = run(target, auto, p, n=8)  # 7 tokens from the first step, then 1 with no room
+    assert out == ref[:8] and stats.forwards == 2
+    assert model.calls == 1
+    assert set(auto.fwd) == {_size_bucket(7)}
+    assert auto.model_accept.value == 6

@@ -13,15 +13,20 @@ Cost model, learned online from the request itself (nothing is hard-coded per ma
   ``observe`` (forward + verify + rollback); unmeasured sizes are extrapolated from the nearest
   measured one with a conservative growth per doubling;
 - ``d_c``: drafting time of candidate c (moving average of its measured ``propose`` time; for the
-  model drafter only steps right after its own, so catching up on a prompt or on tokens the
-  lookup committed is not mistaken for drafting cost; until measured it counts as free, which
-  makes ``auto`` try the model drafter twice in a row early on);
+  model drafter without catching up on a prompt or on tokens the lookup committed, which is
+  not what a drafting step costs; until measured it counts as free);
 - ``u``: the model drafter's catch-up time per token: a model drafter has its own cache, and
   before it drafts it must read every token committed since it last ran (the whole prompt, at
-  first). Learned from the model steps that follow other choices (time beyond ``d_model``, per
-  pending token). Switching to the model with P tokens pending costs ``u * P`` once; it is
-  charged to the model's steps amortized over the request's remaining tokens, so a long prompt
-  (RAG, summarization) keeps ``auto`` on the lookup unless the model is worth its prefill;
+  first). A draft-model proposer reports how long its first call (the read) and its one-token
+  feeds took, which splits every proposal exactly into ``d`` and ``u`` per pending token; for
+  other model drafters, proposals right after the model's own step give ``d`` and the time of
+  others beyond ``d`` gives ``u``. Switching to the model with P tokens pending costs ``u * P`` once, and pays
+  only if the request goes on long enough, which nobody knows (an answer may end at the next
+  EOS). ``auto`` decides it as in ski rental: the catch-up is spread over the tokens this request
+  has generated so far (at least ``min_horizon``, at most the tokens left), so it switches once
+  the time the model would have saved so far exceeds what the switch costs. A long prompt (RAG,
+  summarization: 400+ tokens, 1.5 s to read here) keeps ``auto`` on the lookup; a short one
+  switches within a few tokens;
 - ``a_c``: expected accepted tokens of candidate c. For the lookup draft it is kept per suffix
   match-length bucket *and per tree size* and updated *every* step, also when the draft was
   not used: the committed tokens show how much of it the target would have accepted (a
@@ -77,7 +82,7 @@ class AutoConfig:
     max_tokens: int = 1 << 16  # tokens the lookup's suffix index holds at most (older ones evicted)
     max_nodes: int = 48  # largest lookup tree built; the size sent is chosen by the cost model
     explore_share: float = 0.2  # exploring the model may cost (catch-up) this share of the time since it ran
-    horizon: int = 128  # a model catch-up is amortized over at most this many of the remaining tokens
+    min_horizon: int = 16  # a model catch-up is spread over max(this, tokens generated so far), at most the tokens left
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_CHOICES:
@@ -92,8 +97,8 @@ class AutoConfig:
             raise ValueError("auto max_tokens must be >= 16")
         if self.max_nodes < 1:
             raise ValueError("auto max_nodes must be >= 1")
-        if self.explore_share < 0 or self.horizon < 1:
-            raise ValueError("auto explore_share must be >= 0 and horizon >= 1")
+        if self.explore_share < 0 or self.min_horizon < 1:
+            raise ValueError("auto explore_share must be >= 0 and min_horizon >= 1")
 
 
 _CATCHUP_FREE = 2  # pending tokens read within an ordinary drafting step (the root, the bonus)
@@ -183,11 +188,13 @@ class AutoDrafter:
         (0 until measured; a token or two are part of every drafting step)."""
         return self.catchup.get(0.0) * max(0, pending - _CATCHUP_FREE)
 
-    def model_rate(self, catch_s: float, remaining: int) -> float:
+    def model_rate(self, catch_s: float, generated: int, remaining: int) -> float:
         """Expected tokens/s of a model step, its catch-up ``catch_s`` spread over the model steps
-        that the rest of the request (``remaining`` tokens, at most ``horizon``) would take."""
+        of max(``generated``, ``min_horizon``) tokens, at most the ``remaining`` ones (ski rental:
+        see the module docstring)."""
         accepted = self.model_accept.get(self.config.prior_accept)
-        steps = max(1.0, min(remaining, self.config.horizon) / (accepted + 1.0))
+        horizon = min(max(generated, self.config.min_horizon), remaining)
+        steps = max(1.0, horizon / (accepted + 1.0))
         nodes = max(1, round(self.model_nodes.get(4.0)))
         return self._rate(accepted, self.model_cost.get(0.0) + catch_s / steps, nodes)
 
@@ -219,6 +226,28 @@ class AutoDrafter:
                 best, best_rate = n, r
         return best, best_rate
 
+    def _learn_model_costs(self, seconds: float, pending: int) -> None:
+        """Split a model proposal's ``seconds`` into drafting and catching up on ``pending`` tokens.
+
+        A drafter that reports its timing (``last_times``: its first call, which reads the new
+        tokens, then one-token feeds) is split exactly: drafting = the feeds plus one more, and
+        the first call beyond one feed is catch-up. Otherwise only a proposal right after the
+        model's own step (nothing to catch up on) counts as drafting, and the time of others
+        beyond that, per pending token, as catch-up."""
+        times = getattr(self.model, "last_times", None)
+        if times is not None and times[1] > 0:
+            first, total, feeds = times
+            one = (total - first) / feeds if feeds else (first if pending <= _CATCHUP_FREE else None)
+            if one is not None:
+                self.model_cost.add(total - first + one)
+            if pending > _CATCHUP_MIN:
+                one = one if one is not None else self.model_cost.get(0.0)
+                self.catchup.add(max(0.0, first - one) / (pending - _CATCHUP_FREE))
+        elif self._choice_before == "model":
+            self.model_cost.add(seconds)
+        elif pending > _CATCHUP_MIN:
+            self.catchup.add(max(0.0, seconds - self.model_cost.get(0.0)) / (pending - _CATCHUP_FREE))
+
     # ---- the proposer protocol -------------------------------------------------------------------
     def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
         self.lookup.begin(prompt, sampling)
@@ -249,7 +278,7 @@ class AutoDrafter:
             if self._since_model >= c.explore_every and catch_s <= c.explore_share * (t0 - self._t_model):
                 best = "model"
             else:
-                r = self.model_rate(catch_s, ctx.max_depth + 1)
+                r = self.model_rate(catch_s, len(ctx.tokens) - ctx.n_prompt, ctx.max_depth + 1)
                 if r > best_rate:
                     best, best_rate = "model", r
 
@@ -259,15 +288,8 @@ class AutoDrafter:
             self._since_model = 0
             t1 = time.perf_counter()
             draft = self.model.propose(ctx)
-            self._t_model = t2 = time.perf_counter()
-            if self._choice_before == "model":
-                # Only right after its own step: otherwise the time includes catching up on the
-                # tokens committed since it last ran (the whole prompt, at first), which is not
-                # what a drafting step costs.
-                self.model_cost.add(t2 - t1)
-            elif pending > _CATCHUP_MIN:
-                # the time beyond a drafting step, per token read: the catch-up rate
-                self.catchup.add(max(0.0, t2 - t1 - self.model_cost.get(0.0)) / (pending - _CATCHUP_FREE))
+            self._t_model = time.perf_counter()
+            self._learn_model_costs(self._t_model - t1, pending)
             self.model_nodes.add(len(draft))
         else:
             self._since_model += 1
@@ -284,7 +306,14 @@ class AutoDrafter:
 
     def observe(self, result: StepResult) -> None:
         c = self.config
+        if not self._t_proposed:
+            # The loop skips proposing when no draft fits (the last token of a request): this
+            # step's timing and choice are not ours to learn from.
+            self._choice = "none"
+            self.lookup.observe(result)
+            return
         elapsed = time.perf_counter() - self._t_proposed
+        self._t_proposed = 0.0
         b = _size_bucket(len(result.draft) + 1)
         self.fwd.setdefault(b, _Ema(c.ema)).add(elapsed)
 

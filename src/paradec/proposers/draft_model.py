@@ -13,6 +13,7 @@ are deterministic candidates.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,11 @@ class DraftModelProposer:
         self.cap = self.config.max_len
         self.sampling = SamplingParams()
         self.lookup = SuffixDrafter() if self.config.lookup else None
+        # (seconds of the first drafter call, which catches up on new tokens; seconds of the
+        # whole proposal; one-token feeds after it) for the last proposal: ``auto`` learns its
+        # drafting and catch-up costs from them
+        self.last_times: tuple[float, float, int] = (0.0, 0.0, 0)
+        self._timing = (0.0, 0)
 
     def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
         self.drafter.reset(len(prompt) + 512)
@@ -78,7 +84,15 @@ class DraftModelProposer:
 
     # ---- protocol -----------------------------------------------------------------------------
     def propose(self, ctx: ProposeContext) -> DraftTree:
+        t0 = time.perf_counter()
+        tree = self._propose(ctx)
+        first, feeds = self._timing
+        self.last_times = (first - t0, time.perf_counter() - t0, feeds)
+        return tree
+
+    def _propose(self, ctx: ProposeContext) -> DraftTree:
         c = self.config
+        self._timing = (time.perf_counter(), 0)
         length = min(self.cap, ctx.max_depth)
         if length <= 0:
             return DraftTree()
@@ -103,6 +117,8 @@ class DraftModelProposer:
             length = max(length, start)
         else:
             logits = self.drafter.logits_after(ctx.tokens)
+        # the first drafter call also reads every token committed since the last proposal
+        self._timing = (time.perf_counter(), 0)
         for depth in range(start, length):
             p = self._dist(logits)
             if self.sampling.greedy:
@@ -126,6 +142,7 @@ class DraftModelProposer:
             parent = chain_node
             if depth + 1 < length and len(tokens) < ctx.max_nodes:
                 logits = self.drafter.feed(tok)
+                self._timing = (self._timing[0], self._timing[1] + 1)
             else:
                 break
         q = None
