@@ -75,9 +75,24 @@ def test_parse_suites():
 
 
 # ---- metrics on hand-made samples ----------------------------------------------------------------
-def _s(runner, cat, tokens, seconds, forwards=None, committed=None, fed=None, draft_s=None, ident=None, acc=()):
+def _s(runner, cat, tokens, seconds, forwards=None, committed=None, fed=None, draft_s=None, ident=None, acc=(), **kw):
     return Sample(runner, cat, f"{cat}/0", 0, 0, 10, tokens, seconds, forwards=forwards, forward_tokens=fed,
-                  committed=committed, accept_lengths=list(acc), draft_s=draft_s, identical=ident)
+                  committed=committed, accept_lengths=list(acc), draft_s=draft_s, identical=ident, **kw)
+
+
+def test_time_per_forward_splits_draft_forward_verify_and_the_rest():
+    timed = dict(forward_s=0.5, verify_s=0.05, prefill_s=0.1)
+    samples = [
+        _s("auto", "qa", 30, 1.0, forwards=10, committed=30, draft_s=0.2, **timed),
+        _s("auto", "qa", 10, 1.0, forwards=10, committed=10, draft_s=0.0, **timed),
+    ]
+    a = aggregate(samples, "auto", "qa")
+    # per forward over 20 forwards: draft 0.2 s, forward 1.0 s, verify 0.1 s, prefill 0.2 s, other the rest
+    assert a.step_ms == pytest.approx({"draft": 10.0, "forward": 50.0, "verify": 5.0, "other": 25.0})
+    assert a.prefill_share == pytest.approx(0.1)
+    assert aggregate([_s("hf", "qa", 30, 1.0, forwards=12)], "hf", "qa").step_ms is None  # a peer: no split
+    untimed = aggregate([_s("pld", "qa", 30, 1.0, forwards=12, committed=30, draft_s=0.1)], "pld", "qa")
+    assert untimed.step_ms is None  # only when every sample has every part
 
 
 def test_aggregate_accepted_tokens_identity_and_draft_share():
@@ -145,7 +160,8 @@ def test_roofline_interpolation_and_ideal_speedup():
 def fake_result() -> dict:
     samples = [
         _s("ar", "qa", 40, 2.0, forwards=40, committed=40, fed=40, draft_s=0.0, ident=True, acc=[1] * 40),
-        _s("pld", "qa", 40, 1.0, forwards=16, committed=40, fed=64, draft_s=0.1, ident=True, acc=[3, 2, 1, 4] * 4),
+        _s("pld", "qa", 40, 1.0, forwards=16, committed=40, fed=64, draft_s=0.1, ident=True, acc=[3, 2, 1, 4] * 4,
+           forward_s=0.64, verify_s=0.08, prefill_s=0.1),
         _s("hf", "qa", 40, 2.2, forwards=40),
     ]
     table = summarize(samples, ["ar", "pld", "hf", "llama.cpp"], ["qa"])
@@ -184,6 +200,8 @@ def test_report_writes_markdown_and_pngs(tmp_path):
     assert "| pld | 40.0 | 2.00x |" in md  # tokens/s and speedup vs ar
     assert "llama.cpp`: RuntimeError: no GGUF" in md  # a failed peer stays, with its reason
     assert "![roofline](roofline.png)" in md
+    # time per forward, pld: 0.1 s draft, 0.64 forward, 0.08 verify, 0.08 other over 16 forwards
+    assert "| pld | 6.2 | 40.0 | 5.0 | 5.0 | 56.2 | 2.50 | 22.5 | 10% |" in md
     json.dumps(result)  # the result is plain JSON
     assert "identical" in markdown(result)
 

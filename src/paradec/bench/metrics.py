@@ -9,6 +9,9 @@ Definitions (the same for every row):
   visible, counts generated tokens over the forwards its model was called for;
 - forwards per token: target forwards over generated tokens;
 - draft share: time spent drafting over total time (paradec methods only);
+- time per forward (paradec methods): drafting, the target forward, verification and the rest
+  of the loop ("other": rollback, proposers' bookkeeping, Python), in ms per target forward,
+  with the prefill apart;
 - identity: generated token ids equal to ``ar``'s on the same prompt ids (greedy only).
 """
 
@@ -65,9 +68,14 @@ class Summary:
     compared: int = 0
     identity_rate: float | None = None
     ideal_speedup: float | None = None  # from the roofline probe (overall rows only)
+    step_ms: dict[str, float] | None = None  # ms per target forward: draft, forward, verify, other
+    prefill_share: float | None = None  # prefill time over total time
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+STEP_PARTS = ("draft", "forward", "verify", "other")
 
 
 def aggregate(samples: list[Sample], runner: str, category: str) -> Summary:
@@ -88,6 +96,13 @@ def aggregate(samples: list[Sample], runner: str, category: str) -> Summary:
             out.mean_forward_tokens = sum(s.forward_tokens for s in ss) / forwards
     if all(s.draft_s is not None for s in ss) and out.seconds > 0:
         out.draft_share = sum(s.draft_s for s in ss) / out.seconds
+    timed = ("draft_s", "forward_s", "verify_s", "prefill_s")
+    if out.mean_accepted is not None and out.seconds > 0 and all(getattr(s, k) is not None for s in ss for k in timed):
+        forwards = sum(s.forwards for s in ss)
+        draft, forward, verify, prefill = (sum(getattr(s, k) for s in ss) for k in timed)
+        other = out.seconds - draft - forward - verify - prefill
+        out.step_ms = {k: 1000.0 * v / forwards for k, v in zip(STEP_PARTS, (draft, forward, verify, other))}
+        out.prefill_share = prefill / out.seconds
     judged = [s.identical for s in ss if s.identical is not None]
     out.compared, out.identical = len(judged), sum(judged)
     out.identity_rate = out.identical / out.compared if judged else None

@@ -18,6 +18,10 @@ DEFINITIONS = """\
   own token; 1 for plain decoding). For peers it is generated tokens over target forwards.
 - **fwd/token**: target forwards per generated token.
 - **draft share**: time spent drafting over total time (paradec methods).
+- **time per forward** (paradec methods): milliseconds per target forward spent drafting, in the
+  target forward, verifying, and in the rest of the loop (*other*: cache rollback, the
+  proposers' bookkeeping, Python), with the prefill apart; *per token* is their sum over the
+  tokens committed per forward.
 - **identical**: outputs whose token ids equal `ar`'s greedy output (greedy runs only).
 - **ideal**: the speedup the row's acceptance would give if drafting and verification were free,
   from the roofline probe: `accepted/fwd × t(1) / t(tokens fed per forward)`, where `t(k)` is the
@@ -123,6 +127,20 @@ def print_tables(result: dict, console=None) -> None:
     console.print(t)
 
 
+def step_rows(result: dict) -> list[list[str]]:
+    """The time-per-forward table: draft, forward, verify and other ms per target forward."""
+    out = []
+    for r in result["rows"]:
+        s = result["summary"].get(r["name"], {}).get(OVERALL) or {}
+        ms = s.get("step_ms")
+        if not ms:
+            continue
+        total = sum(ms.values())
+        out.append([_row_label(r)] + [f"{ms[k]:.1f}" for k in ("draft", "forward", "verify", "other")]
+                   + [f"{total:.1f}", _f(s.get("mean_accepted")), f"{total / s['mean_accepted']:.1f}", _pct(s.get("prefill_share"))])
+    return out
+
+
 def _segment_lines(result: dict) -> list[str]:
     segs = result.get("segments") or []
     if not segs:
@@ -204,6 +222,12 @@ def markdown(result: dict, images: dict[str, str] | None = None) -> str:
         parts += [f"![speedup per category]({images['speedup']})", ""]
     parts += ["## Tokens/s per category", "", _md_table(["row"] + cats + [OVERALL], category_rows(result, "tokens_per_s", "{:.1f}")), ""]
     parts += ["## Mean accepted tokens per forward", "", _md_table(["row"] + cats + [OVERALL], category_rows(result, "mean_accepted")), ""]
+    steps = step_rows(result)
+    if steps:
+        parts += ["## Time per forward", "",
+                  "Where each paradec row's time goes, in ms per target forward (overall; prefill apart):", "",
+                  _md_table(["row", "draft", "forward", "verify", "other", "total", "accepted/fwd", "ms per token",
+                             "prefill share"], steps), ""]
     if "accept_hist" in images:
         parts += [f"![accepted tokens per forward]({images['accept_hist']})", ""]
     rl = result.get("roofline") or {}
