@@ -291,7 +291,7 @@ def test_a_long_prompt_keeps_auto_off_a_model_it_would_have_to_catch_up(target):
 def test_model_rate_charges_catch_up_as_in_ski_rental():
     auto = AutoDrafter(Scripted([], 0), AutoConfig(min_horizon=16))
     m = auto.memory
-    for ema, v in ((m.model_accept, 5.0), (m.model_cost, 0.08), (m.model_nodes, 6.0), (m.catchup, 0.003)):
+    for ema, v in ((auto.model_accept, 5.0), (m.model_cost, 0.08), (m.model_nodes, 6.0), (m.catchup, 0.003)):
         ema.add(v)
     for k, v in ((1, 0.03), (7, 0.04)):
         m.fwd[_size_bucket(k)] = e = _Ema(1.0)
@@ -317,6 +317,18 @@ def test_auto_memory_is_shared_per_models_and_config():
     c = make_proposer("auto", models, options={"explore_every": 5})
     assert c.memory is not a.memory
     assert Models(models.target) is not models and make_proposer("auto", Models(models.target)).memory is not a.memory
+
+
+def test_memory_keeps_greedy_and_sampled_acceptance_apart():
+    memory = AutoMemory(0.5)
+    greedy, sampled = AutoDrafter(None, memory=memory), AutoDrafter(None, memory=memory)
+    greedy.begin([1, 2, 3], SamplingParams())
+    sampled.begin([1, 2, 3], SamplingParams(temperature=1.0))
+    assert greedy.model_accept is not sampled.model_accept and greedy.lookup_accept is not sampled.lookup_accept
+    assert greedy.fwd is sampled.fwd and greedy.catchup is sampled.catchup  # times are the machine's
+    again = AutoDrafter(None, memory=memory)
+    again.begin([1, 2, 3], SamplingParams())
+    assert again.model_accept is greedy.model_accept and again.lookup_accept is greedy.lookup_accept
 
 
 class SlowReader:

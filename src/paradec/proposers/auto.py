@@ -125,16 +125,25 @@ class _Ema:
 
 
 class AutoMemory:
-    """What ``auto`` has learned about this machine and these models, kept across requests."""
+    """What ``auto`` has learned about this machine and these models, kept across requests.
+    Times are shared by all requests; acceptances are kept apart for greedy and sampled ones
+    (sampling accepts fewer draft tokens)."""
 
     def __init__(self, ema: float) -> None:
+        self.ema = ema
         self.fwd: dict[int, _Ema] = {}  # size bucket -> forward seconds
         self.lookup_cost = _Ema(ema)  # seconds per lookup proposal
         self.model_cost = _Ema(ema)  # seconds per model draft, caught up
         self.catchup = _Ema(ema)  # seconds per token the model drafter reads to catch up
         self.model_nodes = _Ema(ema)
-        self.model_accept = _Ema(ema)
-        self.lookup_accept: dict[tuple[int, int], _Ema] = {}  # (match bucket, tree size) -> accepted
+        self._accept: dict[bool, tuple[_Ema, dict[tuple[int, int], _Ema]]] = {}
+
+    def acceptance(self, greedy: bool) -> tuple[_Ema, dict[tuple[int, int], _Ema]]:
+        """(the model drafter's accepted tokens, the lookup's per (match bucket, tree size)) for
+        greedy or sampled requests."""
+        if greedy not in self._accept:
+            self._accept[greedy] = (_Ema(self.ema), {})
+        return self._accept[greedy]
 
 
 class AutoDrafter:
@@ -152,7 +161,8 @@ class AutoDrafter:
         self.memory = m = memory if memory is not None else AutoMemory(c.ema)
         # the learned cost model, shared with every auto given the same memory
         self.fwd, self.lookup_cost, self.model_cost, self.catchup = m.fwd, m.lookup_cost, m.model_cost, m.catchup
-        self.model_nodes, self.model_accept, self.lookup_accept = m.model_nodes, m.model_accept, m.lookup_accept
+        self.model_nodes = m.model_nodes
+        self.model_accept, self.lookup_accept = m.acceptance(True)  # until begin() says otherwise
         self.lookup_sizes: dict[int, int] = {}  # tree size sent -> steps (this request)
         self.choices = {"lookup": 0, "model": 0, "none": 0}  # steps per choice in this request
         self._reset_step()
@@ -250,6 +260,7 @@ class AutoDrafter:
 
     # ---- the proposer protocol -------------------------------------------------------------------
     def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
+        self.model_accept, self.lookup_accept = self.memory.acceptance(sampling.greedy)
         self.lookup.begin(prompt, sampling)
         if self.model is not None:
             self.model.begin(prompt, sampling)
