@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-OVERALL = "overall"
+from .metrics import OVERALL, STEP_PARTS
 
 DEFINITIONS = """\
 - **tokens/s**: generated tokens over wall time, prefill included, summed over the samples.
@@ -136,7 +136,7 @@ def step_rows(result: dict) -> list[list[str]]:
         if not ms:
             continue
         total = sum(ms.values())
-        out.append([_row_label(r)] + [f"{ms[k]:.1f}" for k in ("draft", "forward", "verify", "other")]
+        out.append([_row_label(r)] + [f"{ms[k]:.1f}" for k in STEP_PARTS]
                    + [f"{total:.1f}", _f(s.get("mean_accepted")), f"{total / s['mean_accepted']:.1f}", _pct(s.get("prefill_share"))])
     return out
 

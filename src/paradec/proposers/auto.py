@@ -244,19 +244,22 @@ class AutoDrafter:
         the first call beyond one feed is catch-up. Otherwise only a proposal right after the
         model's own step (nothing to catch up on) counts as drafting, and the time of others
         beyond that, per pending token, as catch-up."""
+        drafting, extra = None, None  # this proposal's drafting time; its time beyond drafting
         times = getattr(self.model, "last_times", None)
         if times is not None and times[1] > 0:
             first, total, feeds = times
             one = (total - first) / feeds if feeds else (first if pending <= _CATCHUP_FREE else None)
             if one is not None:
-                self.model_cost.add(total - first + one)
-            if pending > _CATCHUP_MIN:
-                one = one if one is not None else self.model_cost.get(0.0)
-                self.catchup.add(max(0.0, first - one) / (pending - _CATCHUP_FREE))
+                drafting = total - first + one
+            extra = total - (drafting if drafting is not None else self.model_cost.get(0.0))
         elif self._choice_before == "model":
-            self.model_cost.add(seconds)
-        elif pending > _CATCHUP_MIN:
-            self.catchup.add(max(0.0, seconds - self.model_cost.get(0.0)) / (pending - _CATCHUP_FREE))
+            drafting = seconds
+        else:
+            extra = seconds - self.model_cost.get(0.0)
+        if drafting is not None:
+            self.model_cost.add(drafting)
+        if extra is not None and pending > _CATCHUP_MIN:
+            self.catchup.add(max(0.0, extra) / (pending - _CATCHUP_FREE))
 
     # ---- the proposer protocol -------------------------------------------------------------------
     def begin(self, prompt: list[int], sampling: SamplingParams) -> None:

@@ -60,7 +60,7 @@ class DraftModelProposer:
         # whole proposal; one-token feeds after it) for the last proposal: ``auto`` learns its
         # drafting and catch-up costs from them
         self.last_times: tuple[float, float, int] = (0.0, 0.0, 0)
-        self._timing = (0.0, 0)
+        self._t_read, self._feeds = 0.0, 0  # end of the first drafter call; feeds since
 
     def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
         self.drafter.reset(len(prompt) + 512)
@@ -84,15 +84,14 @@ class DraftModelProposer:
 
     # ---- protocol -----------------------------------------------------------------------------
     def propose(self, ctx: ProposeContext) -> DraftTree:
-        t0 = time.perf_counter()
+        t0 = self._t_read = time.perf_counter()
+        self._feeds = 0
         tree = self._propose(ctx)
-        first, feeds = self._timing
-        self.last_times = (first - t0, time.perf_counter() - t0, feeds)
+        self.last_times = (self._t_read - t0, time.perf_counter() - t0, self._feeds)
         return tree
 
     def _propose(self, ctx: ProposeContext) -> DraftTree:
         c = self.config
-        self._timing = (time.perf_counter(), 0)
         length = min(self.cap, ctx.max_depth)
         if length <= 0:
             return DraftTree()
@@ -118,7 +117,7 @@ class DraftModelProposer:
         else:
             logits = self.drafter.logits_after(ctx.tokens)
         # the first drafter call also reads every token committed since the last proposal
-        self._timing = (time.perf_counter(), 0)
+        self._t_read = time.perf_counter()
         for depth in range(start, length):
             p = self._dist(logits)
             if self.sampling.greedy:
@@ -142,7 +141,7 @@ class DraftModelProposer:
             parent = chain_node
             if depth + 1 < length and len(tokens) < ctx.max_nodes:
                 logits = self.drafter.feed(tok)
-                self._timing = (self._timing[0], self._timing[1] + 1)
+                self._feeds += 1
             else:
                 break
         q = None
