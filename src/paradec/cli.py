@@ -154,7 +154,10 @@ from .diffusion.command import dllm_app as _dllm_app  # noqa: E402 - cheap: torc
 
 from .diffusion.convert_cli import convert as _convert  # noqa: E402 - cheap: torch loads only when run
 
+from .heads.cli import head_app as _head_app  # noqa: E402 - cheap: torch loads only when run
+
 app.add_typer(_dllm_app, name="dllm")
+app.add_typer(_head_app, name="head")
 app.command("convert")(_convert)
 
 app.command("serve")(_serve)

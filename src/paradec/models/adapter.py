@@ -87,6 +87,16 @@ class HFCausalLM:
 
     @torch.inference_mode()
     def forward(self, ids, positions, cache, attn_mask) -> torch.Tensor:
+        return self._run(ids, positions, cache, attn_mask).logits
+
+    @torch.inference_mode()
+    def forward_hidden(self, ids, positions, cache, attn_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward``, plus the last hidden states [B, q, H] (the LM head's input, after the final
+        norm): what a trained draft head drafts from. The logits are the very ones ``forward`` gives."""
+        out = self._run(ids, positions, cache, attn_mask, hidden=True)
+        return out.logits, out.hidden_states[-1]
+
+    def _run(self, ids, positions, cache, attn_mask, hidden: bool = False):
         cache_len = cache.seq_len
         positions = positions.to(self.device)
         if ids.shape[:2] == (1, 1) and self._sliding_window is None and bool(attn_mask.all()):
@@ -95,14 +105,14 @@ class HFCausalLM:
             mask = None
         else:
             mask = self._hf_mask(attn_mask.to(self.device), positions, cache_len)
-        out = self.model(
+        return self.model(
             input_ids=ids.to(self.device),
             position_ids=positions,
             attention_mask=mask,
             **{self.cache_kw: cache},
             use_cache=True,
+            **({"output_hidden_states": True} if hidden else {}),
         )
-        return out.logits
 
     @torch.inference_mode()
     def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:

@@ -14,6 +14,7 @@ from .aded import ADED, ADEDConfig
 from .auto import AutoConfig, AutoDrafter, AutoMemory
 from .deer import DeerConfig, DeerProposer
 from .deer_fused import FusedDeer, FusedDeerConfig
+from .head import HeadConfig, HeadProposer
 from .lookahead import Lookahead, LookaheadConfig
 from .pld import PLDConfig, PromptLookup
 from .qdraft import QDraftConfig, QuantizedSelfDraft
@@ -82,6 +83,7 @@ METHODS: dict[str, tuple[str, bool]] = {
     "auto": ("per step: suffix lookup, a model drafter or none, by expected tokens/s (online cost model)", False),
     "deer": ("DEER: a converted block-diffusion model drafts a block in one pass (its adapter, e.g. smollm2-135m-dlm)", False),
     "deer-fused": ("DEER in one model: each target forward verifies the block and drafts the next (no drafter pass)", False),
+    "head": ("a trained head on the target's hidden states drafts a tree (EAGLE-style; e.g. smollm2-135m-head)", False),
 }
 
 
@@ -147,6 +149,18 @@ def _deer_fused(models: Models, vocab: int, cfg: FusedDeerConfig) -> Proposer:
     return FusedDeer(models._self_drafters[key], vocab, cfg)
 
 
+def _head(models: Models, cfg: HeadConfig) -> Proposer:
+    from ..heads import head_for
+
+    t = models.target
+    if not hasattr(t, "forward_hidden"):
+        raise ParadecError("method head needs a target that returns hidden states (a transformers model)")
+    key = ("head", cfg.head, id(t))
+    if key not in models._self_drafters:
+        models._self_drafters[key] = head_for(t.model, cfg.head)
+    return HeadProposer(models._self_drafters[key], cfg)
+
+
 def make_proposer(method: str, models: Models, options: dict | None = None) -> Proposer:
     options = dict(options or {})
     if method not in METHODS:
@@ -168,5 +182,6 @@ def make_proposer(method: str, models: Models, options: dict | None = None) -> P
         "auto": lambda: _auto(models, vocab, _build(AutoConfig, options)),
         "deer": lambda: _deer(models, vocab, _build(DeerConfig, options)),
         "deer-fused": lambda: _deer_fused(models, vocab, _build(FusedDeerConfig, options)),
+        "head": lambda: _head(models, _build(HeadConfig, options)),
     }
     return builders[method]()
