@@ -226,11 +226,21 @@ def test_head_prompts_are_deterministic_and_not_benchmark_prompts():
 
 
 def test_cli_train_tiny(tmp_path, tiny_model_dir, capsys):
-    out = tmp_path / "head"
+    out, gen = tmp_path / "head", tmp_path / "gen"
+    code, o, e = run_cli(["head", "train", "--base", tiny_model_dir, "--out", str(gen), "--prompts", "6", "--max-new", "12",
+                          "--data-only", "--dtype", "float64"], capsys)
+    assert code == 0, o + e
+    assert (gen / "data.jsonl").is_file() and not (gen / "head.safetensors").exists()
     code, o, e = run_cli(["head", "train", "--base", tiny_model_dir, "--out", str(out), "--prompts", "6", "--max-new", "12",
                           "--keep", "30", "--intermediate", "16", "--steps", "3", "--batch", "16", "--max-len", "96",
                           "--holdout", "0.34", "--dtype", "float64"], capsys)
     assert code == 0, o + e
+    code, o, e = run_cli(["head", "train", "--base", tiny_model_dir, "--out", str(tmp_path / "both"), "--steps", "2",
+                          "--batch", "8", "--keep", "30", "--intermediate", "16", "--dtype", "float64",
+                          "--data", f"{gen / 'data.jsonl'},{out / 'data.jsonl'}"], capsys)
+    assert code == 0, o + e
+    both = json.loads((tmp_path / "both" / "config.json").read_text())["paradec_head"]["trained"]["data"]
+    assert both["continuations"] == 12 and both["files"] == ["data.jsonl", "data.jsonl"]
     cfg = json.loads((out / "config.json").read_text())["paradec_head"]
     q = cfg["trained"]["quality"]
     assert "paradec head train" in cfg["trained"]["command"] and 0 < q["train_coverage"] <= 1
@@ -243,3 +253,12 @@ def test_cli_train_tiny(tmp_path, tiny_model_dir, capsys):
     code, o, e = run_cli(["head", "train", "--base", tiny_model_dir, "--out", str(tmp_path / "x"),
                           "--data", str(tmp_path / "none.jsonl")], capsys)
     assert code == 2 and "no file" in e
+
+
+def test_training_stops_at_its_time_budget(target):
+    rows = own_continuations(target.model, n=4, length=16)
+    data = features(target.model, rows, dtype=torch.float64)
+    head = new_head(target.model, keep_vocab(rows, VOCAB), intermediate=16)
+    logs: list[str] = []
+    hist = train(head, data, TrainConfig(steps=10**6, batch=8, minutes=0.01), log=logs.append)
+    assert any("time budget" in s for s in logs) and hist[-1]["step"] < 10**6 - 1

@@ -25,7 +25,8 @@ def train_cmd(
     max_new: int = typer.Option(128, "--max-new", help="Tokens per continuation."),
     samples: int = typer.Option(0, "--samples", help="Sampled continuations per prompt (besides the greedy one)."),
     gen_batch: int = typer.Option(32, "--gen-batch"),
-    data: Optional[str] = typer.Option(None, "--data", help="Reuse continuations written by an earlier run (data.jsonl)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Reuse continuations written by earlier runs (data.jsonl; several: comma-separated)."),
+    data_only: bool = typer.Option(False, "--data-only", help="Stop after writing the continuations (OUT/data.jsonl)."),
     data_minutes: float = typer.Option(0.0, "--data-minutes", help="Stop generating after this long (0 = no limit)."),
     keep: int = typer.Option(4096, "--keep", help="Tokens the head can draft (the target's most generated)."),
     intermediate: int = typer.Option(1152, "--intermediate", help="Width of the head's SwiGLU block."),
@@ -49,7 +50,7 @@ def train_cmd(
 
     from ..diffusion.convert_data import generate_data, read_data
     from ..models.loader import load_hf
-    from .data import features, head_prompts, keep_vocab
+    from .data import head_prompts, keep_vocab
     from .model import new_head
     from .train import TrainConfig, coverage, evaluate, train
 
@@ -70,16 +71,20 @@ def train_cmd(
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     loaded = load_hf(base, dtype=dtype, device=device)
-    data_path = Path(data) if data else d / "data.jsonl"
+    paths = [Path(p.strip()) for p in data.split(",") if p.strip()] if data else [d / "data.jsonl"]
     t0 = time.time()
     if data is None:
         chosen = head_prompts(prompts, seed)
         log(f"generating continuations of {len(chosen)} prompts with {base}")
-        generate_data(loaded.model, loaded.tokenizer, data_path, chosen, max_new=max_new, samples=samples,
+        generate_data(loaded.model, loaded.tokenizer, paths[0], chosen, max_new=max_new, samples=samples,
                       batch=gen_batch, seed=seed, log=log, minutes=data_minutes)
-    elif not data_path.is_file():
-        raise ParadecError(f"--data: no file '{data}'")
-    rows = [r for r in read_data(data_path) if len(r["response_ids"]) >= 2]
+        if data_only:
+            log(f"saved {paths[0]}")
+            return
+    for p in paths:
+        if not p.is_file():
+            raise ParadecError(f"--data: no file '{p}'")
+    rows = [r for p in paths for r in read_data(p) if len(r["response_ids"]) >= 2]
     if len(rows) < 2:
         raise ParadecError("not enough training data (need at least two continuations of two tokens or more)")
     t_data = time.time() - t0
@@ -89,8 +94,7 @@ def train_cmd(
     vocab_ids = keep_vocab(train_rows, keep)
     log(f"{len(train_rows)} continuations to train on, {len(test_rows)} held out; {len(vocab_ids)} tokens kept")
     t1 = time.time()
-    train_f = features(loaded.model, train_rows, max_len=max_len, log=log)
-    test_f = features(loaded.model, test_rows, max_len=max_len) if test_rows else None
+    train_f, test_f = _cached_features(loaded.model, paths, train_rows, test_rows, max_len, holdout, log)
     t_feat = time.time() - t1
     head = new_head(loaded.model, vocab_ids, intermediate, base=base)
     head.train()
@@ -105,9 +109,10 @@ def train_cmd(
                f" --keep {keep} --intermediate {intermediate} --steps {steps} --batch {batch} --lr {lr} --unroll {unroll}"
                f" --reg {reg} --max-len {max_len} --holdout {holdout} --dtype {dtype}"
                + (f" --minutes {minutes}" if minutes else "") + (" --bf16" if bf16 else "")
-               + (f" --data-minutes {data_minutes}" if data_minutes else ""))
+               + (f" --data-minutes {data_minutes}" if data_minutes else "") + (f" --data {data}" if data else ""))
     trained = {"command": command, "config": asdict(cfg), "quality": quality,
-               "data": {"continuations": len(rows), "train_tokens": len(train_f), "heldout": len(test_rows),
+               "data": {"files": [p.name for p in paths], "continuations": len(rows), "train_tokens": len(train_f),
+                        "heldout": len(test_rows),
                         "recipe": "greedy continuations of paradec.heads.data.head_prompts (Python's own docs, "
                                   "templates; no benchmark prompt)"},
                "seconds": {"data": round(t_data), "features": round(t_feat), "train": round(t_train)},
@@ -116,3 +121,29 @@ def train_cmd(
     head.save(d)
     log(json.dumps(quality))
     log(f"saved {d}")
+
+
+def _cached_features(model, paths: list[Path], train_rows, test_rows, max_len: int, holdout: float, log):
+    """The target's features for the training and held-out continuations, cached next to the
+    data (the pass over every continuation takes minutes on a CPU; reruns on the same data reuse it)."""
+    import torch
+
+    from .data import Features, features
+
+    key = {"data": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime] for p in paths], "max_len": max_len,
+           "holdout": holdout, "dtype": str(next(model.parameters()).dtype)}
+    cache = paths[0].with_name(f"features-{max_len}-{len(paths)}.pt")
+    if cache.is_file():
+        try:
+            saved = torch.load(cache, weights_only=True)
+            if saved.get("key") == key:
+                log(f"features: reusing {cache}")
+                test = Features(*saved["test"]) if saved["test"] else None
+                return Features(*saved["train"]), test
+        except Exception:  # noqa: BLE001 - a stale or broken cache is simply recomputed
+            pass
+    train_f = features(model, train_rows, max_len=max_len, log=log)
+    test_f = features(model, test_rows, max_len=max_len) if test_rows else None
+    pack = lambda f: None if f is None else [f.feats, f.tokens, f.left]  # noqa: E731
+    torch.save({"key": key, "train": pack(train_f), "test": pack(test_f)}, cache)
+    return train_f, test_f

@@ -87,11 +87,11 @@ def train(head: DraftHead, data: Features, cfg: TrainConfig, log=print, progress
     for step in range(cfg.steps):
         elapsed = time.time() - t0
         if cfg.minutes and step > 0:
-            # the schedule follows the time budget: estimate the steps it allows
-            total = min(cfg.steps, max(step + 1, int(step * 60 * cfg.minutes / max(elapsed, 1e-9))))
-            if step >= total:
+            if elapsed >= 60 * cfg.minutes:
                 log(f"train: time budget of {cfg.minutes} min reached after {step} steps")
                 break
+            # the schedule follows the time budget: the steps it allows at the speed so far
+            total = min(cfg.steps, max(step + 1, int(step * 60 * cfg.minutes / elapsed)))
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
         for group in opt.param_groups:
             group["lr"] = lr
