@@ -58,6 +58,7 @@ GREEDY = {
     "chain": HeadConfig(width=1, beam=1, depth=5, nodes=5),
     "wide": HeadConfig(width=6, beam=6, depth=3, nodes=30),
     "pruned": HeadConfig(min_prob=0.2),
+    "lookup": HeadConfig(lookup=8),
 }
 
 
@@ -113,6 +114,27 @@ def test_tree_is_most_probable_first(target, trained):
     assert len(small) <= 3 and small.depth <= 2
     # no feature yet (a request's first step): no draft
     assert len(HeadProposer(head).propose(ctx)) == 0
+
+
+def test_lookup_branch_joins_the_tree(trained):
+    from paradec.proposers.base import StepResult
+    from paradec.verify import Verdict
+
+    head = trained[0]
+    prop = HeadProposer(head, HeadConfig(lookup=6, nodes=5))
+    prompt = [1, 20, 21, 22, 23, 24, 25, 26, 9, 20, 21]
+    prop.begin(prompt, SamplingParams())
+    ctx = ProposeContext(prompt, len(prompt), 64, 64, SamplingParams())
+    assert prop.propose(ctx).first_path() == [22, 23, 24, 25, 26, 9]  # no feature yet: the lookup alone
+    prop._feature = torch.randn(head.spec.hidden, dtype=torch.float64)
+    tree = prop.propose(ctx)
+    assert tree.match_length([22, 23, 24, 25, 26, 9]) == 6 and len(tree) <= 5 + 6
+    head_only = HeadProposer(head, HeadConfig(nodes=5))
+    head_only._feature = prop._feature
+    assert all(tree.match_length(p) == len(p) for p in ([head_only.propose(ctx).tokens[i] for i in path]
+                                                          for path in head_only.propose(ctx).paths()))
+    prop.observe(StepResult(tree, Verdict((), (), 7, False), prompt + [7]))  # the lookup follows the text
+    assert prop._feature is None  # no forward ran through the proposer: nothing to draft from
 
 
 def test_verifying_forward_is_a_plain_forward(target, trained):

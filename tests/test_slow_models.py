@@ -64,7 +64,7 @@ def ar_reference(default_engine):
 
 
 # every lossless method on the real default model, float32, 20 prompts x 128 new tokens
-@pytest.mark.parametrize("method", ["pld", "suffix", "recycle", "aded", "lookahead", "qdraft"])
+@pytest.mark.parametrize("method", ["pld", "suffix", "recycle", "aded", "lookahead", "qdraft", "head"])
 def test_greedy_identical_to_ar_on_default_model(method, default_engine, ar_reference):
     accepted = []
     for p, ref in zip(PROMPTS, ar_reference):

@@ -103,6 +103,16 @@ class DraftTree:
         ch = self.children()
         return [self.path_to(i) for i in range(len(self.tokens)) if not ch[i + 1]]
 
+    def first_path(self, limit: int | None = None) -> list[int]:
+        """Tokens along first children from the root (the most probable path of a best-first
+        tree), at most ``limit`` of them."""
+        kids = self.children()
+        here, out = -1, []
+        while kids[here + 1] and (limit is None or len(out) < limit):
+            here = kids[here + 1][0]
+            out.append(self.tokens[here])
+        return out
+
     def match_length(self, seq: Sequence[int]) -> int:
         """How many leading tokens of ``seq`` a root-to-node path of this tree spells."""
         ch = self.children()

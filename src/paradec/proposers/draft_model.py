@@ -152,14 +152,7 @@ class DraftModelProposer:
 
     def _lookup_chain(self, ctx: ProposeContext) -> list[int]:
         """The most probable path of the suffix-lookup tree (at least 2 tokens, else none)."""
-        tree = self.lookup.propose(ctx)
-        limit = min(self.config.lookup, ctx.max_depth, ctx.max_nodes)
-        chain: list[int] = []
-        kids = tree.children()
-        here = -1
-        while kids[here + 1] and len(chain) < limit:
-            here = kids[here + 1][0]  # best-first order: the first child is the most probable
-            chain.append(tree.tokens[here])
+        chain = self.lookup.propose(ctx).first_path(min(self.config.lookup, ctx.max_depth, ctx.max_nodes))
         return chain if len(chain) >= 2 else []
 
     def observe(self, result: StepResult) -> None:

@@ -28,6 +28,7 @@ from ..errors import ParadecError
 from ..sampling import SamplingParams
 from ..tree import DraftTree
 from .base import ProposeContext, StepResult
+from .suffix import SuffixDrafter
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,15 @@ class HeadConfig:
     beam: int = 4  # candidates expanded per depth (highest path probability)
     nodes: int = 12  # draft tree size (highest path probability among all candidates)
     min_prob: float = 0.0  # drop candidates whose path probability is below this
+    lookup: int = 8  # add the suffix lookup's most probable path (up to this many tokens) as a branch; 0 = off
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.width < 1 or self.beam < 1 or self.nodes < 1:
             raise ValueError("head depth, width, beam and nodes must be >= 1")
         if not 0.0 <= self.min_prob < 1.0:
             raise ValueError("head min_prob must be in [0, 1)")
+        if self.lookup < 0:
+            raise ValueError("head lookup must be >= 0")
 
 
 class HeadProposer:
@@ -55,9 +59,12 @@ class HeadProposer:
         self._ids = head.vocab_ids.tolist()  # kept position -> token id
         self._feature: torch.Tensor | None = None  # [H] the last accepted input's hidden state
         self._hidden: torch.Tensor | None = None  # [n+1, H] the last forward's hidden states
+        self.lookup = SuffixDrafter() if self.config.lookup else None
 
     def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
         self._feature = self._hidden = None
+        if self.lookup is not None:
+            self.lookup.begin(prompt, sampling)
 
     def fused_forward(self, target, step) -> torch.Tensor:
         """The verifying forward, keeping the hidden states: logits [n+1, V]."""
@@ -68,13 +75,27 @@ class HeadProposer:
         return logits[0]
 
     def observe(self, result: StepResult) -> None:
+        if self.lookup is not None:
+            self.lookup.observe(result)
         acc = result.verdict.accepted  # accepted draft nodes, root excluded
         last = 1 + acc[-1] if acc else 0  # the input whose logits chose the bonus token
         self._feature = None if self._hidden is None else self._hidden[last]
         self._hidden = None
 
-    @torch.inference_mode()
     def propose(self, ctx: ProposeContext) -> DraftTree:
+        tree = self._head_tree(ctx)
+        if self.lookup is None:
+            return tree
+        # text that repeats (RAG, summaries, code edits) is the lookup's strength: its best path
+        # joins the head's tree as one more branch, sharing the nodes where they agree
+        chain = self.lookup.propose(ctx).first_path(min(self.config.lookup, ctx.max_depth))
+        if len(chain) < 2:
+            return tree
+        paths = [[tree.tokens[i] for i in path] for path in tree.paths()]
+        return DraftTree.from_sequences(paths + [chain], max_nodes=min(ctx.max_nodes, len(tree) + len(chain)))
+
+    @torch.inference_mode()
+    def _head_tree(self, ctx: ProposeContext) -> DraftTree:
         c = self.config
         depth, budget = min(c.depth, ctx.max_depth), min(c.nodes, ctx.max_nodes)
         if self._feature is None or depth < 1 or budget < 1:
@@ -105,9 +126,11 @@ class HeadProposer:
                     level.append(d)
             if d == depth:
                 break
-            # expand the most probable of this depth's candidates next
+            # expand the most probable of this depth's candidates next; a candidate no more
+            # probable than the budget-th best so far cannot have a child in the draft
+            cut = sorted(score, reverse=True)[budget - 1] if len(score) >= budget else -float("inf")
             order = torch.tensor(flat).topk(min(c.beam, len(flat))).indices.tolist()
-            order = [i for i in order if flat[i] >= floor]
+            order = [i for i in order if flat[i] >= floor and flat[i] > cut]
             if not order:
                 break
             rows = torch.tensor([i // w for i in order])
