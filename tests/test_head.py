@@ -284,3 +284,40 @@ def test_training_stops_at_its_time_budget(target):
     logs: list[str] = []
     hist = train(head, data, TrainConfig(steps=10**6, batch=8, minutes=0.01), log=logs.append)
     assert any("time budget" in s for s in logs) and hist[-1]["step"] < 10**6 - 1
+
+
+def test_auto_with_the_head_identical_to_ar_and_head_never_behind(target, trained, reference):
+    from paradec.proposers.auto import AutoConfig, AutoDrafter
+
+    made = []
+
+    def make():
+        made.append(AutoDrafter(HeadProposer(trained[0], HeadConfig(lookup=0)), AutoConfig(model="head", explore_every=4)))
+        return made[-1]
+
+    assert assert_identical_to_ar(target, reference, make, "auto model=head") > 0
+    assert sum(a.choices["model"] for a in made) > 0 and sum(a.choices["lookup"] + a.choices["none"] for a in made) > 0
+    # the head reads every forward, whoever drafted: its feature is always the latest one
+    auto = make()
+    dec = Decoder(target, auto, PROMPTS[0], DecodeConfig(max_new_tokens=20))
+    while (step := dec.prepare()) is not None:
+        assert step.fused
+        dec.commit(dec.forward(step))
+        assert auto.model._feature is not None
+    assert auto.catch_up_time(10**6) == 0.0 or auto.catchup.value is None
+    models = Models(target)
+    with pytest.raises(ParadecError, match="no trained head"):
+        make_proposer("auto", models, {"model": "head"})
+
+
+def test_auto_with_the_head_sampling_is_lossless(s_target):
+    from paradec.proposers.auto import AutoConfig, AutoDrafter
+
+    torch.manual_seed(1)
+    head = new_head(s_target.model, torch.arange(SV), intermediate=16).eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(3.0)
+    make = lambda: AutoDrafter(HeadProposer(head, HeadConfig(depth=2, width=2, beam=2, nodes=4, lookup=0)),  # noqa: E731
+                               AutoConfig(model="head", explore_every=1))
+    assert_sampling_lossless(s_target, make, SamplingParams(temperature=1.0))

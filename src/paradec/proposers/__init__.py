@@ -126,6 +126,8 @@ def _auto(models: Models, vocab: int, cfg: AutoConfig) -> Proposer:
         model = DraftModelProposer(models.draft, vocab, DraftModelConfig())
     elif which == "qdraft":
         model = _qdraft(models, vocab, QDraftConfig())
+    elif which == "head":
+        model = _head(models, HeadConfig(lookup=0))  # auto has its own lookup
     return AutoDrafter(model, cfg, models.memory(("auto", which, cfg), lambda: AutoMemory(cfg.ema)))
 
 

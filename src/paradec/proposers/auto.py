@@ -3,8 +3,9 @@
 Candidates
 - ``lookup``: the suffix-automaton draft (``suffix``), almost free to build, good when the text
   repeats (edits, code, summaries, RAG);
-- ``model``: a model drafter when one pays on this machine: a given draft model (``draft``), or
-  the target's own GGUF run by llama.cpp (``qdraft``); costly per token, good on fresh text;
+- ``model``: a model drafter when one pays on this machine: a given draft model (``draft``),
+  the target's own GGUF run by llama.cpp (``qdraft``), or a trained head (``head``, which reads
+  every verifying forward's hidden states and so never has to catch up); good on fresh text;
 - ``none``: plain decoding.
 
 Cost model, learned online from the request itself (nothing is hard-coded per machine):
@@ -69,12 +70,12 @@ from ..tree import DraftTree
 from .base import ProposeContext, Proposer, StepResult
 from .suffix import SuffixConfig, SuffixDrafter
 
-MODEL_CHOICES = ("auto", "none", "qdraft", "draft")
+MODEL_CHOICES = ("auto", "none", "qdraft", "draft", "head")
 
 
 @dataclass(frozen=True)
 class AutoConfig:
-    model: str = "auto"  # model drafter: auto (draft model if given, else qdraft via llama.cpp), none, qdraft, draft
+    model: str = "auto"  # model drafter: auto (draft model if given, else qdraft via llama.cpp), none, qdraft, draft, head
     ema: float = 0.25  # weight of the newest observation in every moving average
     explore_every: int = 24  # run the model drafter at least once per this many steps
     prior_accept: float = 2.0  # model drafter's expected accepted tokens before it has run
@@ -158,6 +159,11 @@ class AutoDrafter:
             SuffixConfig(max_tokens=c.max_tokens, max_nodes=c.max_nodes, match_alpha=2.0 * c.max_nodes, depth_alpha=4.0)
         )
         self.model = model
+        # a drafter that reads the target's verifying forward (a trained head) sees every
+        # forward, whoever drafted: it never falls behind, so it has nothing to catch up on
+        self._rides_forward = model is not None and hasattr(model, "fused_forward")
+        if self._rides_forward:
+            self.fused_forward = model.fused_forward
         self.memory = m = memory if memory is not None else AutoMemory(c.ema)
         # the learned cost model, shared with every auto given the same memory
         self.fwd, self.lookup_cost, self.model_cost, self.catchup = m.fwd, m.lookup_cost, m.model_cost, m.catchup
@@ -286,7 +292,8 @@ class AutoDrafter:
             size, r = self.best_lookup_size(tree, self._bucket, self.lookup_cost.get(0.0))
             if r > best_rate:
                 best, best_rate = "lookup", r
-        pending = len(ctx.tokens) - self._model_seen  # tokens the model drafter must read first
+        # tokens the model drafter must read first
+        pending = 0 if self._rides_forward else len(ctx.tokens) - self._model_seen
         if self.model is not None:
             catch_s = self.catch_up_time(pending)
             if self._since_model >= c.explore_every and catch_s <= c.explore_share * (t0 - self._t_model):
@@ -325,6 +332,8 @@ class AutoDrafter:
             # step's timing and choice are not ours to learn from.
             self._choice = "none"
             self.lookup.observe(result)
+            if self._rides_forward:
+                self.model.observe(result)
             return
         elapsed = time.perf_counter() - self._t_proposed
         self._t_proposed = 0.0
@@ -344,5 +353,6 @@ class AutoDrafter:
             # it has read everything but the new root (the accepted draft tokens included)
             self._model_seen = len(result.tokens) - 1
             self.model_accept.add(len(result.verdict.accepted))
+        if self._choice == "model" or self._rides_forward:
             self.model.observe(result)
         self.lookup.observe(result)
