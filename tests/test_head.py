@@ -84,7 +84,7 @@ def test_trimmed_vocabulary_only_drafts_kept_tokens(target, reference):
     kept = set(head.vocab_ids.tolist())
     assert len(kept) == 12 and 0 < coverage(head.vocab_ids, data) < 1
     for p in PROMPTS[:3]:
-        prop = HeadProposer(head, HeadConfig())
+        prop = HeadProposer(head, HeadConfig(lookup=0))  # the lookup branch may add any token
         dec = Decoder(target, prop, p, DecodeConfig(max_new_tokens=30))
         while (step := dec.prepare()) is not None:
             assert set(dec._draft.tokens) <= kept
@@ -125,10 +125,12 @@ def test_lookup_branch_joins_the_tree(trained):
     prompt = [1, 20, 21, 22, 23, 24, 25, 26, 9, 20, 21]
     prop.begin(prompt, SamplingParams())
     ctx = ProposeContext(prompt, len(prompt), 64, 64, SamplingParams())
-    assert prop.propose(ctx).first_path() == [22, 23, 24, 25, 26, 9]  # no feature yet: the lookup alone
+    chain = prop.lookup.propose(ctx).first_path(6)
+    assert chain[:3] == [22, 23, 24]  # what followed "20 21" before
+    assert prop.propose(ctx).first_path() == chain  # no feature yet: the lookup alone
     prop._feature = torch.randn(head.spec.hidden, dtype=torch.float64)
     tree = prop.propose(ctx)
-    assert tree.match_length([22, 23, 24, 25, 26, 9]) == 6 and len(tree) <= 5 + 6
+    assert tree.match_length(chain) == len(chain) and len(tree) <= 5 + len(chain)
     head_only = HeadProposer(head, HeadConfig(nodes=5))
     head_only._feature = prop._feature
     assert all(tree.match_length(p) == len(p) for p in ([head_only.propose(ctx).tokens[i] for i in path]
