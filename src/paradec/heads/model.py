@@ -104,8 +104,8 @@ class DraftHead(nn.Module):
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().float().contiguous() for k, v in self.state_dict().items() if k != "vocab_ids"}
-        state = {k: v.to(torch.bfloat16) for k, v in state.items()}  # half the bytes; drafting only
+        # bfloat16: half the bytes, and drafting needs no more
+        state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in self.state_dict().items() if k != "vocab_ids"}
         state["vocab_ids"] = self.vocab_ids.to(torch.int32).contiguous()
         save_file(state, str(d / WEIGHTS))
         (d / "config.json").write_text(json.dumps({"paradec_head": asdict(self.spec)}, indent=1) + "\n")

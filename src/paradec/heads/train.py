@@ -69,7 +69,7 @@ def _losses(head: DraftHead, data: Features, rows: torch.Tensor, unroll: int, re
         n = valid.sum().clamp(min=1)
         loss = ((ce + reg * l1) * valid).sum() / n
         agree = ((s_logits.argmax(-1) == t_prob.argmax(-1)) & valid).sum() / n
-        out.append((loss, agree, valid))
+        out.append((loss, agree))
     return out
 
 

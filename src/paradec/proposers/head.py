@@ -20,11 +20,11 @@ forward leaves it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ..errors import ParadecError
 from ..sampling import SamplingParams
 from ..tree import DraftTree
 from .base import ProposeContext, StepResult
@@ -68,8 +68,6 @@ class HeadProposer:
 
     def fused_forward(self, target, step) -> torch.Tensor:
         """The verifying forward, keeping the hidden states: logits [n+1, V]."""
-        if not hasattr(target, "forward_hidden"):
-            raise ParadecError("method head needs a target that returns hidden states (a transformers model)")
         logits, hidden = target.forward_hidden(step.ids, step.positions, step.cache, step.mask)
         self._hidden = hidden[0]  # [n+1, H]
         return logits[0]
@@ -101,7 +99,7 @@ class HeadProposer:
         if self._feature is None or depth < 1 or budget < 1:
             return DraftTree()
         head = self.head
-        floor = float(torch.tensor(c.min_prob).log()) if c.min_prob > 0 else -float("inf")
+        floor = math.log(c.min_prob) if c.min_prob > 0 else -math.inf
         feats = self._feature[None]  # [m, H]: what each frontier candidate steps from
         toks = torch.tensor([ctx.tokens[-1]])  # [m]: the token after each (the root first)
         base = torch.zeros(1)  # [m] path log-probability of each frontier candidate
@@ -138,19 +136,11 @@ class HeadProposer:
             toks = torch.tensor([token[first + i] for i in order])
             base = torch.tensor([flat[i] for i in order])
             front = [first + i for i in order]
-        # the draft: the most probable candidates (parents before children on ties)
+        # the draft: the most probable candidates. A parent is at least as probable as its child
+        # and sorts first on ties (lower depth), so every kept node's parent is kept too.
         best = sorted(range(len(score)), key=lambda i: (-score[i], level[i], i))
         keep = [i for i in best[:budget] if score[i] >= floor]
-        kept = set(keep)
-        keep = [i for i in keep if all(a in kept for a in _ancestors(parent, i))]
         keep.sort(key=lambda i: (level[i], -score[i], i))  # topological: by depth
         index = {old: new for new, old in enumerate(keep)}
         return DraftTree(tuple(token[i] for i in keep), tuple(-1 if parent[i] < 0 else index[parent[i]] for i in keep))
 
-
-def _ancestors(parent: list[int], i: int) -> list[int]:
-    out, p = [], parent[i]
-    while p >= 0:
-        out.append(p)
-        p = parent[p]
-    return out
