@@ -200,15 +200,15 @@ def plot(rows: list[dict], path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    labels = [c[0] for c in CONFIGS]  # one style per policy, the same in both panels
     for ax, (suite, key, ylabel) in zip(axes, [("mt_bench", "ar_perplexity", "AR perplexity of the output (lower is better)"),
                                                ("humaneval", "pass@1", "HumanEval pass@1")]):
         rs = [r for r in rows if r["suite"] == suite and key in r]
-        labels = [c[0] for c in CONFIGS]
         for r in rs:
             if r["method"] == "ar":
                 ax.axhline(r[key], color="gray", linestyle=":", label="AR greedy (1 token/forward)")
                 continue
-            k = labels.index(r["label"]) + 1 if r["label"] in labels else 0  # one style per policy, in both panels
+            k = labels.index(r["label"]) + 1 if r["label"] in labels else 0
             ax.scatter(r["tokens_per_forward"], r[key], color=f"C{k % 10}", marker="os^vD<>ph"[k % 9], label=r["label"])
         ax.set_xlabel("tokens per forward")
         ax.set_ylabel(ylabel)
