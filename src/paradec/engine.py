@@ -115,7 +115,7 @@ class Engine:
         self.name = target.source.name
         self.hf_model = target.model
         self.tokenizer = target.tokenizer
-        self.target = HFCausalLM(target.model)
+        self.target = HFCausalLM(target.model, fast=True)
         self.draft = None
         if draft is not None:
             if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
@@ -123,7 +123,7 @@ class Engine:
                     f"draft model '{draft.source.name}' has a different tokenizer than '{self.name}'; "
                     "a draft model must share the target's tokenizer"
                 )
-            self.draft = HFCausalLM(draft.model)
+            self.draft = HFCausalLM(draft.model, fast=True)
             self.draft_name = draft.source.name
         gguf = target.source.path if target.source.kind == "gguf" else None
         self.models = Models(self.target, self.draft, gguf_path=gguf)

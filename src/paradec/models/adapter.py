@@ -7,6 +7,7 @@ kernel path, llama.cpp, a remote server) can stand in for Hugging Face transform
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Protocol
 
 import torch
@@ -46,7 +47,11 @@ def cache_kwarg(module) -> str:
 class HFCausalLM:
     """Any Hugging Face ``*ForCausalLM`` that accepts 4D attention masks and position ids."""
 
-    def __init__(self, model, max_context: int | None = None) -> None:
+    def __init__(self, model, max_context: int | None = None, fast: bool = False) -> None:
+        """``fast``: run forwards on the lean path (``lean.py``) where the architecture allows,
+        with prepacked bfloat16 weights where the CPU has native bf16 (``packed.py``); else
+        transformers' own forward. ``model`` itself is never changed. ``PARADEC_FAST=0`` in the
+        environment turns the fast path off (to measure it)."""
         self.model = model.eval()
         cfg = model.config
         text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
@@ -62,6 +67,16 @@ class HFCausalLM:
         window = getattr(text_cfg, "sliding_window", None)
         self._sliding_window = int(window) if window and "sliding_attention" in layer_types else None
         self.cache_kw = cache_kwarg(self.model)  # the outer model and its body take the same name
+        self.lean = None
+        self.path = "transformers"
+        if fast and os.environ.get("PARADEC_FAST", "1") != "0":
+            from .lean import LeanDecoder, lean_unsupported
+            from .packed import can_pack
+
+            pack = can_pack(self.device, self.dtype)
+            if lean_unsupported(model) is None:
+                self.lean = LeanDecoder(model, pack=pack)
+                self.path = "lean, packed bf16" if pack else "lean"
 
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.num_layers, capacity)
@@ -87,16 +102,16 @@ class HFCausalLM:
 
     @torch.inference_mode()
     def forward(self, ids, positions, cache, attn_mask) -> torch.Tensor:
-        return self._run(ids, positions, cache, attn_mask).logits
+        return self._run(ids, positions, cache, attn_mask)[0]
 
     @torch.inference_mode()
     def forward_hidden(self, ids, positions, cache, attn_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward``, plus the last hidden states [B, q, H] (the LM head's input, after the final
         norm): what a trained draft head drafts from. The logits are the very ones ``forward`` gives."""
-        out = self._run(ids, positions, cache, attn_mask, hidden=True)
-        return out.logits, out.hidden_states[-1]
+        return self._run(ids, positions, cache, attn_mask, hidden=True)
 
     def _run(self, ids, positions, cache, attn_mask, hidden: bool = False):
+        # -> (logits [B, q, V], last hidden states [B, q, H] or None)
         cache_len = cache.seq_len
         positions = positions.to(self.device)
         if ids.shape[:2] == (1, 1) and self._sliding_window is None and bool(attn_mask.all()):
@@ -105,7 +120,10 @@ class HFCausalLM:
             mask = None
         else:
             mask = self._hf_mask(attn_mask.to(self.device), positions, cache_len)
-        return self.model(
+        if self.lean is not None:
+            h = self.lean.body(ids.to(self.device), positions, cache, mask)
+            return self.lean.logits(h), h
+        out = self.model(
             input_ids=ids.to(self.device),
             position_ids=positions,
             attention_mask=mask,
@@ -113,6 +131,7 @@ class HFCausalLM:
             use_cache=True,
             **({"output_hidden_states": True} if hidden else {}),
         )
+        return out.logits, (out.hidden_states[-1] if hidden else None)
 
     @torch.inference_mode()
     def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
@@ -153,6 +172,9 @@ class HFCausalLM:
             q, past = piece.shape[1], cache.seq_len
             pos = torch.arange(past, past + q, device=self.device).expand(b, -1)
             mask = torch.ones(q, past + q, dtype=torch.bool, device=self.device).tril_(past)
+            if self.lean is not None:  # the cache is what counts: no final logits
+                self.lean.body(piece, pos, cache, self._hf_mask(mask.expand(b, -1, -1), pos, past))
+                continue
             self.model(
                 input_ids=piece,
                 position_ids=pos,
