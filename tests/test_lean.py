@@ -132,3 +132,18 @@ def test_unsupported_models_keep_the_transformers_path():
 def test_fast_path_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("PARADEC_FAST", "0")
     assert HFCausalLM(tiny_llama(0, vocab=VOCAB), fast=True).path == "transformers"
+
+
+@pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.bfloat16), reason="this CPU has no native bf16 in oneDNN")
+def test_packed_draft_head_drafts_the_same():
+    from paradec.heads import new_head
+
+    model = tiny_llama(0, vocab=VOCAB).to(torch.bfloat16)
+    plain = new_head(model, torch.arange(40), intermediate=48).eval()
+    packed = new_head(model, torch.arange(40), intermediate=48).eval()
+    packed.load_state_dict(plain.state_dict())
+    packed.pack()
+    assert isinstance(packed.fc, PackedLinear) and packed._lm_packed is not None
+    f, toks = torch.randn(3, 32, dtype=torch.bfloat16), torch.tensor([4, 9, 30])
+    with torch.inference_mode():
+        torch.testing.assert_close(packed.logits(packed.step(f, toks)), plain.logits(plain.step(f, toks)), rtol=0.02, atol=0.02)

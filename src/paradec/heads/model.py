@@ -81,6 +81,7 @@ class DraftHead(nn.Module):
         self.register_buffer("embed", embed.detach(), persistent=False)  # [V, H]
         self.register_buffer("vocab_ids", vocab_ids.long(), persistent=True)  # [K]
         self.register_buffer("lm_trim", lm_head.detach()[vocab_ids.long()].contiguous(), persistent=False)  # [K, H]
+        self._lm_packed: nn.Module | None = None  # see pack()
 
     @property
     def kept(self) -> int:
@@ -96,7 +97,20 @@ class DraftHead(nn.Module):
 
     def logits(self, f: torch.Tensor) -> torch.Tensor:
         """[..., H] -> [..., K] logits over ``vocab_ids``."""
+        if self._lm_packed is not None:
+            return self._lm_packed(f)
         return f @ self.lm_trim.T
+
+    def pack(self) -> "DraftHead":
+        """For drafting only: prepack the products for oneDNN where that pays (bfloat16 on a CPU
+        with native bf16, see ``models.packed``); else leave the head as it is."""
+        from ..models.packed import PackedLinear, can_pack
+
+        if can_pack(self.lm_trim.device, self.lm_trim.dtype):
+            for name in ("fc", "gate", "up", "down"):
+                setattr(self, name, PackedLinear.of(getattr(self, name)))
+            self._lm_packed = PackedLinear(self.lm_trim, None)
+        return self
 
     # ---- files ---------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:

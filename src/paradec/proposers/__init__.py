@@ -159,7 +159,7 @@ def _head(models: Models, cfg: HeadConfig) -> Proposer:
         raise ParadecError("method head needs a target that returns hidden states (a transformers model)")
     key = ("head", cfg.head, id(t))
     if key not in models._self_drafters:
-        models._self_drafters[key] = head_for(t.model, cfg.head)
+        models._self_drafters[key] = head_for(t.model, cfg.head).pack()
     return HeadProposer(models._self_drafters[key], cfg)
 
 
