@@ -386,3 +386,28 @@ def test_a_step_without_a_proposal_teaches_nothing(target, reference):
     assert model.calls == 1
     assert set(auto.fwd) == {_size_bucket(7)}
     assert auto.model_accept.value == 6
+
+
+def test_auto_picks_its_model_drafter_by_dtype_and_what_is_shipped(monkeypatch):
+    """Without a draft model: the shipped head where verification is nearly free (bf16/fp16,
+    GPUs), else the target's GGUF through llama.cpp, else none; a missing head is looked up once."""
+    import torch
+
+    import paradec.proposers as P
+
+    f32 = Models(HFCausalLM(tiny_llama(0, vocab=VOCAB).float()), gguf_path="model.gguf")
+    bf16 = Models(HFCausalLM(tiny_llama(0, vocab=VOCAB).to(torch.bfloat16)), gguf_path="model.gguf")
+    calls = []
+
+    def no_head(models, name):
+        calls.append(name)
+        raise P.ParadecError("no trained head for this model")
+
+    monkeypatch.setattr(P, "_shipped_head", no_head)
+    assert P._auto_model(f32, True) == "qdraft" and calls == []  # float32: never the head
+    assert P._auto_model(bf16, True) == "qdraft" and calls == ["auto"]
+    assert P._auto_model(bf16, False) == "none" and calls == ["auto"]  # the miss is remembered
+    monkeypatch.setattr(P, "_shipped_head", lambda models, name: object())
+    fresh = Models(bf16.target, gguf_path="model.gguf")
+    assert P._auto_model(fresh, True) == "head"
+    assert P._auto_model(Models(f32.target, draft=f32.target), True) == "draft"

@@ -288,13 +288,14 @@ def test_training_stops_at_its_time_budget(target):
     assert any("time budget" in s for s in logs) and hist[-1]["step"] < 10**6 - 1
 
 
-def test_auto_with_the_head_identical_to_ar_and_head_never_behind(target, trained, reference):
+@pytest.mark.parametrize("lookup", [0, 8])  # auto's default takes the head with its lookup branch
+def test_auto_with_the_head_identical_to_ar_and_head_never_behind(lookup, target, trained, reference):
     from paradec.proposers.auto import AutoConfig, AutoDrafter
 
     made = []
 
     def make():
-        made.append(AutoDrafter(HeadProposer(trained[0], HeadConfig(lookup=0)), AutoConfig(model="head", explore_every=4)))
+        made.append(AutoDrafter(HeadProposer(trained[0], HeadConfig(lookup=lookup)), AutoConfig(model="head", explore_every=4)))
         return made[-1]
 
     assert assert_identical_to_ar(target, reference, make, "auto model=head") > 0

@@ -81,6 +81,7 @@ class LeanDecoder:
         self.lm_head = PackedLinear.of(head) if pack else head
         cfg = model.config
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.eps = float(body.layers[0].input_layernorm.variance_epsilon)
         self.splits = [
             cfg.num_attention_heads * self.head_dim,
             cfg.num_key_value_heads * self.head_dim,
@@ -106,6 +107,8 @@ class LeanDecoder:
         b, q, _ = h.shape
         cos, sin = self.rotary(h, position_ids=positions)  # [B, q, D] each
         cos, sin = cos[:, None], sin[:, None]  # [B, 1, q, D]
+        if self.packed:
+            return self._packed_body(h, cos, sin, cache, mask)
         half = self.head_dim // 2
         for i, L in enumerate(self.layers):
             x = L.ln1(h)
@@ -127,6 +130,28 @@ class LeanDecoder:
                 g, u = L.gate_up(x).chunk(2, dim=-1)
             else:
                 g, u = L.gate(x), L.up(x)
+            h = h + L.down(nn.functional.silu(g) * u)
+        return self.norm(h)
+
+    def _packed_body(self, h, cos, sin, cache: KVCache, mask) -> torch.Tensor:
+        """``body`` with fused products and fewer, larger operations: one rotary for q and k
+        together, fused RMSNorm, torch's SDPA with grouped heads. Same math; bf16 rounding may
+        differ from transformers' in the last place."""
+        b, q, _ = h.shape
+        d, half, (nq, nk, _) = self.head_dim, self.head_dim // 2, self.splits
+        hq, eps, width = nq // d, self.eps, (h.shape[-1],)
+        rms, sdpa = nn.functional.rms_norm, nn.functional.scaled_dot_product_attention
+        for i, L in enumerate(self.layers):
+            x = rms(h.float(), width, eps=eps).to(h.dtype) * L.ln1.weight  # [B, q, H]
+            qkv = L.qkv(x)  # [B, q, (Hq + 2 Hkv) D]
+            qk = qkv[..., : nq + nk].view(b, q, -1, d).transpose(1, 2)  # [B, Hq + Hkv, q, D]
+            qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
+            vs = qkv[..., nq + nk :].view(b, q, -1, d).transpose(1, 2)  # [B, Hkv, q, D]
+            ks, vs = cache.layers[i].update(qk[:, hq:], vs)  # [B, Hkv, kv, D]
+            attn = sdpa(qk[:, :hq], ks, vs, attn_mask=mask, scale=L.attn.scaling, enable_gqa=True)  # [B, Hq, q, D]
+            h = h + L.o(attn.transpose(1, 2).reshape(b, q, -1))
+            x = rms(h.float(), width, eps=eps).to(h.dtype) * L.ln2.weight
+            g, u = L.gate_up(x).chunk(2, dim=-1)
             h = h + L.down(nn.functional.silu(g) * u)
         return self.norm(h)
 

@@ -113,13 +113,35 @@ def _qdraft(models: Models, vocab: int, cfg: QDraftConfig) -> Proposer:
     return QuantizedSelfDraft(models.self_drafter(cfg.backend), vocab, cfg)
 
 
+def _auto_model(models: Models, have_llama_cpp: bool) -> str:
+    """``auto``'s model drafter when none is named: a draft model if given; else, where a
+    verifying forward over a dozen tokens costs little more than one (bfloat16/float16 targets,
+    GPUs), the trained head shipped for this target, if there is one; else the target's GGUF
+    through llama.cpp; else none."""
+    import torch
+
+    if models.draft is not None:
+        return "draft"
+    t = models.target
+    flat = t.dtype in (torch.bfloat16, torch.float16) or t.device.type == "cuda"
+    if flat and hasattr(t, "forward_hidden"):
+        missing = ("no head", id(t))
+        if missing not in models._self_drafters:
+            try:
+                _shipped_head(models, "auto")
+                return "head"
+            except ParadecError:
+                models._self_drafters[missing] = True
+    return "qdraft" if models.gguf_path and have_llama_cpp else "none"
+
+
 def _auto(models: Models, vocab: int, cfg: AutoConfig) -> Proposer:
     from ..models.drafter import llama_cpp_available
 
     model = None
     which = cfg.model
     if which == "auto":
-        which = "draft" if models.draft is not None else ("qdraft" if models.gguf_path and llama_cpp_available() else "none")
+        which = _auto_model(models, llama_cpp_available())
     if which == "draft":
         if models.draft is None:
             raise ParadecError("auto model=draft needs a draft model (--draft-model)")
@@ -127,7 +149,8 @@ def _auto(models: Models, vocab: int, cfg: AutoConfig) -> Proposer:
     elif which == "qdraft":
         model = _qdraft(models, vocab, QDraftConfig())
     elif which == "head":
-        model = _head(models, HeadConfig(lookup=0))  # auto has its own lookup
+        # the head with its lookup branch: auto still weighs it against the lookup alone
+        model = _head(models, HeadConfig())
     return AutoDrafter(model, cfg, models.memory(("auto", which, cfg), lambda: AutoMemory(cfg.ema)))
 
 
@@ -152,15 +175,20 @@ def _deer_fused(models: Models, vocab: int, cfg: FusedDeerConfig) -> Proposer:
 
 
 def _head(models: Models, cfg: HeadConfig) -> Proposer:
-    from ..heads import head_for
-
     t = models.target
     if not hasattr(t, "forward_hidden"):
         raise ParadecError("method head needs a target that returns hidden states (a transformers model)")
-    key = ("head", cfg.head, id(t))
+    return HeadProposer(_shipped_head(models, cfg.head), cfg)
+
+
+def _shipped_head(models: Models, name: str):
+    """The draft head ``name`` for the target (loaded once, packed for drafting)."""
+    from ..heads import head_for
+
+    key = ("head", name, id(models.target))
     if key not in models._self_drafters:
-        models._self_drafters[key] = head_for(t.model, cfg.head).pack()
-    return HeadProposer(models._self_drafters[key], cfg)
+        models._self_drafters[key] = head_for(models.target.model, name).pack()
+    return models._self_drafters[key]
 
 
 def make_proposer(method: str, models: Models, options: dict | None = None) -> Proposer:

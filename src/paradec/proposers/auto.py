@@ -75,7 +75,7 @@ MODEL_CHOICES = ("auto", "none", "qdraft", "draft", "head")
 
 @dataclass(frozen=True)
 class AutoConfig:
-    model: str = "auto"  # model drafter: auto (draft model if given, else qdraft via llama.cpp), none, qdraft, draft, head
+    model: str = "auto"  # model drafter: auto (draft model; else in bf16/fp16/GPU the shipped head; else qdraft via llama.cpp), none, qdraft, draft, head
     ema: float = 0.25  # weight of the newest observation in every moving average
     explore_every: int = 24  # run the model drafter at least once per this many steps
     prior_accept: float = 2.0  # model drafter's expected accepted tokens before it has run
