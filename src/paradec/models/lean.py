@@ -52,7 +52,7 @@ class _Layer:
     attn: nn.Module  # the transformers attention module (for its GQA settings in SDPA)
     ln1: nn.Module
     ln2: nn.Module
-    qkv: nn.Module | None  # fused (packed mode) ...
+    qkv: nn.Module | None  # fused and packed (packed mode) ...
     q: nn.Module | None  # ... or the model's own projections (plain mode)
     k: nn.Module | None
     v: nn.Module | None
@@ -112,10 +112,7 @@ class LeanDecoder:
         half = self.head_dim // 2
         for i, L in enumerate(self.layers):
             x = L.ln1(h)
-            if L.qkv is not None:
-                qs, ks, vs = L.qkv(x).split(self.splits, dim=-1)
-            else:
-                qs, ks, vs = L.q(x), L.k(x), L.v(x)
+            qs, ks, vs = L.q(x), L.k(x), L.v(x)
             qs = qs.view(b, q, -1, self.head_dim).transpose(1, 2)  # [B, Hq, q, D]
             ks = ks.view(b, q, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, q, D]
             vs = vs.view(b, q, -1, self.head_dim).transpose(1, 2)
@@ -126,11 +123,7 @@ class LeanDecoder:
             attn, _ = self._sdpa(L.attn, qs, ks, vs, mask, dropout=0.0, scaling=L.attn.scaling)  # [B, q, Hq, D]
             h = h + L.o(attn.reshape(b, q, -1).contiguous())
             x = L.ln2(h)
-            if L.gate_up is not None:
-                g, u = L.gate_up(x).chunk(2, dim=-1)
-            else:
-                g, u = L.gate(x), L.up(x)
-            h = h + L.down(nn.functional.silu(g) * u)
+            h = h + L.down(nn.functional.silu(L.gate(x)) * L.up(x))
         return self.norm(h)
 
     def _packed_body(self, h, cos, sin, cache: KVCache, mask) -> torch.Tensor:
