@@ -11,7 +11,7 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 import paradec
-from conftest import tiny_target
+from conftest import tiny_llama, tiny_target
 from paradec.decode import DecodeConfig, Decoder
 from paradec.models.adapter import HFCausalLM
 from paradec.proposers.base import NoDraft
@@ -22,8 +22,11 @@ from server_util import live_server, metric
 PROMPTS = [[5, 6, 7, 8, 9], [11, 12], list(range(20, 50)), [4, 4, 4, 4, 4, 4, 4]]
 
 
-def test_forward_rows_equals_one_forward_per_request():
-    _forward_rows_matches_single(tiny_target(0), PROMPTS, atol=1e-10)
+@pytest.mark.parametrize("fast", [False, True])  # transformers' forward and the lean path
+def test_forward_rows_equals_one_forward_per_request(fast):
+    target = HFCausalLM(tiny_llama(0), fast=fast)
+    assert (target.lean is not None) == fast
+    _forward_rows_matches_single(target, PROMPTS, atol=1e-10)
 
 
 def test_forward_rows_with_sliding_window_layers():

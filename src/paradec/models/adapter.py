@@ -153,6 +153,9 @@ class HFCausalLM:
             hf_mask = {"full_attention": self._fmt(mask), "sliding_attention": self._fmt(mask & near)}
         else:
             hf_mask = self._fmt(mask)
+        if self.lean is not None:
+            h = self.lean.body(ids.to(self.device), positions, _RowsCache(caches, kv_len), hf_mask)
+            return self.lean.logits(h)
         out = self.model(
             input_ids=ids.to(self.device),
             position_ids=positions,
