@@ -1,20 +1,15 @@
 """A lean forward for Llama-family decoders (Llama, SmolLM2, Qwen2): the same math as
 transformers' modules, with less Python around it.
 
-A forward of SmolLM2-135M on a 2-core CPU spends about a quarter of its time outside the
-operators: module calls, output records, mask preparation and keyword plumbing, 30 layers deep.
-This path walks the same weights with the transformers building blocks that carry numerics
-(its RMSNorm modules, its rotary table, its SDPA attention function) and direct tensor code for
-the rest, reading and writing paradec's ``KVCache`` directly.
-
-Two modes:
-- plain (float32 and everything but bfloat16 on a CPU): every linear is the model's own
-  ``nn.Linear``, called as transformers calls it, so logits equal transformers' bit for bit
-  (tested);
+The same weights, walked without transformers' per-module plumbing (output records, mask
+preparation, keyword passing), reading and writing paradec's ``KVCache`` directly. Two modes:
+- plain (float32, float64, and bfloat16 where packing does not pay): the model's own modules
+  (its linears and RMSNorms, its rotary table, transformers' SDPA function), called as
+  transformers calls them, so logits equal transformers' bit for bit (tested);
 - packed (bfloat16 on a CPU with native bf16, see ``packed.can_pack``): weights prepacked for
-  oneDNN, with q/k/v fused into one product and gate/up into another. Same matrix products, in
-  another memory layout and grouping; bfloat16 rounding can differ from transformers' in the
-  last place.
+  oneDNN, q/k/v fused into one product and gate/up into another, torch's fused RMSNorm, one
+  rotary pass for q and k, torch's SDPA with grouped heads. Same math, fewer and larger
+  operations; bfloat16 rounding can differ from transformers' in the last place.
 """
 
 from __future__ import annotations
@@ -49,18 +44,14 @@ def lean_unsupported(model) -> str | None:
 
 @dataclass
 class _Layer:
-    attn: nn.Module  # the transformers attention module (for its GQA settings in SDPA)
+    attn: nn.Module  # the model's attention module: its projections (plain mode), GQA settings, scaling
+    mlp: nn.Module  # the model's MLP: its projections (plain mode)
     ln1: nn.Module
     ln2: nn.Module
-    qkv: nn.Module | None  # fused and packed (packed mode) ...
-    q: nn.Module | None  # ... or the model's own projections (plain mode)
-    k: nn.Module | None
-    v: nn.Module | None
-    o: nn.Module
-    gate_up: nn.Module | None
-    gate: nn.Module | None
-    up: nn.Module | None
-    down: nn.Module
+    qkv: PackedLinear | None = None  # packed mode: q, k, v fused
+    o: nn.Module | None = None  # packed mode: the output projection, packed
+    gate_up: PackedLinear | None = None  # packed mode: gate, up fused
+    down: nn.Module | None = None  # packed mode: the down projection, packed
 
 
 class LeanDecoder:
@@ -90,14 +81,11 @@ class LeanDecoder:
         self.layers: list[_Layer] = []
         for layer in body.layers[: cfg.num_hidden_layers]:
             a, m = layer.self_attn, layer.mlp
+            L = _Layer(a, m, layer.input_layernorm, layer.post_attention_layernorm)
             if pack:
-                self.layers.append(_Layer(a, layer.input_layernorm, layer.post_attention_layernorm,
-                                          fused([a.q_proj, a.k_proj, a.v_proj]), None, None, None, PackedLinear.of(a.o_proj),
-                                          fused([m.gate_proj, m.up_proj]), None, None, PackedLinear.of(m.down_proj)))
-            else:
-                self.layers.append(_Layer(a, layer.input_layernorm, layer.post_attention_layernorm,
-                                          None, a.q_proj, a.k_proj, a.v_proj, a.o_proj,
-                                          None, m.gate_proj, m.up_proj, m.down_proj))
+                L.qkv, L.o = fused([a.q_proj, a.k_proj, a.v_proj]), PackedLinear.of(a.o_proj)
+                L.gate_up, L.down = fused([m.gate_proj, m.up_proj]), PackedLinear.of(m.down_proj)
+            self.layers.append(L)
 
     def body(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask) -> torch.Tensor:
         """The decoder stack. ids, positions: [B, q]; mask: [B, 1, q, kv] bool or None (every
@@ -111,19 +99,19 @@ class LeanDecoder:
             return self._packed_body(h, cos, sin, cache, mask)
         half = self.head_dim // 2
         for i, L in enumerate(self.layers):
+            a, m = L.attn, L.mlp
             x = L.ln1(h)
-            qs, ks, vs = L.q(x), L.k(x), L.v(x)
-            qs = qs.view(b, q, -1, self.head_dim).transpose(1, 2)  # [B, Hq, q, D]
-            ks = ks.view(b, q, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, q, D]
-            vs = vs.view(b, q, -1, self.head_dim).transpose(1, 2)
+            qs = a.q_proj(x).view(b, q, -1, self.head_dim).transpose(1, 2)  # [B, Hq, q, D]
+            ks = a.k_proj(x).view(b, q, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, q, D]
+            vs = a.v_proj(x).view(b, q, -1, self.head_dim).transpose(1, 2)
             # rotary, as transformers applies it: x * cos + rotate_half(x) * sin
             qs = qs * cos + torch.cat((-qs[..., half:], qs[..., :half]), dim=-1) * sin
             ks = ks * cos + torch.cat((-ks[..., half:], ks[..., :half]), dim=-1) * sin
             ks, vs = cache.layers[i].update(ks, vs)  # [B, Hkv, kv, D]
-            attn, _ = self._sdpa(L.attn, qs, ks, vs, mask, dropout=0.0, scaling=L.attn.scaling)  # [B, q, Hq, D]
-            h = h + L.o(attn.reshape(b, q, -1).contiguous())
+            attn, _ = self._sdpa(a, qs, ks, vs, mask, dropout=0.0, scaling=a.scaling)  # [B, q, Hq, D]
+            h = h + a.o_proj(attn.reshape(b, q, -1).contiguous())
             x = L.ln2(h)
-            h = h + L.down(nn.functional.silu(L.gate(x)) * L.up(x))
+            h = h + m.down_proj(nn.functional.silu(m.gate_proj(x)) * m.up_proj(x))
         return self.norm(h)
 
     def _packed_body(self, h, cos, sin, cache: KVCache, mask) -> torch.Tensor:

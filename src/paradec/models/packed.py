@@ -6,14 +6,12 @@ removes that work: on a 2-core Xeon with AMX the 211 linear layers of SmolLM2-13
 19 ms instead of 27 for one token, and the cost stays nearly flat up to 16 tokens. The result is
 the same matrix product (the tests compare logits), only the weight's memory layout differs.
 
-Packing makes a copy that serves inference only: ``packed_copy`` leaves the given model as it
-is (the transformers baseline in ``paradec bench`` keeps running stock ``F.linear``) and shares
-every other tensor with it.
+A packed layer is an extra, inference-only copy of a weight: the model it came from is left as
+it is (the transformers baseline in ``paradec bench`` keeps running stock ``F.linear``).
 """
 
 from __future__ import annotations
 
-import copy
 import os
 
 import torch
@@ -74,16 +72,3 @@ def fused(linears: list[nn.Linear]) -> PackedLinear:
         )
     return PackedLinear(weight, bias, keep_weight=False)
 
-
-def packed_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` for inference whose ``nn.Linear`` layers are ``PackedLinear``.
-
-    Every tensor but the packed weights is shared with ``model`` (nothing is duplicated but the
-    linear weights' packed form); ``model`` itself is not changed."""
-    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
-    twin = copy.deepcopy(model, memo)
-    for module in list(twin.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child.weight.dtype == torch.bfloat16:
-                setattr(module, name, PackedLinear.of(child))
-    return twin.eval()
