@@ -15,6 +15,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..cache import KVCache
+from ..interrupt import checkpoint
 
 
 class CausalLM(Protocol):
@@ -171,6 +172,8 @@ class HFCausalLM:
         ids = ids.to(self.device)
         b, n = ids.shape
         for start in range(0, n, chunk):
+            if start:
+                checkpoint()  # a long prompt is stoppable between chunks (see paradec.interrupt)
             piece = ids[:, start : start + chunk]
             q, past = piece.shape[1], cache.seq_len
             pos = torch.arange(past, past + q, device=self.device).expand(b, -1)

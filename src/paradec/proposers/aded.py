@@ -32,6 +32,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..interrupt import checkpoint
 from ..sampling import SamplingParams
 from ..tree import DraftTree
 from .base import ProposeContext, StepResult
@@ -157,6 +158,7 @@ def search_tree(
         return c
 
     while len(tokens) < max_nodes and not dead[0]:
+        checkpoint()  # one per draft node: a large search is stoppable (see paradec.interrupt)
         v, path = 0, [0]
         while True:
             best, best_score = None, -math.inf

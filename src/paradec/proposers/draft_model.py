@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..interrupt import checkpoint
 from ..models.adapter import CausalLM
 from ..models.drafter import Drafter, HFDrafter
 from ..sampling import SamplingParams, target_probs
@@ -119,6 +120,7 @@ class DraftModelProposer:
         # the first drafter call also reads every token committed since the last proposal
         self._t_read = time.perf_counter()
         for depth in range(start, length):
+            checkpoint()  # one drafter pass per depth: stoppable (see paradec.interrupt)
             p = self._dist(logits)
             if self.sampling.greedy:
                 tok = int(p.argmax())

@@ -36,6 +36,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..interrupt import checkpoint
 from ..sampling import SamplingParams
 from ..tree import DraftTree
 from .base import ProposeContext, StepResult
@@ -210,6 +211,7 @@ class Lookahead:
         context = result.tokens
         # the node-cap may leave chains out; their guesses are carried over unchanged
         for chain, path in zip(self.chains, self._paths or [[] for _ in self.chains]):
+            checkpoint()  # a wide window takes a while: stoppable (see paradec.interrupt)
             path = [i for i in path if i < evaluated] if best else []
             # predictions by absolute position, with the trail that produced them
             # (the root's own prediction is for root + 1, which is always committed: unused)

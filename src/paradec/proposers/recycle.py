@@ -40,6 +40,7 @@ import torch
 
 from ..sampling import SamplingParams
 from ..tree import DraftTree
+from ..interrupt import checkpoint
 from .base import ProposeContext, StepResult
 
 Template = tuple[tuple[int, int], ...]  # (parent template index or -1, child rank)
@@ -71,6 +72,8 @@ def default_template(nodes: int = 64, k: int = 8, max_depth: int = 8, accept: Se
     heap = [(-accept[r], r, -1, r, 1) for r in range(k)]  # (-prob, tiebreak, parent, rank, depth)
     order = k
     while heap and len(out) < nodes:
+        if not len(out) & 1023:
+            checkpoint()  # a large template takes a while: stoppable (see paradec.interrupt)
         neg, _, parent, rank, depth = heapq.heappop(heap)
         idx = len(out)
         out.append((parent, rank))
@@ -168,6 +171,8 @@ class TokenRecycling:
 
         node_of = [-1] * len(self.template)  # template index -> draft node (-1 = skipped)
         for j, (p, r) in enumerate(self.template):
+            if not j & 1023:
+                checkpoint()
             if self._depths[j] > max_depth:
                 continue
             parent = -1 if p < 0 else node_of[p]

@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..engine import Engine
@@ -19,7 +20,7 @@ from ..proposers import METHODS
 from . import errors
 from .errors import APIError
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .scheduler import GenParams, Job, QueueFull, Result, Scheduler
+from .scheduler import GenParams, Job, QueueFull, Result, Scheduler, tokenized
 from .schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -30,9 +31,10 @@ from .schemas import (
     ModelList,
     Usage,
 )
+from .transport import LimitBody, TransportLimits
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
-MAX_BODY_BYTES = 16 << 20  # a larger declared body answers 413 before it is read
+MAX_BODY_BYTES = TransportLimits.max_body_bytes  # a larger body, declared or counted, answers 413
 BACKSTOP_S = 5.0  # the asyncio side gives up on a job this long after its deadline
 MAX_OPTION_MAGNITUDE = 4096  # per-request method options are bounded (server --opt is not)
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 408, 413, 429, 500, 503)}
@@ -48,9 +50,11 @@ class ServerConfig:
         max_active: int = 16,
         timeout: float = 600.0,
         batch: bool = True,
+        limits: TransportLimits | None = None,
     ) -> None:
         self.method, self.options = method, dict(options or {})
         self.batch = batch
+        self.limits = limits or TransportLimits()
         self.served_name = served_name
         self.max_queue, self.max_active, self.timeout = max_queue, max_active, float(timeout)
 
@@ -82,7 +86,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     app.state.scheduler, app.state.metrics, app.state.engine = scheduler, metrics, engine
     errors.install(app)
 
-    app.add_middleware(_LimitBody, limit=MAX_BODY_BYTES)
+    app.add_middleware(LimitBody, limit=cfg.limits.max_body_bytes, timeout=cfg.limits.body_timeout)
     app.add_middleware(_CountRequests, metrics=metrics)
 
     # ---- request -> job --------------------------------------------------------------------
@@ -125,8 +129,11 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         )
 
     async def run(request: Request, params: GenParams, endpoint: str, stream: bool):
-        """Queue the job and wait until it is admitted (or refused)."""
-        job = Job(params, asyncio.get_running_loop(), cfg.timeout, endpoint, want_pieces=stream)
+        """Tokenize (in a thread pool, never on the worker), queue the job and wait until it is
+        admitted (or refused)."""
+        loop, arrival = asyncio.get_running_loop(), time.monotonic()
+        params = await run_in_threadpool(tokenized, engine, params)
+        job = Job(params, loop, cfg.timeout, endpoint, want_pieces=stream, arrival=arrival)
         try:
             scheduler.submit(job)
         except QueueFull as e:
@@ -230,21 +237,6 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
 
 
 _KNOWN = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"}
-
-
-class _LimitBody:
-    """ASGI middleware: refuse a declared body larger than ``limit`` with 413."""
-
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length", b"0")
-            if not length.isdigit() or int(length) > self.limit:
-                msg = f"the request body is larger than {self.limit} bytes" if length.isdigit() else "bad Content-Length"
-                return await APIError(413 if length.isdigit() else 400, msg).response()(scope, receive, send)
-        return await self.app(scope, receive, send)
 
 
 class _CountRequests:

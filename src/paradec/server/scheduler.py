@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
@@ -32,6 +32,7 @@ import torch
 from ..decode import ForwardInput
 from ..engine import Engine, Stream
 from ..errors import ParadecError
+from ..interrupt import Interrupted, interruptible
 from ..stats import DecodeStats
 from .errors import APIError, from_paradec
 from .metrics import Metrics
@@ -90,11 +91,51 @@ class Job:
     def cancel(self, reason: str = "disconnect") -> None:
         self.cancelled = self.cancelled or reason
 
+    def stopped(self) -> bool:
+        """Cancelled or past its deadline: checked inside long steps (``paradec.interrupt``)."""
+        return bool(self.cancelled) or time.monotonic() > self.deadline
+
     def emit(self, kind: str, payload: Any) -> None:
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
         except RuntimeError:  # the event loop is gone (server shutting down)
             pass
+
+
+def prompt_ids(engine: Engine, p: GenParams) -> list[int]:
+    """The request's prompt as token ids (chat template applied), checked against the vocabulary
+    and the context window."""
+    ctx = engine.target.max_context
+    if isinstance(p.prompt, list) and p.prompt and all(isinstance(t, int) for t in p.prompt):
+        ids = list(p.prompt)
+        vocab = engine.target.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise APIError.bad_request(f"token id {bad[0]} is outside the vocabulary [0, {vocab})", "prompt")
+        if len(ids) >= ctx:
+            raise APIError.bad_request(f"the prompt has {len(ids)} tokens; the context window is {ctx}", "prompt")
+        return ids
+    return engine.encode(p.prompt, chat=p.chat)
+
+
+def setup_error(e: Exception) -> APIError:
+    """A failure while turning a request into a job: the client's input, answered 400."""
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, ParadecError):
+        return from_paradec(e)
+    log.warning("request rejected while setting up: %s", e, exc_info=True)
+    first = (str(e).splitlines() or [""])[0][:300]
+    return APIError.bad_request(f"invalid request: {type(e).__name__}: {first}")
+
+
+def tokenized(engine: Engine, p: GenParams) -> GenParams:
+    """``p`` with its prompt tokenized: run by the request handler in a thread pool (never on the
+    worker, which decodes for everyone), so the context-window check comes before queueing."""
+    try:
+        return replace(p, prompt=prompt_ids(engine, p))
+    except Exception as e:
+        raise setup_error(e) from None
 
 
 def finish_reason(stats: DecodeStats) -> str:
@@ -200,7 +241,11 @@ class Scheduler:
     def _forward_one(self, job: Job, step: ForwardInput) -> None:
         t0 = time.perf_counter()
         try:
-            logits = job.stream.decoder.forward(step)  # [n+1, V]
+            with interruptible(job.stopped):
+                logits = job.stream.decoder.forward(step)  # [n+1, V]
+        except Interrupted:
+            self._drop_active(job)
+            return
         except Exception:
             self._decode_failed(job)
             return
@@ -227,7 +272,11 @@ class Scheduler:
         if self._dropped(job):
             return None
         try:
-            step = job.stream.decoder.prepare()
+            with interruptible(job.stopped):  # a long prefill or a large draft stops midway
+                step = job.stream.decoder.prepare()
+        except Interrupted:
+            self._dropped(job)
+            return None
         except ParadecError as e:
             self._close(job)
             job.emit("error", from_paradec(e))
@@ -244,12 +293,22 @@ class Scheduler:
 
     def _commit(self, job: Job, logits: torch.Tensor, forward_s: float) -> None:
         try:
-            new = job.stream.decoder.commit(logits, forward_s)
+            with interruptible(job.stopped):
+                new = job.stream.decoder.commit(logits, forward_s)
             piece = job.stream.absorb(new)
+        except Interrupted:
+            self._drop_active(job)
+            return
         except Exception:
             self._decode_failed(job)
             return
         self._piece(job, piece)
+
+    def _drop_active(self, job: Job) -> None:
+        """``job`` was interrupted mid-step (cancelled or past its deadline): end it."""
+        self._dropped(job)
+        if job in self._active:
+            self._active.remove(job)
 
     def _decode_failed(self, job: Job) -> None:
         log.exception("decoding failed")
@@ -278,37 +337,23 @@ class Scheduler:
             self._dequeue(job)
             return
         try:
-            job.stream = self._open(job.params)
-        except APIError as e:
+            with interruptible(job.stopped):
+                job.stream = self._open(job)
+        except Interrupted:  # the client left (or time ran out) while its drafter was being built
+            self._dropped(job)
             self._dequeue(job)
-            job.emit("error", e)
-            return
-        except ParadecError as e:
-            self._dequeue(job)
-            job.emit("error", from_paradec(e))
             return
         except Exception as e:  # everything here derives from the request: the client's input
-            log.warning("request rejected while setting up: %s", e, exc_info=True)
             self._dequeue(job)
-            first = (str(e).splitlines() or [""])[0][:300]
-            job.emit("error", APIError.bad_request(f"invalid request: {type(e).__name__}: {first}"))
+            job.emit("error", setup_error(e))
             return
         self._waiting.append(job)
         job.emit("ready", len(job.stream.prompt_ids))
 
-    def _open(self, p: GenParams) -> Stream:
-        engine = self.engine
+    def _open(self, job: Job) -> Stream:
+        engine, p = self.engine, job.params
+        ids = prompt_ids(engine, p)  # the server tokenized it already: only the cheap id checks here
         ctx = engine.target.max_context
-        if isinstance(p.prompt, list) and p.prompt and all(isinstance(t, int) for t in p.prompt):
-            ids = list(p.prompt)
-            vocab = engine.target.vocab_size
-            bad = [t for t in ids if not 0 <= t < vocab]
-            if bad:
-                raise APIError.bad_request(f"token id {bad[0]} is outside the vocabulary [0, {vocab})", "prompt")
-            if len(ids) >= ctx:
-                raise APIError.bad_request(f"the prompt has {len(ids)} tokens; the context window is {ctx}", "prompt")
-        else:
-            ids = engine.encode(p.prompt, chat=p.chat)
         room = ctx - len(ids)
         if p.max_tokens is not None:
             if p.max_tokens > room:

@@ -1,0 +1,183 @@
+"""The HTTP edge: limits that hold before a request reaches a route.
+
+- ``LimitBody`` (ASGI middleware) reads the body itself, counting bytes however it is framed
+  (Content-Length or chunked), and answers 413 as soon as it passes the limit: it never holds
+  more than the limit plus one received chunk. A body that takes longer than ``body_timeout``
+  to arrive answers 408.
+- ``protocol_class(limits)`` is uvicorn's httptools protocol with what uvicorn lacks: a header
+  timeout (a client that has not finished its request headers within ``header_timeout`` seconds
+  of connecting, or of starting a new request on a kept-alive connection, gets 408 and is
+  closed), a cap on header bytes (431), a cap on open connections (503 at accept time), and the
+  parser's own 400 (a malformed Content-Length such as ``abc`` or ``-5``, or any unparsable
+  request) as an OpenAI error object instead of plain text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+from .errors import APIError
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    header_timeout: float = 10.0  # s from connect (or a new request's first byte) to the end of its headers
+    body_timeout: float = 60.0  # s to receive a whole request body
+    keep_alive: float = 5.0  # s an idle kept-alive connection stays open
+    max_connections: int = 256  # open connections; more are answered 503 and closed
+    max_header_bytes: int = 64 << 10  # request line + headers
+    max_body_bytes: int = 16 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("header_timeout", "body_timeout", "keep_alive"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        for name in ("max_connections", "max_header_bytes", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# ---- ASGI: the body limit, below the routes ---------------------------------------------------------
+class LimitBody:
+    """Read each HTTP request's body up to ``limit`` bytes, then hand it to the app in one
+    message; past the limit (declared or counted), answer 413 without reading further."""
+
+    def __init__(self, app, limit: int, timeout: float = 60.0) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            error = APIError(413, self._too_large()) if length.isdigit() else APIError.bad_request("malformed Content-Length header")
+            return await _answer(error, scope, receive, send)
+        chunks: list[bytes] = []
+        size, deadline = 0, time.monotonic() + self.timeout
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                error = APIError(408, f"the request body did not arrive within {self.timeout:g} s", code="timeout")
+                return await _answer(error, scope, receive, send)
+            if message["type"] != "http.request":  # the client left before sending its body
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                chunks.clear()
+                return await _answer(APIError(413, self._too_large()), scope, receive, send)
+            if body:
+                chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replay = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        chunks.clear()
+        sent = False
+
+        async def receive_replayed():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return replay
+            return await receive()  # after the body: the disconnect, when it comes
+
+        return await self.app(scope, receive_replayed, send)
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than {self.limit} bytes"
+
+
+async def _answer(error: APIError, scope, receive, send) -> None:
+    """Send ``error`` and close the connection (the rest of the body is never read)."""
+    response = error.response()
+    response.headers["connection"] = "close"
+    await response(scope, receive, send)
+
+
+# ---- uvicorn: the connection level ----------------------------------------------------------------------
+def _raw_response(status: int, reason: str, error: APIError) -> bytes:
+    body = json.dumps(error.body(), separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def protocol_class(limits: TransportLimits) -> type:
+    """uvicorn's httptools protocol, guarded by ``limits`` (pass as ``uvicorn.Config(http=...)``)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedProtocol(HttpToolsProtocol):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._header_timer: asyncio.TimerHandle | None = None
+            self._in_headers = True  # between a request's first byte (or the connect) and its headers' end
+            self._header_bytes = 0
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                self._refuse(503, "Service Unavailable", APIError(
+                    503, f"the server has {limits.max_connections} open connections; retry later", code="too_many_connections",
+                ))
+                return
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._in_headers and self.parser is not None and not self.transport.is_closing():
+                self._header_bytes += len(data)
+                if self._header_bytes > limits.max_header_bytes:
+                    self._refuse(431, "Request Header Fields Too Large", APIError(
+                        431, f"the request headers are larger than {limits.max_header_bytes} bytes",
+                        type="invalid_request_error", code="headers_too_large",
+                    ))
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_headers, self._header_bytes = True, 0
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._in_headers = False
+            self._disarm()
+            super().on_headers_complete()
+
+        def send_400_response(self, msg: str) -> None:  # the parser could not read the request
+            self._refuse(400, "Bad Request", APIError.bad_request(
+                "malformed HTTP request (for example a Content-Length that is not a non-negative integer)",
+                code="malformed_request",
+            ))
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(limits.header_timeout, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self._in_headers:
+                self._refuse(408, "Request Timeout", APIError(
+                    408, f"the request headers did not arrive within {limits.header_timeout:g} s", code="timeout",
+                ))
+
+        def _refuse(self, status: int, reason: str, error: APIError) -> None:
+            self._disarm()
+            if not self.transport.is_closing():
+                self.transport.write(_raw_response(status, reason, error))
+                self.transport.close()
+
+    return GuardedProtocol
