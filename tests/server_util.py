@@ -12,17 +12,20 @@ from typing import Iterator
 import uvicorn
 
 from paradec.server import ServerConfig, create_app
+from paradec.server.launch import uvicorn_settings
 
 
 @contextmanager
 def live_server(engine, **config) -> Iterator[str]:
     """Serve ``engine`` on a free port; yield the base URL (``http://127.0.0.1:PORT``)."""
-    app = create_app(engine, ServerConfig(**config))
+    cfg = ServerConfig(**config)
+    app = create_app(engine, cfg)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # bound before uvicorn starts: no race for the port
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    settings = uvicorn_settings(cfg.limits)  # the guarded protocol and keep-alive, as `paradec serve` runs
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, **settings))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

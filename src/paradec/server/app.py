@@ -31,7 +31,8 @@ from .schemas import (
     ModelList,
     Usage,
 )
-from .transport import LimitBody, TransportLimits
+from .limits import TransportLimits
+from .transport import LimitBody
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
 MAX_BODY_BYTES = TransportLimits.max_body_bytes  # a larger body, declared or counted, answers 413

@@ -6,6 +6,10 @@ from typing import List, Optional
 
 import typer
 
+from .limits import TransportLimits
+
+_LIMITS = TransportLimits()  # the defaults shown in --help
+
 
 def serve(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Packaged name, model dir, .gguf file or cached hub id."),
@@ -23,10 +27,29 @@ def serve(
     timeout: float = typer.Option(600.0, "--timeout", help="Per-request limit in seconds, queueing included."),
     served_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model id for clients (default: --model)."),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="Default method option key=value (repeatable)."),
+    header_timeout: float = typer.Option(
+        _LIMITS.header_timeout, "--header-timeout", help="Seconds a client has to send its request headers (else 408)."
+    ),
+    body_timeout: float = typer.Option(
+        _LIMITS.body_timeout, "--body-timeout", help="Seconds a client has to send its request body (else 408)."
+    ),
+    keep_alive: float = typer.Option(_LIMITS.keep_alive, "--keep-alive", help="Seconds an idle connection stays open."),
+    max_connections: int = typer.Option(
+        _LIMITS.max_connections, "--max-connections", help="Open connections; more are answered 503 and closed."
+    ),
+    max_body_mb: float = typer.Option(
+        _LIMITS.max_body_bytes / (1 << 20), "--max-body-mb", help="Largest request body in MiB, however framed (else 413)."
+    ),
 ) -> None:
     """Serve the OpenAI API (completions, chat completions, streaming) with speculative decoding."""
     from ..cli import _options
+    from ..errors import ParadecError
     from .launch import serve as run
 
+    if not 0 < max_body_mb < 1 << 20:
+        raise ParadecError(f"--max-body-mb must be in (0, 1048576), got {max_body_mb}")
+    limits = TransportLimits(header_timeout=header_timeout, body_timeout=body_timeout, keep_alive=keep_alive,
+                             max_connections=max_connections, max_body_bytes=max(1, int(max_body_mb * (1 << 20))))
     run(model=model, draft=draft_model, method=method, options=_options(opt), dtype=dtype, device=device, host=host,
-        port=port, max_queue=max_queue, max_active=max_active, timeout=timeout, served_name=served_name, batch=batch)
+        port=port, max_queue=max_queue, max_active=max_active, timeout=timeout, served_name=served_name, batch=batch,
+        limits=limits)

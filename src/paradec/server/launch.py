@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ParadecError
+from .limits import TransportLimits
 
 
 def serve(
@@ -22,6 +23,7 @@ def serve(
     served_name: str | None = None,
     batch: bool = True,
     log_level: str = "info",
+    limits: TransportLimits | None = None,
 ) -> None:
     import uvicorn
 
@@ -37,10 +39,18 @@ def serve(
         raise ParadecError("--max-queue and --max-active must be >= 1")
     if timeout <= 0:
         raise ParadecError(f"--timeout must be > 0 seconds, got {timeout}")
+    limits = limits or TransportLimits()
     engine = load(model, draft=draft, dtype=dtype, device=device)
     make_proposer(method, engine.models, options)  # a bad --method / --opt fails here, not per request
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # no *_created series next to every counter in /metrics
-    app = create_app(engine, ServerConfig(method, options, served_name, max_queue, max_active, timeout, batch))
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    app = create_app(engine, ServerConfig(method, options, served_name, max_queue, max_active, timeout, batch, limits))
+    uvicorn.run(app, **uvicorn_settings(limits), host=host, port=port, log_level=log_level)
+
+
+def uvicorn_settings(limits: TransportLimits) -> dict[str, Any]:
+    """uvicorn's own settings for ``limits`` (the rest is enforced by ``transport``)."""
+    from .transport import protocol_class
+
+    return {"http": protocol_class(limits), "timeout_keep_alive": limits.keep_alive}

@@ -17,27 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
-
 from .errors import APIError
-
-
-@dataclass(frozen=True)
-class TransportLimits:
-    header_timeout: float = 10.0  # s from connect (or a new request's first byte) to the end of its headers
-    body_timeout: float = 60.0  # s to receive a whole request body
-    keep_alive: float = 5.0  # s an idle kept-alive connection stays open
-    max_connections: int = 256  # open connections; more are answered 503 and closed
-    max_header_bytes: int = 64 << 10  # request line + headers
-    max_body_bytes: int = 16 << 20
-
-    def __post_init__(self) -> None:
-        for name in ("header_timeout", "body_timeout", "keep_alive"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
-        for name in ("max_connections", "max_header_bytes", "max_body_bytes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+from .limits import TransportLimits
 
 
 # ---- ASGI: the body limit, below the routes ---------------------------------------------------------
@@ -108,6 +89,10 @@ def _raw_response(status: int, reason: str, error: APIError) -> bytes:
     return head.encode("ascii") + body
 
 
+class _Refused(Exception):
+    """Raised in a parser callback once the connection has been answered and closed."""
+
+
 def protocol_class(limits: TransportLimits) -> type:
     """uvicorn's httptools protocol, guarded by ``limits`` (pass as ``uvicorn.Config(http=...)``)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -117,7 +102,8 @@ def protocol_class(limits: TransportLimits) -> type:
             super().__init__(*args, **kwargs)
             self._header_timer: asyncio.TimerHandle | None = None
             self._in_headers = True  # between a request's first byte (or the connect) and its headers' end
-            self._header_bytes = 0
+            self._header_bytes = 0  # request line and headers parsed so far
+            self._raw_header_bytes = 0  # bytes received since the headers began
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -133,14 +119,31 @@ def protocol_class(limits: TransportLimits) -> type:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._in_headers:
+                self._raw_header_bytes += len(data)
             super().data_received(data)
-            if self._in_headers and self.parser is not None and not self.transport.is_closing():
-                self._header_bytes += len(data)
-                if self._header_bytes > limits.max_header_bytes:
-                    self._refuse(431, "Request Header Fields Too Large", APIError(
-                        431, f"the request headers are larger than {limits.max_header_bytes} bytes",
-                        type="invalid_request_error", code="headers_too_large",
-                    ))
+            if self._in_headers and self._raw_header_bytes > limits.max_header_bytes:
+                self._headers_too_large()  # still no end of the headers in sight
+
+        def on_url(self, url: bytes) -> None:
+            self._count_header(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_header(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def _count_header(self, n: int) -> None:
+            self._header_bytes += n
+            if self._header_bytes > limits.max_header_bytes:
+                self._headers_too_large()
+                raise _Refused()  # stops the parser (uvicorn then calls send_400_response: a no-op here)
+
+        def _headers_too_large(self) -> None:
+            self._refuse(431, "Request Header Fields Too Large", APIError(
+                431, f"the request headers are larger than {limits.max_header_bytes} bytes",
+                type="invalid_request_error", code="headers_too_large",
+            ))
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -148,7 +151,7 @@ def protocol_class(limits: TransportLimits) -> type:
             self._arm()
 
         def on_headers_complete(self) -> None:
-            self._in_headers = False
+            self._in_headers, self._raw_header_bytes = False, 0
             self._disarm()
             super().on_headers_complete()
 
@@ -176,6 +179,7 @@ def protocol_class(limits: TransportLimits) -> type:
 
         def _refuse(self, status: int, reason: str, error: APIError) -> None:
             self._disarm()
+            self._in_headers = False
             if not self.transport.is_closing():
                 self.transport.write(_raw_response(status, reason, error))
                 self.transport.close()
