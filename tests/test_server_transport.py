@@ -257,14 +257,14 @@ def test_tokenizing_a_huge_prompt_does_not_stall_other_requests(tiny_model_dir):
     encode = eng.encode
 
     def slow_encode(prompt, chat=None):
-        if len(str(prompt)) > 10_000:
+        if len(str(prompt)) > 1000:
             time.sleep(2.0)
         return encode(prompt, chat)
 
     eng.encode = slow_encode
     with live_server(eng, served_name=MODEL) as url:
         out: dict = {}
-        huge = _post_async(f"{url}/v1/completions", {"model": MODEL, "prompt": "ab " * 20_000, "max_tokens": 2}, out, "huge")
+        huge = _post_async(f"{url}/v1/completions", {"model": MODEL, "prompt": "ab " * 2000, "max_tokens": 2}, out, "huge")
         time.sleep(0.3)  # the huge prompt is being tokenized
         took = _timed_short_request(url)
         assert huge.is_alive(), "the huge prompt should still be tokenizing"
@@ -312,3 +312,18 @@ def test_disconnect_stops_a_drafter_building_a_large_tree(engine):
         m = httpx.get(f"{url}/metrics").text
     assert took < 1.0, f"the next request waited {took:.2f} s for a template nobody wanted"
     assert metric(m, "paradec_cancelled_total", reason="disconnect") == 1
+
+
+def test_a_prompt_too_long_to_fit_is_refused_without_tokenizing(tiny_model_dir):
+    """A prompt with more characters than the context window can hold in tokens answers 400 at
+    once, never tokenized (its tokens would cost far more memory than its text)."""
+    eng = paradec.load(tiny_model_dir, dtype="float64")
+    calls = []
+    encode = eng.encode
+    eng.encode = lambda prompt, chat=None: calls.append(1) or encode(prompt, chat)
+    with live_server(eng, served_name=MODEL) as url:
+        r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "ab " * 300_000, "max_tokens": 2}, timeout=30)
+        ok = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "ab", "max_tokens": 2}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+    assert "characters" in r.json()["error"]["message"]
+    assert ok.status_code == 200 and calls == [1]

@@ -159,8 +159,8 @@ def _deer(models: Models, vocab: int, cfg: DeerConfig) -> Proposer:
 
     base = models.draft if models.draft is not None else models.target
     key = ("deer", cfg.adapter, id(base))
-    if key not in models._self_drafters:
-        models._self_drafters[key] = converted_for(base.model, cfg.adapter, max_context=base.max_context)
+    if key not in models._self_drafters:  # over the base's own weights (the adapter only adds LoRA)
+        models._self_drafters[key] = converted_for(base.model, cfg.adapter, max_context=base.max_context, copy_base="share")
     return DeerProposer(models._self_drafters[key], vocab, cfg)
 
 

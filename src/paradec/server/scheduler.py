@@ -23,6 +23,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
@@ -115,7 +116,31 @@ def prompt_ids(engine: Engine, p: GenParams) -> list[int]:
         if len(ids) >= ctx:
             raise APIError.bad_request(f"the prompt has {len(ids)} tokens; the context window is {ctx}", "prompt")
         return ids
+    chars = len(p.prompt) if isinstance(p.prompt, str) else sum(
+        len(m.get("content", "")) for m in p.prompt if isinstance(m, dict) and isinstance(m.get("content"), str)
+    )
+    if chars > 2 * ctx * _max_token_bytes(engine):  # no need to tokenize it to know (and hold its tokens)
+        raise APIError.bad_request(
+            f"the prompt has {chars} characters: more than the context window of {ctx} tokens can hold", "prompt"
+        )
     return engine.encode(p.prompt, chat=p.chat)
+
+
+_TOKEN_BYTES: "weakref.WeakKeyDictionary[Engine, int]" = weakref.WeakKeyDictionary()
+
+
+def _max_token_bytes(engine: Engine) -> int:
+    """The most UTF-8 bytes one token of ``engine``'s vocabulary stands for (>= its characters),
+    so a text of n characters has at least n / this many tokens; doubled above for tokenizers
+    whose normalizer shrinks text."""
+    if engine not in _TOKEN_BYTES:
+        tok = engine.tokenizer
+        try:
+            longest = max(len(tok.convert_tokens_to_string([t]).encode("utf-8", "replace")) for t in tok.get_vocab())
+        except Exception:  # an odd tokenizer: a generous guess
+            longest = 256
+        _TOKEN_BYTES[engine] = max(16, longest)
+    return _TOKEN_BYTES[engine]
 
 
 def setup_error(e: Exception) -> APIError:
@@ -187,6 +212,7 @@ class Scheduler:
             self._cv.notify()
 
     def start(self) -> None:
+        _max_token_bytes(self.engine)  # measured once, before the first request needs it
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="paradec-worker", daemon=True)
             self._thread.start()
