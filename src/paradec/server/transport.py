@@ -10,6 +10,13 @@
   closed), a cap on header bytes (431), a cap on open connections (503 at accept time), and the
   parser's own 400 (a malformed Content-Length such as ``abc`` or ``-5``, or any unparsable
   request) as an OpenAI error object instead of plain text.
+
+Why a protocol subclass: uvicorn (0.55) has no header timeout (``timeout_keep_alive`` only runs
+between requests), its ``limit_concurrency`` answers a plain-text 503 and only once a request's
+headers are in (so trickling sockets all stay open), ``h11_max_incomplete_event_size`` applies to
+its h11 parser only, and the parser's 400 is written before the app is ever called. The hooks
+used (``connection_made``, ``data_received``, ``on_url``, ``on_header``, ``on_headers_complete``,
+``send_400_response``) are those of uvicorn's ``HttpToolsProtocol``.
 """
 
 from __future__ import annotations
