@@ -1,9 +1,9 @@
 """Resident memory of the server's parts, measured from /proc (``tracemalloc`` cannot see torch).
 
 ``python -m paradec.bench.footprint`` loads, in a fresh process per method, what the default
-server loads in turn (torch, transformers + paradec, the target and its tokenizer, the server
-app, one ``pld`` request), then one request with the method, and prints the resident set size
-after each step as a markdown table. Linux only.
+server loads in turn (the imports, the target and its tokenizer, its weights paged in, the
+server app, one ``pld`` request), then one request with the method, and prints the resident set
+size after each step as markdown tables. Linux only.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import time
 
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+BASE_STEPS = 5  # the default server's steps, before the method's own request
 METHODS = ["pld", "suffix", "recycle", "aded", "lookahead", "qdraft", "auto", "head", "deer", "deer-fused"]
 
 
@@ -34,19 +35,18 @@ def _one(method: str, model: str | None, dtype: str, tokens: int) -> list[tuple[
         gc.collect()
         steps.append((name, rss_mib()))
 
-    mark("python")
-    import torch  # noqa: F401
-
-    mark("import torch")
-    import paradec  # noqa: F401
+    import paradec  # noqa: F401  (this module's own package: torch comes with it)
     import transformers  # noqa: F401
 
-    mark("import transformers, paradec")
+    mark("python, torch, transformers, paradec imported")
     from paradec.engine import Engine
     from paradec.models.loader import load_hf
 
     loaded = load_hf(model, dtype, "cpu")
     mark(f"target ({dtype}) and tokenizer loaded")
+    for p in loaded.model.parameters():  # the weights are mapped from the cache file: page them in
+        p.sum()
+    mark("target weights read once (as the first forward does)")
     engine = Engine(loaded)
     from paradec.server.app import ServerConfig, create_app
 
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> None:
             cmd += ["--model", a.model]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         steps = json.loads(out)
-        base = base or steps[:6]
+        base = base or steps[:BASE_STEPS]
         if m != "pld":
-            extra[m] = (steps[-1][1], steps[-1][1] - steps[5][1])
+            extra[m] = (steps[-1][1], steps[-1][1] - steps[BASE_STEPS - 1][1])
     assert base is not None
     print("| step | RSS MiB | + MiB |\n|---|---:|---:|")
     prev = 0.0

@@ -131,8 +131,9 @@ _TOKEN_BYTES: "weakref.WeakKeyDictionary[Engine, int]" = weakref.WeakKeyDictiona
 
 def _max_token_bytes(engine: Engine) -> int:
     """The most UTF-8 bytes one token of ``engine``'s vocabulary stands for (>= its characters),
-    so a text of n characters has at least n / this many tokens; doubled above for tokenizers
-    whose normalizer shrinks text."""
+    so a text of n characters has at least n / this many tokens. That holds for tokenizers that
+    do not shrink text before splitting it (byte-level BPE); the factor 2 above leaves room for
+    normalizers that do (whitespace folding), where it is a generous guard rather than a proof."""
     if engine not in _TOKEN_BYTES:
         tok = engine.tokenizer
         try:
