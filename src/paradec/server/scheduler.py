@@ -1,10 +1,13 @@
 """One worker thread owns the engine and serves every request, fairly.
 
-Requests enter a bounded queue. The worker admits them (tokenize, check against the context
-window, build the drafter: bad input fails here, before the first forward), then decodes up to
-``max_active`` of them: each round advances every active request by exactly one decode step
-(a plain token, or a whole speculative draft verified), so no request, speculative or not,
-waits more than one step of each other active request.
+Requests arrive tokenized (``tokenized``, run by the request handler in a thread pool, so a
+huge prompt never holds the worker) and enter a bounded queue. The worker admits them (check
+against the context window, build the drafter: bad input fails here, before the first forward),
+then decodes up to ``max_active`` of them: each round advances every active request by exactly
+one decode step (a plain token, or a whole speculative draft verified), so no request,
+speculative or not, waits more than one step of each other active request. A request cancelled
+(client gone) or past its deadline also stops inside a long step: its setup, prefill, draft and
+verify run under ``paradec.interrupt.interruptible``, whose checkpoints sit in the long loops.
 
 Continuous batching: in each round, the requests whose step is a plain decoding step (method
 ``ar``, or a drafter that proposed nothing this step) run in ONE target forward, each row on
