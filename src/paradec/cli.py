@@ -106,20 +106,21 @@ def generate(
 
 @app.command()
 def models() -> None:
-    """List the packaged models and whether each is installed."""
+    """List every model paradec ships or loads by name, and how to install the missing ones."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from .models.registry import DEFAULT_MODEL, REGISTRY
+    from .models.catalog import catalog
 
-    table = Table(title="packaged models")
-    for col in ("name", "installed", "description", "install"):
+    table = Table(title="models")
+    for col in ("name", "kind", "installed", "what", "install"):
         table.add_column(col)
-    for m in REGISTRY.values():
-        name = m.name + (" (default)" if m.name == DEFAULT_MODEL else "")
-        table.add_row(name, "yes" if m.installed else "no", m.description, "" if m.installed else m.install)
+    for e in catalog():  # escaped: rich would take "[gemma]" in a pip command for markup
+        name = e.name + (" (default)" if e.default else "")
+        table.add_row(*(escape(v) for v in (name, e.kind, "yes" if e.installed else "no", e.what, e.install)))
     Console().print(table)
-    print("Also accepted: a local Hugging Face model directory, a .gguf file, or a hub id already in your HF cache.")
+    print("Also accepted by --model: a local Hugging Face model directory, a .gguf file, or a hub id already in your HF cache.")
 
 
 @app.command()
