@@ -255,3 +255,29 @@ def test_real_model_cache_with_random_bytes_is_rebuilt(tmp_path, monkeypatch, ca
     got = paradec.load("smollm2-135m").generate("The capital of France is", **kw).token_ids
     assert "rebuilding" in capsys.readouterr().err
     assert got == want and set(got) != {0}
+
+
+def test_an_entry_replaced_by_a_file_is_rebuilt(env, capsys):
+    gguf, builds = env
+    loader.load_hf(str(gguf))
+    entry = _entry(gguf)
+    import shutil
+
+    shutil.rmtree(entry)
+    entry.write_text("not a folder")
+    loader.load_hf(str(gguf))
+    assert len(builds) == 2 and cache_store.check_dir(entry) is None
+
+
+def test_a_damaged_entry_in_an_unwritable_cache_is_refused(env, monkeypatch):
+    gguf, builds = env
+    loader.load_hf(str(gguf))
+    _overwrite_middle(_weights(gguf))
+
+    def unwritable(path):
+        raise ParadecError(f"cache folder '{path}' is not writable (Read-only file system)")
+
+    monkeypatch.setattr(cache_store, "writable_dir", unwritable)
+    with pytest.raises(ParadecError, match=r"fails its sha256 check\) and cannot be rebuilt: cache folder"):
+        loader.load_hf(str(gguf))
+    assert len(builds) == 1

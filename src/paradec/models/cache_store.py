@@ -124,10 +124,17 @@ def _staging(key: str) -> str:
     return f".{key}.tmp-"
 
 
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
 def _clear_stale(root: Path, key: str) -> None:
     """Remove what an interrupted build of ``key`` left (call with the entry's lock held)."""
     for p in root.glob(_staging(key) + "*"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        _remove(p)
 
 
 def cached_dir(root: Path, key: str, build: Callable[[Path], None], source: str, note: Callable[[str], None]) -> Path:
@@ -138,7 +145,12 @@ def cached_dir(root: Path, key: str, build: Callable[[Path], None], source: str,
     problem = check_dir(out)
     if problem is None:
         return out
-    writable_dir(root)
+    try:
+        writable_dir(root)
+    except ParadecError as e:
+        if not out.exists():
+            raise
+        raise ParadecError(f"cache entry '{out}' cannot be used ({problem}) and cannot be rebuilt: {e}") from None
     with _locked(root, key):
         problem = check_dir(out)  # another process may have built it meanwhile
         if problem is None:
@@ -150,8 +162,7 @@ def cached_dir(root: Path, key: str, build: Callable[[Path], None], source: str,
         try:
             build(tmp)
             write_manifest(tmp, source)
-            if out.exists():
-                shutil.rmtree(out)
+            _remove(out)
             os.replace(tmp, out)
         finally:
             if tmp.exists():
