@@ -281,3 +281,17 @@ def test_a_damaged_entry_in_an_unwritable_cache_is_refused(env, monkeypatch):
     with pytest.raises(ParadecError, match=r"fails its sha256 check\) and cannot be rebuilt: cache folder"):
         loader.load_hf(str(gguf))
     assert len(builds) == 1
+
+
+def test_a_failed_write_is_a_one_line_error_and_leaves_nothing(env, monkeypatch):
+    gguf, builds = env
+
+    def disk_full(src, out):
+        save_tiny_chat_model(out)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loader, "_convert_gguf", disk_full)
+    with pytest.raises(ParadecError, match=r"cannot write cache entry .*\(No space left on device\)"):
+        loader.load_hf(str(gguf))
+    root = _entry(gguf).parent
+    assert not _entry(gguf).exists() and [p for p in root.iterdir() if ".tmp-" in p.name] == []

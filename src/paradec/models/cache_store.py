@@ -164,6 +164,8 @@ def cached_dir(root: Path, key: str, build: Callable[[Path], None], source: str,
             write_manifest(tmp, source)
             _remove(out)
             os.replace(tmp, out)
+        except OSError as e:  # a full disk, a folder removed under us: nothing half-written stays
+            raise ParadecError(f"cannot write cache entry '{out}' ({e.strerror or e})") from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -188,6 +190,8 @@ def cached_file(out: Path, sha256: str, build: Callable[[Path], None], note: Cal
         try:
             build(Path(tmp))
             os.replace(tmp, out)
+        except OSError as e:
+            raise ParadecError(f"cannot write cache file '{out}' ({e.strerror or e})") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
