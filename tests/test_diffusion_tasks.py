@@ -67,3 +67,10 @@ def test_training_is_reproducible_from_a_seed():
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
     ar = train(TrainConfig(kind="ar", seed=5, **cfg), log=lambda s: None)
     assert ar.config.attention == "causal" and ar.config.mask_id is None
+
+
+def test_latin_squares_are_cached_per_size():
+    assert len(T.latin_squares(4)) == 576
+    small = T.latin_squares(3)
+    assert len(small) == 12 and all(len(sq) == 9 for sq in small)
+    assert len(T.latin_squares(2)) == 2 and len(T.latin_squares(4)) == 576

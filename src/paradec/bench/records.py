@@ -18,7 +18,11 @@ The file is JSON Lines, one object per line, each with a ``type``:
 - ``segment_end``: the segment finished or was stopped with Ctrl-C. A killed one has none.
 
 Every line is written with one ``write`` and flushed to disk (``fsync``) before the run goes
-on, so at most the line being written is lost; a cut-short last line is dropped on reading.
+on, so at most the line being written is lost. A damaged line (cut short by a kill, not JSON,
+a field missing or of the wrong type: ``record_schema``) is never used and never silently
+dropped: ``--resume`` moves it to ``<file>.damaged`` and says which lines it moved, ``--from``
+says which lines it ignored. A run whose last ``segment_end`` was lost is marked complete by
+the next ``--resume`` that finds nothing left to measure.
 
 Everything a later segment needs is in the file: the finished (prompt, turn, row, repeat)
 items are skipped, and ``ar``'s answers (the reference for identity, and the history that
@@ -30,11 +34,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ParadecError
 from .machine import loadavg
 from .metrics import Sample
+from .record_schema import fingerprint_problem, problem
 
 FORMAT = 1
 # fingerprint fields shown but not enforced: a commit between two sessions (say, to another part
@@ -111,38 +118,94 @@ def diff_fingerprint(old: dict, new: dict) -> list[str]:
     return out
 
 
-def read_records(path: str | os.PathLike, option: str = "--resume") -> tuple[list[dict], int, bool]:
-    """(records, byte length of the good part, whether the good part lacks its final newline).
-    A last line cut short (a process killed mid-write) is dropped; a bad line anywhere else is
-    an error."""
+@dataclass(frozen=True)
+class Damaged:
+    """A line that is not a well-formed record: kept aside (``--resume``) or ignored (``--from``)."""
+
+    line: int  # 1-based line number in the file
+    reason: str
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Scan:
+    records: list[dict]  # the well-formed records, in file order (the header first)
+    raw: list[bytes]  # their lines as read
+    damaged: list[Damaged]
+    no_newline: bool  # the file ends without a newline (and nothing is damaged)
+
+
+def read_records(path: str | os.PathLike, option: str = "--resume") -> Scan:
+    """The records of ``path`` and its damaged lines: a line that is not JSON or not a
+    well-formed record (a field missing or of the wrong type, see ``record_schema``), a last
+    line cut short by a kill. Only a file that does not start with a records header is an error."""
     try:
         data = Path(path).expanduser().read_bytes()
     except OSError as e:
         raise ParadecError(f"{option} {path} cannot be read ({e.strerror or e})") from None
-    records: list[dict] = []
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the file ends with a newline
-    pos, good = 0, 0
+    records: list[dict] = []
+    raw: list[bytes] = []
+    damaged: list[Damaged] = []
     for i, line in enumerate(lines):
-        end = pos + len(line) + 1
-        if line.strip():
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                rec = None
-            if not isinstance(rec, dict) or "type" not in rec:
-                if i == len(lines) - 1 and (records or line.startswith(HEADER_START)):
-                    break  # cut short by a kill: drop it (but never take another file for records)
-                if not records:
-                    raise ParadecError(f"{option} {path} is not a paradec bench records file (from --resume)")
-                raise ParadecError(f"{option} {path} line {i + 1} is not a benchmark record (a damaged file?)")
-            records.append(rec)
-        good = min(end, len(data))
-        pos = end
-    if records and (records[0].get("type") != "header" or records[0].get("format") != FORMAT):
-        raise ParadecError(f"{option} {path} is not a paradec bench records file (from --resume)")
-    return records, good, good > 0 and data[good - 1 : good] != b"\n"
+        if not line.strip():
+            continue
+        last = i == len(lines) - 1 and not data.endswith(b"\n")
+        try:
+            rec = json.loads(line)
+            bad = problem(rec, first=not records)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            rec, bad = None, "cut short (a killed run?)" if last else "not JSON"
+        if not records and bad is not None:
+            if last and line.startswith(HEADER_START):
+                damaged.append(Damaged(i + 1, "a header cut short (a killed run?)", line))
+                continue
+            raise ParadecError(f"{option} {path} is not a paradec bench records file (from --resume)")
+        if not records and rec.get("format") != FORMAT:
+            raise ParadecError(f"{option} {path} is not a paradec bench records file (from --resume)")
+        if bad is not None:
+            damaged.append(Damaged(i + 1, bad, line))
+            continue
+        records.append(rec)
+        raw.append(line)
+    return Scan(records, raw, damaged, bool(data) and not damaged and not data.endswith(b"\n"))
+
+
+def describe_damage(damaged: list[Damaged], most: int = 4) -> str:
+    """'line 3 (not JSON), line 9 (a sample record lacks field 'turn'), ...' on one line."""
+    parts = [f"line {d.line} ({d.reason})" for d in damaged[:most]]
+    more = len(damaged) - most
+    return ", ".join(parts) + (f" and {more} more" if more > 0 else "")
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def _set_aside(p: Path, fd: int, scan: Scan, path: str) -> int:
+    """Append the damaged lines to ``<file>.damaged``, then replace the file by its good lines
+    (a new file, locked before it takes the old one's place). Returns the new file's descriptor."""
+    aside = p.with_name(p.name + ".damaged")
+    with open(aside, "ab") as f:
+        f.write(b"".join(d.raw + b"\n" for d in scan.damaged))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp = p.with_name(p.name + ".tmp")
+    new = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _lock(new, path)
+        _write_all(new, b"".join(line + b"\n" for line in scan.raw))
+        os.fsync(new)
+        os.replace(tmp, p)
+    except BaseException:
+        os.close(new)
+        raise
+    os.close(fd)
+    n = len(scan.damaged)
+    _warn(f"--resume {path}: {n} damaged line{'s' if n > 1 else ''} moved to {aside}: {describe_damage(scan.damaged)}")
+    return new
 
 
 def sample_key(rec: dict) -> tuple[str, int, str, int]:
@@ -186,7 +249,8 @@ class RecordStore:
         fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _lock(fd, path)
-            records, good, no_newline = read_records(p)
+            scan = read_records(p)
+            records = scan.records
             if records:
                 diff = diff_fingerprint(records[0]["fingerprint"], fp)
                 if diff:
@@ -194,10 +258,11 @@ class RecordStore:
                         f"--resume {path} holds a run with another configuration ({'; '.join(diff[:3])}"
                         f"{'; ...' if len(diff) > 3 else ''}): pass --fresh to start it over, or use another file"
                     )
-            os.ftruncate(fd, good)  # drop a line cut short by a kill
+            if scan.damaged:  # kept aside, never dropped: the file keeps its good records only
+                fd = _set_aside(p, fd, scan, str(path))
             os.lseek(fd, 0, os.SEEK_END)
             store = cls(records, fd, str(path))
-            if no_newline:
+            if scan.no_newline:
                 _write_all(fd, b"\n")
             if not records:
                 store._write(header)
@@ -229,8 +294,16 @@ class RecordStore:
         self._index(rec)
 
     def end_segment(self, info: dict) -> None:
-        if self._started:
+        """Record how the segment ended. A resumed run that found nothing left to do records one
+        too when the file does not yet say that the run is complete (its last ``segment_end``
+        was lost to a kill), so a finished run is never reported incomplete forever."""
+        if self._started or (info.get("complete") and self._pending is not None and not self._complete_on_file()):
             self.add({"type": "segment_end", **info})
+
+    def _complete_on_file(self) -> bool:
+        segs = [r["segment"] for r in self.records if r["type"] == "segment"]
+        return bool(segs) and any(r["type"] == "segment_end" and r["segment"] == segs[-1] and r.get("complete")
+                                  for r in self.records)
 
     def _write(self, rec: dict) -> None:
         _write_all(self.fd, (json.dumps(rec, separators=(",", ":")) + "\n").encode())
@@ -278,14 +351,19 @@ def _lock(fd: int, path: str) -> None:
 
 # ---- the result, from the records alone ------------------------------------------------------------
 def load_records(path: str) -> list[dict]:
-    """The records of ``path`` for ``--from`` (read only)."""
+    """The records of ``path`` for ``--from`` (read only): damaged lines are ignored and named."""
     if not Path(path).expanduser().is_file():
         raise ParadecError(f"--from {path}: no such file")
-    records, _, _ = read_records(path, "--from")
+    scan = read_records(path, "--from")
+    records = scan.records
+    ignored = f" (ignored damaged {describe_damage(scan.damaged)})" if scan.damaged else ""
     if not records:
-        raise ParadecError(f"--from {path} is empty")
+        raise ParadecError(f"--from {path} is empty{ignored}")
     if not any(r["type"] == "segment" for r in records):
-        raise ParadecError(f"--from {path} holds no measurements yet")
+        raise ParadecError(f"--from {path} holds no measurements yet{ignored}")
+    if scan.damaged:
+        n = len(scan.damaged)
+        _warn(f"--from {path}: ignored {n} damaged line{'s' if n > 1 else ''}: {describe_damage(scan.damaged)}")
     return records
 
 
@@ -317,6 +395,9 @@ def result_from_records(records: list[dict]) -> dict:
     segs = [r for r in records if r["type"] == "segment"]
     if not segs:
         raise ParadecError("the records hold no measurements yet")
+    bad = fingerprint_problem(fp)
+    if bad:
+        raise ParadecError(f"the records' header is damaged: {bad}")
     first, last = segs[0], segs[-1]
     names = list(fp["methods"]) + list(fp["peers"])
     repeats = int(fp["repeats"])

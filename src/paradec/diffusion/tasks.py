@@ -12,6 +12,7 @@ Text form (what ``paradec generate`` takes): ``"copy dacb"``, ``"reverse dacb"``
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from dataclasses import dataclass
@@ -80,15 +81,18 @@ def _items(rng: random.Random, distinct: bool = False) -> list[str]:
     return rng.sample(ITEMS, n) if distinct else [rng.choice(ITEMS) for _ in range(n)]
 
 
-_SQUARES: list[tuple[int, ...]] = []
+@functools.lru_cache(maxsize=None)
+def _latin_squares(n: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(
+        tuple(v for r in rows for v in r)
+        for rows in itertools.product(itertools.permutations(range(1, n + 1)), repeat=n)
+        if all(len({r[c] for r in rows}) == n for c in range(n))
+    )
 
 
 def latin_squares(n: int = LATIN_N) -> list[tuple[int, ...]]:
-    if not _SQUARES:
-        for rows in itertools.product(itertools.permutations(range(1, n + 1)), repeat=n):
-            if all(len({r[c] for r in rows}) == n for c in range(n)):
-                _SQUARES.append(tuple(v for r in rows for v in r))
-    return _SQUARES
+    """Every n x n Latin square over 1..n, row-major (computed once per n)."""
+    return list(_latin_squares(n))
 
 
 def latin_valid(puzzle: str, answer: str, n: int = LATIN_N) -> bool:

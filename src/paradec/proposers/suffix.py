@@ -48,8 +48,10 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
+from ..errors import ParadecError
 from ..sampling import SamplingParams
 from ..tree import DraftTree
 from .base import ProposeContext, StepResult
@@ -211,9 +213,31 @@ def build_tree(
 
 
 def read_corpus(path: str) -> list[list[int]]:
-    """One sequence per non-empty line, token ids separated by whitespace."""
-    with open(path, encoding="utf-8") as f:
-        return [[int(x) for x in line.split()] for line in f if line.strip()]
+    """One sequence per non-empty line, non-negative token ids separated by whitespace. Errors
+    name the file and the line, never its content."""
+    what = f"suffix corpus_path '{path}'"
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ParadecError(f"{what} is a folder, not a corpus file")
+    seqs = []
+    try:
+        with open(p, encoding="utf-8") as f:
+            for no, line in enumerate(f, 1):
+                try:
+                    seq = [int(x) for x in line.split()]
+                except ValueError:
+                    seq = [-1]
+                if any(t < 0 for t in seq):
+                    raise ParadecError(f"{what} is not a corpus: line {no} is not whitespace-separated token ids (integers >= 0)")
+                if seq:
+                    seqs.append(seq)
+    except FileNotFoundError:
+        raise ParadecError(f"{what}: no such file") from None
+    except UnicodeDecodeError:
+        raise ParadecError(f"{what} is not a corpus: it is not UTF-8 text") from None
+    except OSError as e:
+        raise ParadecError(f"{what} cannot be read ({e.strerror or type(e).__name__})") from None
+    return seqs
 
 
 class SuffixDrafter:
@@ -228,11 +252,11 @@ class SuffixDrafter:
         base = SuffixAutomaton(c.count_walk)
         for s in seqs:
             if any(int(t) < 0 for t in s):
-                raise ValueError("suffix corpus token ids must be >= 0")
+                raise ParadecError("suffix corpus token ids must be >= 0")
             base.extend_all(s)
             base.extend(self._new_sep())
         if base.n > c.max_tokens // 2:
-            raise ValueError(f"suffix corpus has {base.n} tokens; at most max_tokens // 2 = {c.max_tokens // 2} fit")
+            raise ParadecError(f"suffix corpus has {base.n} tokens; at most max_tokens // 2 = {c.max_tokens // 2} fit")
         self._base = base  # the pinned corpus
         self.sam = base.copy()
         self._window: list[int] = []  # live tokens indexed after the corpus (separators included)
