@@ -151,8 +151,9 @@ def methods_cmd() -> None:
 
 
 def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: str, device: str,
-                  temperature: float, seed: int | None, as_json: bool) -> None:
-    """``paradec generate`` for a diffusion model: a task prompt in, the answer and stats out."""
+                  temperature: float, seed: int | None, as_json: bool, max_new_tokens: int | None = None) -> None:
+    """``paradec generate`` for a diffusion model: a task prompt in, the answer and stats out
+    (``max_new_tokens``: the answer length; default the model's trained one)."""
     from . import freedave
     from .loaders import load_diffusion
     from .loop import generate
@@ -161,7 +162,7 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
 
     m = load_diffusion(model, dtype=dtype, device=device)
     if getattr(getattr(m, "model", None), "config", None) is not None and getattr(m.model.config, "attention", "") == "causal":
-        return _generate_ar(m, prompt, model, method, as_json)  # tiny-ar, the AR reference
+        return _generate_ar(m, prompt, model, method, as_json, max_new_tokens)  # tiny-ar, the AR reference
     if method == "pld":  # the AR default: use the dLLM default instead
         method = "threshold"
     opts = dict(options)
@@ -177,6 +178,8 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
         gen_length = 64
         if method != "adablock":
             opts.setdefault("block_size", str(m.spec.block_size))
+    if max_new_tokens is not None:
+        gen_length = max_new_tokens
     s, extra = make_settings(method, opts, gen_length=gen_length, eos_id=m.spec.eos_id, filter_model=_filter_of(m))
     tok = getattr(m, "tokenizer", None)
     if hasattr(m, "encode"):
@@ -198,17 +201,21 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
           f"{st.mean_accepted:.2f} tokens/forward | stop: {st.stop_reason}", file=sys.stderr)
 
 
-def _generate_ar(m, prompt: str, model: str, method: str, as_json: bool) -> None:
+def _generate_ar(m, prompt: str, model: str, method: str, as_json: bool, max_new_tokens: int | None = None) -> None:
     """Greedy decoding with paradec's AR reference (one token per forward)."""
     from .evaluate import ar_generate
     from .stats import DiffusionStats
+    from .tasks import GEN_LENGTH
     from .tasks import EOS, decode_answer, encode_prompt
 
     if method not in ("ar", "pld"):
         raise ParadecError(f"'{model}' is an AR model: use --method ar")
     ids = encode_prompt(prompt)
+    max_new = GEN_LENGTH if max_new_tokens is None else max_new_tokens
+    if len(ids) + max_new > m.spec.max_len:
+        raise ParadecError(f"prompt + generation length = {len(ids) + max_new} exceeds the model's {m.spec.max_len} positions")
     t0 = time.perf_counter()
-    outs, fws = ar_generate(m.model, [ids])
+    outs, fws = ar_generate(m.model, [ids], max_new=max_new)
     st = DiffusionStats(method="ar", prompt_tokens=len(ids), new_tokens=len(outs[0]), forwards=fws[0], committed=fws[0],
                         accept_lengths=[1] * fws[0], total_s=time.perf_counter() - t0,
                         stop_reason="eos" if EOS in outs[0] else "length")
