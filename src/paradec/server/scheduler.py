@@ -299,16 +299,7 @@ class Scheduler:
     def _open(self, p: GenParams) -> Stream:
         engine = self.engine
         ctx = engine.target.max_context
-        if isinstance(p.prompt, list) and p.prompt and all(isinstance(t, int) for t in p.prompt):
-            ids = list(p.prompt)
-            vocab = engine.target.vocab_size
-            bad = [t for t in ids if not 0 <= t < vocab]
-            if bad:
-                raise APIError.bad_request(f"token id {bad[0]} is outside the vocabulary [0, {vocab})", "prompt")
-            if len(ids) >= ctx:
-                raise APIError.bad_request(f"the prompt has {len(ids)} tokens; the context window is {ctx}", "prompt")
-        else:
-            ids = engine.encode(p.prompt, chat=p.chat)
+        ids = engine.prompt_ids(p.prompt, chat=p.chat)  # the one validation of prompts (paradec.params)
         room = ctx - len(ids)
         if p.max_tokens is not None:
             if p.max_tokens > room:
