@@ -134,7 +134,7 @@ def bounded(config: Any, options: dict[str, Any], limits: Limits, shipped: Calla
         v = getattr(config, k)
         kind = COST.get(k)
         if kind == "nodes" and isinstance(v, str):  # a recycle template: one node per entry
-            v = len(v.split())
+            v = len(v.replace(",", " ").split())
         if kind is not None and is_int(v) and v > limits.bound(kind):
             raise ParadecError(f"option {k} = {v} is above this server's limit of {limits.bound(kind)} ({FLAGS[kind]})")
         if k in PATHS and v not in ("", "auto") and v not in shipped(k) and not limits.allows(v):

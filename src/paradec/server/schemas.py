@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-OptionValue = Union[StrictBool, StrictInt, Annotated[StrictFloat, Field(allow_inf_nan=False)], StrictStr]
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # an int or a float; not "0.5", not true
+OptionValue = Union[StrictBool, StrictInt, Annotated[StrictFloat, Field(allow_inf_nan=False)], StrictStr]  # typed per option by paradec.proposers
 
 
 class ParadecOptions(BaseModel):
