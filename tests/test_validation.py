@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+ANY_CHAR = st.characters(exclude_categories=())  # lone surrogates included
+
 import paradec
 from cli_util import run_cli
 from paradec import ParadecError
@@ -153,12 +155,12 @@ def test_drafters_load_once_per_resolved_name_and_are_bounded(engine, tmp_path, 
 
 # ---- property-based: anything in, a result or a ParadecError out -----------------------------------
 junk = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(allow_nan=True, allow_infinity=True),
-                 st.text(max_size=4), st.lists(st.integers(-2, 5), max_size=2))
+                 st.text(ANY_CHAR, max_size=4), st.lists(st.integers(-2, 5), max_size=2))
 prompts = st.one_of(
-    st.text(max_size=12),  # lone surrogates included
+    st.text(ANY_CHAR, max_size=12),  # lone surrogates included
     st.lists(st.integers(-5, 200), max_size=6),
     st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "developer", "assistant", "nobody", 3]),
-                                     "content": st.one_of(st.text(max_size=8), st.integers())}), max_size=3),
+                                     "content": st.one_of(st.text(ANY_CHAR, max_size=8), st.integers())}), max_size=3),
     junk,
 )
 option_names = st.sampled_from(["draft_len", "branches", "max_nodes", "max_ngram", "min_ngram", "nodes", "k", "max_depth",
@@ -173,7 +175,7 @@ option_names = st.sampled_from(["draft_len", "branches", "max_nodes", "max_ngram
     top_p=st.one_of(st.floats(0, 1), junk),
     top_k=st.one_of(st.integers(0, 5), junk),
     seed=st.one_of(st.integers(-(2**70), 2**70), junk),
-    stop=st.one_of(st.none(), st.text(max_size=2), st.lists(st.text(max_size=2), max_size=2), junk),
+    stop=st.one_of(st.none(), st.text(ANY_CHAR, max_size=2), st.lists(st.text(ANY_CHAR, max_size=2), max_size=2), junk),
     max_new_tokens=st.one_of(st.integers(1, 4), junk),
     options=st.one_of(st.none(), st.dictionaries(option_names, junk, max_size=2), junk),
 )
