@@ -58,6 +58,8 @@ def assert_openai_400(r, param=None):
     ({**OK, "paradec": {"method": "suffix", "options": {"keep_state": "true"}}}, "paradec.options"),
     ({**OK, "paradec": {"method": "recycle", "options": {"nodes": 100000}}}, "paradec.options"),
     ({**OK, "paradec": {"method": "lookahead", "options": {"window": 17}}}, "paradec.options"),
+    ({**OK, "paradec": {"method": "suffix", "options": {"corpus_path": "a\u0000b"}}}, "paradec.options"),
+    ({**OK, "paradec": {"method": "head", "options": {"head": "\ud800"}}}, "paradec.options"),
     ({**OK, "temperature": "0.5"}, "temperature"),
     ({**OK, "temperature": True}, "temperature"),
     ({**OK, "top_p": "1"}, "top_p"),

@@ -44,6 +44,8 @@ BAD = [
     (dict(options={"draft_len": "3"}), "draft_len"),
     (dict(options={"draft_len": True}), "draft_len"),
     (dict(options={"max_window": float("nan")}), "max_window"),
+    (dict(method="head", options={"head": "\udcff"}), "UTF-8"),
+    (dict(method="head", options={"head": "a\x00b"}), "NUL"),
     (dict(stop=5), "stop"),
     (dict(stop=[5]), "stop"),
     (dict(stop=["\ud800"]), "UTF-8"),

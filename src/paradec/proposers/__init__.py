@@ -20,7 +20,8 @@ from .pld import PLDConfig, PromptLookup
 from .qdraft import QDraftConfig, QuantizedSelfDraft
 from .recycle import RecycleConfig, TokenRecycling
 from .suffix import SuffixConfig, SuffixDrafter
-from .options import Limits, bounded, build, from_text
+from ..params import text
+from .options import Limits, bounded, build, from_text, real_path
 
 __all__ = ["METHODS", "CONFIGS", "Limits", "Models", "check_options", "make_proposer", "text_options", "Proposer", "ProposeContext", "StepResult", "NoDraft"]
 
@@ -235,13 +236,11 @@ def check_options(method: str, options: Any, limits: Limits) -> dict[str, Any]:
 
 def _resolved(options: dict[str, Any]) -> dict[str, Any]:
     """Path options as real paths (shipped names as they are), so each drafter loads once."""
-    import os
-
     out = dict(options)
     for k in ("head", "adapter"):
         v = out.get(k)
         if isinstance(v, str) and v not in ("", "auto") and v not in _shipped(k):
-            out[k] = os.path.realpath(v)
+            out[k] = real_path(text(f"option {k}", v))
     return out
 
 

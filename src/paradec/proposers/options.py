@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ParadecError
-from ..params import is_int, is_number
+from ..params import is_int, is_number, text
 
 # option name -> cost kind: "nodes" (draft tree size), "depth" (draft length / n-gram order /
 # passes), "width" (candidates per node, chains, table fan-out), "pool" (entries kept in a
@@ -65,8 +65,16 @@ class Limits:
                 "pool": self.max_pool}[kind]
 
     def allows(self, path: str) -> bool:
-        real = os.path.realpath(path)
+        real = real_path(path)
         return any(os.path.commonpath([real, d]) == d for d in self.allow_paths)
+
+
+def real_path(path: str) -> str:
+    """``path`` with symlinks, ``..`` and repeated separators resolved (one key per folder)."""
+    try:
+        return os.path.realpath(path)
+    except ValueError:  # an embedded NUL
+        raise ParadecError("a path option holds a NUL character") from None
 
 
 def _field_types(cls: type) -> dict[str, type]:
@@ -74,7 +82,7 @@ def _field_types(cls: type) -> dict[str, type]:
     return {f.name: type(getattr(default, f.name)) for f in dataclasses.fields(cls)}
 
 
-def _typed(want: type, v: Any) -> Any:
+def _typed(want: type, v: Any, name: str = "option") -> Any:
     """``v`` if it is of type ``want`` (ints are floats too); else None."""
     if want is bool:
         return v if isinstance(v, bool) else None
@@ -82,6 +90,9 @@ def _typed(want: type, v: Any) -> Any:
         return v if is_int(v) else None
     if want is float:
         return float(v) if is_number(v) and math.isfinite(v) else None
+    if want is str and isinstance(v, str):
+        text(f"option {name}", v)  # valid UTF-8 (a lone surrogate cannot name a file or a template)
+        return v
     return v if isinstance(v, want) else None
 
 
@@ -93,7 +104,7 @@ def build(cls: type, options: dict[str, Any]):
         raise ParadecError(f"unknown option(s) {', '.join(map(str, unknown))} (valid: {', '.join(types)})"[:400])
     typed = {}
     for k, v in options.items():
-        got = _typed(types[k], v)
+        got = _typed(types[k], v, k)
         if got is None:
             what = "a finite number" if types[k] is float else types[k].__name__
             raise ParadecError(f"option {k} expects {what}, got {type(v).__name__} {v!r}"[:300])
