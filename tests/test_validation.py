@@ -244,8 +244,19 @@ def not_a_folder(tmp_path):
     (["dllm", "text-bench", "--only", "nosuch"], "nosuch"),
     (["dllm", "text-bench", "--out", "{bad}"], "cannot write"),
 ])
-def test_dllm_commands_refuse_bad_values_before_any_work(capsys, not_a_folder, args, message):
+def test_dllm_commands_refuse_bad_values_before_any_work(capsys, tmp_path, not_a_folder, args, message):
     args = [a.replace("{bad}", not_a_folder) for a in args]
+    if "--out" not in args:  # were a check missing, the work would land in tmp_path, not in the repo
+        args += ["--out", str(tmp_path / "out")]
     code, out, err = run_cli(args, capsys)
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert not out  # nothing trained, nothing benchmarked
+
+
+@pytest.mark.parametrize("args, message", [
+    (["serve", "--opt", "draft_len=2.7"], "option draft_len expects int"),
+    (["serve", "--max-draft-nodes", "0"], "--max-draft-nodes must be an integer >= 1"),
+])
+def test_serve_checks_its_options_before_loading(capsys, args, message):
+    code, out, err = run_cli(args, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
