@@ -247,7 +247,9 @@ def test_make_proposer_errors():
         make_proposer("pld", models, options={"bogus": 1})
     with pytest.raises(ParadecError, match="expects int"):
         make_proposer("pld", models, options={"draft_len": "many"})
-    assert make_proposer("pld", models, options={"draft_len": "5"}).config.draft_len == 5
+    with pytest.raises(ParadecError, match="expects int"):  # strict: text is parsed only from --opt
+        make_proposer("pld", models, options={"draft_len": "5"})
+    assert make_proposer("pld", models, options={"draft_len": 5}).config.draft_len == 5
 
 
 def test_draft_with_lookup_is_identical_to_ar_and_uses_the_batched_check(target, drafter_model, reference):

@@ -118,7 +118,7 @@ def test_prefill_block_size_is_chosen_once_per_request(target, drafter):
 def test_make_proposer_with_an_adapter_directory(tmp_path, target, drafter, reference):
     drafter.save(tmp_path / "a")
     models = Models(target)
-    make = lambda: make_proposer("deer", models, {"adapter": str(tmp_path / "a"), "block": "5"})  # noqa: E731
+    make = lambda: make_proposer("deer", models, {"adapter": str(tmp_path / "a"), "block": 5})  # noqa: E731
     assert assert_identical_to_ar(target, reference, make, "deer from directory") > 0
 
 
@@ -126,10 +126,11 @@ def test_bad_input(tmp_path, target, s_target, s_drafter):
     models = Models(target)
     for opts, msg in [
         ({"adapt": "sometimes"}, "adapt"),
-        ({"block": "2", "min_block": "4"}, "min_block"),
-        ({"passes": "0"}, "passes"),
-        ({"min_confidence": "1.5"}, "min_confidence"),
-        ({"nope": "1"}, "unknown option"),
+        ({"block": 2, "min_block": 4}, "min_block"),
+        ({"passes": 0}, "passes"),
+        ({"min_confidence": 1.5}, "min_confidence"),
+        ({"passes": "2"}, "expects int"),
+        ({"nope": 1}, "unknown option"),
         ({"adapter": str(tmp_path / "missing")}, "unknown adapter"),
     ]:
         with pytest.raises(ParadecError, match=msg):

@@ -120,12 +120,12 @@ def test_make_proposer_and_bad_input(tmp_path, target, reference):
     drafter = random_adapter(target.model)
     drafter.save(tmp_path / "a")
     models = Models(target)
-    make = lambda: make_proposer("deer-fused", models, {"adapter": str(tmp_path / "a"), "block": "4"})  # noqa: E731
+    make = lambda: make_proposer("deer-fused", models, {"adapter": str(tmp_path / "a"), "block": 4})  # noqa: E731
     assert assert_identical_to_ar(target, reference, make, "deer-fused from directory") > 0
     assert not any(isinstance(mod, LoRALinear) for mod in target.model.modules())
     out, _ = run(target, NoDraft(), PROMPTS[0], n=5)  # the target still decodes plainly
     assert out == reference[tuple(PROMPTS[0])][:5]
-    for bad in ({"adapt": "prefill"}, {"passes": "2"}, {"block": "0"}):
+    for bad in ({"adapt": "prefill"}, {"passes": 2}, {"block": 0}):
         with pytest.raises(ParadecError):
             make_proposer("deer-fused", models, {"adapter": str(tmp_path / "a"), **bad})
 

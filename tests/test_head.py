@@ -207,13 +207,13 @@ def test_files_round_trip_and_refuse_another_model(tmp_path, target, trained):
 def test_make_proposer(tmp_path, target, trained, reference):
     trained[0].save(tmp_path / "h")
     models = Models(target)
-    prop = make_proposer("head", models, {"head": str(tmp_path / "h"), "nodes": "8"})
+    prop = make_proposer("head", models, {"head": str(tmp_path / "h"), "nodes": 8})
     assert isinstance(prop, HeadProposer) and prop.config.nodes == 8
     out, stats = run(target, prop, PROMPTS[1])
     assert out == reference[tuple(PROMPTS[1])] and stats.accepted > 0
     assert make_proposer("head", models, {"head": str(tmp_path / "h")}).head is prop.head  # loaded once
     with pytest.raises(ParadecError, match="width"):
-        make_proposer("head", models, {"head": str(tmp_path / "h"), "width": "0"})
+        make_proposer("head", models, {"head": str(tmp_path / "h"), "width": 0})
 
 
 def test_features_rows_match_single_forwards(target):

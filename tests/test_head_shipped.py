@@ -44,6 +44,6 @@ def test_shipped_head_by_name_and_auto_identical_to_ar(engine):
     assert head_for(engine.target.model, "auto").spec == head_for(engine.target.model, NAME).spec
     for p in PROMPTS:
         ref = engine.generate(p, method="ar", max_new_tokens=96).token_ids
-        got = engine.generate(p, method="head", max_new_tokens=96, options={"lookup": "8"})
+        got = engine.generate(p, method="head", max_new_tokens=96, options={"lookup": 8})
         assert got.token_ids == ref, p
         assert got.stats.mean_accepted > 1.5

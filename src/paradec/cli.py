@@ -35,9 +35,11 @@ def generate(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Packaged name, model dir, .gguf file or cached hub id."),
     method: str = typer.Option("pld", "--method", help="Decoding method (see `paradec methods`)."),
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model (same tokenizer) for --method draft."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16 or float64."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, "--max-new-tokens", "-n", help="Default 128; for a diffusion LM, its trained answer length."
+    ),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p"),
     top_k: int = typer.Option(0, "--top-k"),
@@ -48,24 +50,31 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: text, token_ids, stats."),
 ) -> None:
     """Generate text for PROMPT and print it (streamed), then the decoding stats."""
+    from . import params
     from .engine import load
     from .models.loader import parse_device, parse_dtype
 
     parse_dtype(dtype), parse_device(device)  # fail fast, before loading anything
-    if not prompt.strip():
-        raise ParadecError("the prompt is empty")
+    params.prompt(prompt)
+    params.sampling(temperature, top_p, top_k, seed)
+    params.stops(stop)
+    if max_new_tokens is not None:
+        params.max_new_tokens(max_new_tokens)
     options = _options(opt)
     from .diffusion.loaders import is_diffusion
 
     if is_diffusion(model):  # a diffusion LM (e.g. tiny-dllm): its own decoding loop and methods
         from .diffusion.command import generate_dllm
 
-        return generate_dllm(prompt, model, method, options, dtype, device, temperature, seed, as_json)
+        return generate_dllm(prompt, model, method, options, dtype, device, temperature, seed, as_json, max_new_tokens)
+    from .proposers import text_options
+
+    options = text_options(method, options)
     engine = load(model, draft=draft_model, dtype=dtype, device=device)
     stream = engine.stream(
         prompt,
         method=method,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=128 if max_new_tokens is None else max_new_tokens,
         temperature=temperature,
         top_p=top_p,
         top_k=top_k,

@@ -12,7 +12,7 @@ from .errors import ParadecError
 from .models.adapter import HFCausalLM
 from .models.loader import Loaded, load_hf
 from .proposers import METHODS, Models, make_proposer
-from .sampling import SamplingParams
+from . import params
 from .stats import DecodeStats
 
 Messages = Sequence[dict[str, str]]
@@ -152,17 +152,10 @@ class Engine:
 
     # ---- tokenization ------------------------------------------------------------------------
     def encode(self, prompt: str | Messages, chat: bool | None = None) -> list[int]:
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise ParadecError("the prompt is empty")
-            messages = [{"role": "user", "content": prompt}]
-        else:
-            messages = list(prompt)
-            if not messages:
-                raise ParadecError("messages is empty")
-            for m in messages:
-                if not isinstance(m, dict) or "role" not in m or not isinstance(m.get("content"), str):
-                    raise ParadecError("each message needs a 'role' and a string 'content'")
+        prompt = params.prompt(prompt)
+        if isinstance(prompt, list) and not isinstance(prompt[0], dict):
+            raise ParadecError("encode takes text or chat messages; token ids are already encoded")
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         use_chat = self.chat_default if chat is None else chat
         if use_chat:
             if not getattr(self.tokenizer, "chat_template", None):
@@ -175,9 +168,19 @@ class Engine:
             ids = self.tokenizer(prompt)["input_ids"]
         if not ids:
             raise ParadecError("the prompt is empty after tokenization")
+        return self._fits(list(ids))
+
+    def _fits(self, ids: list[int]) -> list[int]:
         if len(ids) >= self.target.max_context:
             raise ParadecError(f"the prompt has {len(ids)} tokens; the context window of '{self.name}' is {self.target.max_context}")
-        return list(ids)
+        return ids
+
+    def prompt_ids(self, prompt: str | Messages | list[int], chat: bool | None = None) -> list[int]:
+        """The checked token ids of any prompt: text, chat messages or token ids."""
+        p = params.prompt(prompt)
+        if isinstance(p, list) and not isinstance(p[0], dict):
+            return self._fits(params.token_ids(p, self.target.vocab_size))
+        return self.encode(p, chat)
 
     # ---- generation ----------------------------------------------------------------------------
     def stream(
@@ -193,16 +196,13 @@ class Engine:
         chat: bool | None = None,
         options: dict | None = None,
     ) -> Stream:
-        sampling = SamplingParams(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=seed)
-        cfg = DecodeConfig(max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=self.eos_ids)
+        if chat is not None and not isinstance(chat, bool):
+            raise ParadecError(f"chat must be True, False or None, got {chat!r}")
+        sampling = params.sampling(temperature, top_p, top_k, seed)
+        cfg = DecodeConfig(max_new_tokens=params.max_new_tokens(max_new_tokens), sampling=sampling, eos_ids=self.eos_ids)
+        stops = params.stops(stop)
+        ids = self.prompt_ids(prompt, chat)
         proposer = make_proposer(method, self.models, options)
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            ids = prompt
-            if len(ids) >= self.target.max_context:
-                raise ParadecError(f"the prompt has {len(ids)} tokens; the context window is {self.target.max_context}")
-        else:
-            ids = self.encode(prompt, chat)
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
         return Stream(self, ids, proposer, cfg, stops)
 
     def generate(self, prompt: str | Messages | list[int], method: str = "pld", **kwargs) -> Generation:

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from ..errors import ParadecError
+from ..outpath import writable_dir
 
 dllm_app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -21,6 +22,15 @@ def _opts(pairs) -> dict:
     from ..cli import _options  # one parser for --opt key=value everywhere
 
     return _options(pairs)
+
+
+def _check_only(only: list[str] | None, configs) -> None:
+    """Every ``--only`` value names a method or a label of the benchmark's configurations."""
+    known = {m for _, m, _ in configs} | {label for label, _, _ in configs}
+    unknown = [o for o in only or [] if o not in known]
+    if unknown:
+        raise ParadecError(f"--only {', '.join(unknown)}: not a method or label of this benchmark "
+                           f"(methods: {', '.join(dict.fromkeys(m for _, m, _ in configs))})")
 
 
 def _filter_of(model):
@@ -37,10 +47,10 @@ def train_cmd(
     out: str = typer.Option("dllm-model", "--out", "-o", help="Output folder: OUT/dllm and OUT/ar."),
     kind: str = typer.Option("all", "--kind", help="all, dllm (with its Learn2PD filter) or ar."),
     seed: int = typer.Option(0, "--seed"),
-    steps: int = typer.Option(1500, "--steps"),
-    threads: int = typer.Option(1, "--threads", help="torch threads (CPU)."),
-    eval_n: int = typer.Option(100, "--eval-n", help="Held-out instances per task for the recorded accuracy."),
-    filter_n: int = typer.Option(60, "--filter-n", help="Training instances per task whose trajectories train the filter."),
+    steps: int = typer.Option(1500, "--steps", min=1),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads (CPU)."),
+    eval_n: int = typer.Option(100, "--eval-n", min=1, help="Held-out instances per task for the recorded accuracy."),
+    filter_n: int = typer.Option(60, "--filter-n", min=1, help="Training instances per task whose trajectories train the filter."),
 ) -> None:
     """Train the shipped tiny masked diffusion LM (and/or the AR reference) on CPU from a seed,
     then measure one-token-per-step accuracy on held-out instances and record it in config.json."""
@@ -50,6 +60,7 @@ def train_cmd(
 
     if kind not in ("all", "dllm", "ar"):
         raise ParadecError(f"--kind must be all, dllm or ar, got '{kind}'")
+    writable_dir(out)  # before the training, not after it
     torch.set_num_threads(threads)
     log = lambda s: print(s, flush=True)
     for k in (["dllm", "ar"] if kind == "all" else [kind]):
@@ -97,19 +108,21 @@ def finish(model, kind: str, d: Path, seed: int, steps: int, threads: int, secs:
 def bench_cmd(
     model: str = typer.Option("tiny-dllm", "--model", "-m"),
     ar: str = typer.Option("tiny-ar", "--ar", help="AR reference model ('' to skip)."),
-    n: int = typer.Option(100, "--n", help="Held-out instances per task."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    n: int = typer.Option(100, "--n", min=1, help="Held-out instances per task."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
     out: str = typer.Option("dllm-bench", "--out", "-o", help="Folder for results.json, results.md, frontier.png."),
     only: list[str] | None = typer.Option(None, "--only", help="Run only these methods or labels (repeatable)."),
-    threads: int = typer.Option(1, "--threads"),
+    threads: int = typer.Option(1, "--threads", min=1),
 ) -> None:
     """Every decoding policy on held-out task instances: accuracy, forwards, tokens per forward,
     tokens/s, vs one-token-per-step and the AR reference; a frontier plot."""
     import torch
 
-    from .bench import run_bench
+    from .bench import CONFIGS, run_bench
     from .loaders import load_diffusion
 
+    _check_only(only, CONFIGS)
+    writable_dir(out)
     torch.set_num_threads(threads)
     m = load_diffusion(model)
     arm = load_diffusion(ar) if ar else None
@@ -121,21 +134,25 @@ def bench_cmd(
 @dllm_app.command("text-bench")
 def text_bench_cmd(
     model: str = typer.Option("smollm2-135m-dlm", "--model", "-m", help="A converted text dLLM (name or directory)."),
-    mt: int = typer.Option(8, "--mt", help="Held-out MT-Bench first turns."),
-    humaneval: int = typer.Option(8, "--humaneval", help="Held-out HumanEval problems (pass@1, sandboxed)."),
-    gen_mt: int = typer.Option(64, "--gen-mt"),
-    gen_he: int = typer.Option(128, "--gen-he"),
+    mt: int = typer.Option(8, "--mt", min=0, help="Held-out MT-Bench first turns."),
+    humaneval: int = typer.Option(8, "--humaneval", min=0, help="Held-out HumanEval problems (pass@1, sandboxed)."),
+    gen_mt: int = typer.Option(64, "--gen-mt", min=1),
+    gen_he: int = typer.Option(128, "--gen-he", min=1),
     only: list[str] | None = typer.Option(None, "--only", help="Run only these methods or labels (repeatable)."),
     out: str = typer.Option("dllm-text-bench", "--out", "-o"),
-    threads: int = typer.Option(1, "--threads"),
+    threads: int = typer.Option(1, "--threads", min=1),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
 ) -> None:
     """Speed/quality frontier of a converted text dLLM: every policy on held-out MT-Bench
     prompts (AR perplexity of the output) and HumanEval problems (pass@1, sandboxed execution)."""
     import torch
 
-    from .text_bench import run
+    from .text_bench import CONFIGS, run
 
+    if mt + humaneval == 0:
+        raise ParadecError("--mt and --humaneval are both 0: nothing to measure")
+    _check_only(only, CONFIGS)
+    writable_dir(out)
     torch.set_num_threads(threads)
     run(model, mt, humaneval, gen_mt, gen_he, only=only, out_dir=out, log=lambda s: print(s, flush=True), device=device)
     print(f"wrote {out}/text_results.json, text_results.md, text_frontier.png")
@@ -151,8 +168,9 @@ def methods_cmd() -> None:
 
 
 def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: str, device: str,
-                  temperature: float, seed: int | None, as_json: bool) -> None:
-    """``paradec generate`` for a diffusion model: a task prompt in, the answer and stats out."""
+                  temperature: float, seed: int | None, as_json: bool, max_new_tokens: int | None = None) -> None:
+    """``paradec generate`` for a diffusion model: a task prompt in, the answer and stats out
+    (``max_new_tokens``: the answer length; default the model's trained one)."""
     from . import freedave
     from .loaders import load_diffusion
     from .loop import generate
@@ -161,7 +179,7 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
 
     m = load_diffusion(model, dtype=dtype, device=device)
     if getattr(getattr(m, "model", None), "config", None) is not None and getattr(m.model.config, "attention", "") == "causal":
-        return _generate_ar(m, prompt, model, method, as_json)  # tiny-ar, the AR reference
+        return _generate_ar(m, prompt, model, method, as_json, max_new_tokens)  # tiny-ar, the AR reference
     if method == "pld":  # the AR default: use the dLLM default instead
         method = "threshold"
     opts = dict(options)
@@ -177,6 +195,8 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
         gen_length = 64
         if method != "adablock":
             opts.setdefault("block_size", str(m.spec.block_size))
+    if max_new_tokens is not None:
+        gen_length = max_new_tokens
     s, extra = make_settings(method, opts, gen_length=gen_length, eos_id=m.spec.eos_id, filter_model=_filter_of(m))
     tok = getattr(m, "tokenizer", None)
     if hasattr(m, "encode"):
@@ -198,17 +218,21 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
           f"{st.mean_accepted:.2f} tokens/forward | stop: {st.stop_reason}", file=sys.stderr)
 
 
-def _generate_ar(m, prompt: str, model: str, method: str, as_json: bool) -> None:
+def _generate_ar(m, prompt: str, model: str, method: str, as_json: bool, max_new_tokens: int | None = None) -> None:
     """Greedy decoding with paradec's AR reference (one token per forward)."""
     from .evaluate import ar_generate
     from .stats import DiffusionStats
+    from .tasks import GEN_LENGTH
     from .tasks import EOS, decode_answer, encode_prompt
 
     if method not in ("ar", "pld"):
         raise ParadecError(f"'{model}' is an AR model: use --method ar")
     ids = encode_prompt(prompt)
+    max_new = GEN_LENGTH if max_new_tokens is None else max_new_tokens
+    if len(ids) + max_new > m.spec.max_len:
+        raise ParadecError(f"prompt + generation length = {len(ids) + max_new} exceeds the model's {m.spec.max_len} positions")
     t0 = time.perf_counter()
-    outs, fws = ar_generate(m.model, [ids])
+    outs, fws = ar_generate(m.model, [ids], max_new=max_new)
     st = DiffusionStats(method="ar", prompt_tokens=len(ids), new_tokens=len(outs[0]), forwards=fws[0], committed=fws[0],
                         accept_lengths=[1] * fws[0], total_s=time.perf_counter() - t0,
                         stop_reason="eos" if EOS in outs[0] else "length")

@@ -54,6 +54,9 @@ def convert(
 
     if steps < 1:
         raise ParadecError(f"--steps must be >= 1, got {steps}")
+    from ..outpath import writable_dir
+
+    writable_dir(out)  # before the work, not after it
     torch.set_num_threads(threads)
     torch.backends.cuda.matmul.allow_tf32 = True  # CUDA only: TF32 products for training
     log = lambda s: print(s, flush=True)  # noqa: E731

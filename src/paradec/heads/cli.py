@@ -59,6 +59,9 @@ def train_cmd(
             raise ParadecError(f"{name} must be >= 1, got {value}")
     if not 0.0 <= holdout < 1.0:
         raise ParadecError(f"--holdout must be in [0, 1), got {holdout}")
+    from ..outpath import writable_dir
+
+    writable_dir(out)  # before the work, not after it
     try:
         cfg = TrainConfig(steps=steps, batch=batch, lr=lr, unroll=unroll, reg=reg, seed=seed, minutes=minutes, bf16=bf16,
                           warmup=min(50, max(1, steps // 10)))

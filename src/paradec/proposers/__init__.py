@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,8 +20,10 @@ from .pld import PLDConfig, PromptLookup
 from .qdraft import QDraftConfig, QuantizedSelfDraft
 from .recycle import RecycleConfig, TokenRecycling
 from .suffix import SuffixConfig, SuffixDrafter
+from ..params import text
+from .options import Limits, bounded, build, from_text, real_path
 
-__all__ = ["METHODS", "Models", "make_proposer", "Proposer", "ProposeContext", "StepResult", "NoDraft"]
+__all__ = ["METHODS", "CONFIGS", "Limits", "Models", "check_options", "make_proposer", "text_options", "Proposer", "ProposeContext", "StepResult", "NoDraft"]
 
 
 @dataclass
@@ -32,15 +34,32 @@ class Models:
     target: CausalLM
     draft: CausalLM | None = None
     gguf_path: str | None = None  # the target's GGUF file, when it was loaded from one
+    max_loaded: int = 4  # drafters loaded by name (heads, adapters) kept at once, least recently used dropped
+    max_memories: int = 64  # adaptive proposers' cross-request states kept at once (one per configuration)
     _self_drafters: dict = field(default_factory=dict, repr=False)
-    _memories: dict = field(default_factory=dict, repr=False)
+    _loaded: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _memories: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+    @staticmethod
+    def _lru(table: OrderedDict, bound: int, key, make: Callable[[], Any]):
+        if key in table:
+            table.move_to_end(key)
+        else:
+            value = make()  # a failure caches nothing
+            table[key] = value
+            while len(table) > bound:
+                table.popitem(last=False)
+        return table[key]
 
     def memory(self, key, make: Callable[[], Any]):
         """State an adaptive proposer keeps across requests on these models (``auto``'s cost
-        model), one per ``key``, made by ``make()`` on first use."""
-        if key not in self._memories:
-            self._memories[key] = make()
-        return self._memories[key]
+        model), one per ``key``, made by ``make()`` on first use (a bounded LRU)."""
+        return self._lru(self._memories, self.max_memories, key, make)
+
+    def loaded(self, key, make: Callable[[], Any]):
+        """A drafter loaded by name (a head, a converted adapter), once per ``key`` (the
+        resolved name), made by ``make()`` on first use; at most ``max_loaded`` kept."""
+        return self._lru(self._loaded, self.max_loaded, key, make)
 
     def self_drafter_backend(self, backend: str = "auto") -> str:
         """The backend ``qdraft`` uses for ``backend`` (``auto`` resolved)."""
@@ -85,28 +104,6 @@ METHODS: dict[str, tuple[str, bool]] = {
     "deer-fused": ("DEER in one model: each target forward verifies the block and drafts the next (no drafter pass)", False),
     "head": ("a trained head on the target's hidden states drafts a tree (EAGLE-style; e.g. smollm2-135m-head)", False),
 }
-
-
-def _build(cls: type, options: dict[str, Any]):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
-        raise ParadecError(f"unknown option(s) {', '.join(unknown)} (valid: {', '.join(fields)})")
-    typed = {}
-    for k, v in options.items():
-        want = type(getattr(cls(), k))
-        try:
-            if want is bool and isinstance(v, str):
-                if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(v)
-                v = v.lower() in ("true", "1", "yes")
-            typed[k] = want(v) if not isinstance(v, want) else v
-        except (TypeError, ValueError):
-            raise ParadecError(f"option {k} expects {want.__name__}, got {v!r}") from None
-    try:
-        return cls(**typed)
-    except ValueError as e:
-        raise ParadecError(str(e)) from None
 
 
 def _qdraft(models: Models, vocab: int, cfg: QDraftConfig) -> Proposer:
@@ -158,20 +155,18 @@ def _deer(models: Models, vocab: int, cfg: DeerConfig) -> Proposer:
     from ..diffusion.loaders import converted_for
 
     base = models.draft if models.draft is not None else models.target
-    key = ("deer", cfg.adapter, id(base))
-    if key not in models._self_drafters:  # over the base's own weights (the adapter only adds LoRA)
-        models._self_drafters[key] = converted_for(base.model, cfg.adapter, max_context=base.max_context, copy_base="share")
-    return DeerProposer(models._self_drafters[key], vocab, cfg)
+    drafter = models.loaded(("deer", cfg.adapter, id(base)),  # over the base's own weights (the adapter only adds LoRA)
+                            lambda: converted_for(base.model, cfg.adapter, max_context=base.max_context, copy_base="share"))
+    return DeerProposer(drafter, vocab, cfg)
 
 
 def _deer_fused(models: Models, vocab: int, cfg: FusedDeerConfig) -> Proposer:
     from ..diffusion.loaders import converted_for
 
     t = models.target
-    key = ("deer-fused", cfg.adapter, id(t))
-    if key not in models._self_drafters:  # the target's own weights, plus the adapter
-        models._self_drafters[key] = converted_for(t.model, cfg.adapter, max_context=t.max_context, copy_base="share")
-    return FusedDeer(models._self_drafters[key], vocab, cfg)
+    drafter = models.loaded(("deer-fused", cfg.adapter, id(t)),  # the target's own weights, plus the adapter
+                            lambda: converted_for(t.model, cfg.adapter, max_context=t.max_context, copy_base="share"))
+    return FusedDeer(drafter, vocab, cfg)
 
 
 def _head(models: Models, cfg: HeadConfig) -> Proposer:
@@ -185,33 +180,88 @@ def _shipped_head(models: Models, name: str):
     """The draft head ``name`` for the target (loaded once, packed for drafting)."""
     from ..heads import head_for
 
-    key = ("head", name, id(models.target))
-    if key not in models._self_drafters:
-        models._self_drafters[key] = head_for(models.target.model, name).pack()
-    return models._self_drafters[key]
+    return models.loaded(("head", name, id(models.target)), lambda: head_for(models.target.model, name).pack())
+
+
+CONFIGS: dict[str, type | None] = {
+    "ar": None, "pld": PLDConfig, "draft": DraftModelConfig, "qdraft": QDraftConfig, "suffix": SuffixConfig,
+    "recycle": RecycleConfig, "aded": ADEDConfig, "lookahead": LookaheadConfig, "auto": AutoConfig,
+    "deer": DeerConfig, "deer-fused": FusedDeerConfig, "head": HeadConfig,
+}
+
+
+def _shipped(option: str) -> list[str]:
+    """Names a path option accepts without a path (shipped heads or converted adapters)."""
+    if option == "head":
+        from ..heads import head_dirs
+
+        return list(head_dirs())
+    if option == "adapter":
+        from ..diffusion.loaders import converted_dirs
+
+        return list(converted_dirs())
+    return []
+
+
+def _method(method: Any) -> str:
+    if not isinstance(method, str) or method not in METHODS:
+        raise ParadecError(f"unknown method {str(method)[:40]!r} (choose from {', '.join(METHODS)})")
+    return method
+
+
+def _options(method: str, options: Any) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ParadecError(f"options must be a dict of option name -> value, got {type(options).__name__}")
+    if method == "ar" and options:
+        raise ParadecError("method 'ar' takes no options")
+    return dict(options)
+
+
+def text_options(method: str, options: dict[str, str]) -> dict[str, Any]:
+    """``--opt key=value`` pairs (strings) parsed to the types of ``method``'s options."""
+    return from_text(CONFIGS.get(method) if isinstance(method, str) else None, options)
+
+
+def check_options(method: str, options: Any, limits: Limits) -> dict[str, Any]:
+    """Check a request's options for ``method`` (types, values) and refuse any past ``limits``
+    (cost bounds, path options). Loads nothing."""
+    method = _method(method)
+    options = _options(method, options)
+    if CONFIGS[method] is not None:
+        bounded(build(CONFIGS[method], options), options, limits, _shipped)
+    return options
+
+
+def _resolved(options: dict[str, Any]) -> dict[str, Any]:
+    """Path options as real paths (shipped names as they are), so each drafter loads once."""
+    out = dict(options)
+    for k in ("head", "adapter"):
+        v = out.get(k)
+        if isinstance(v, str) and v not in ("", "auto") and v not in _shipped(k):
+            out[k] = real_path(text(f"option {k}", v))
+    return out
 
 
 def make_proposer(method: str, models: Models, options: dict | None = None) -> Proposer:
-    options = dict(options or {})
-    if method not in METHODS:
-        raise ParadecError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    if method == "ar" and options:
-        raise ParadecError("method 'ar' takes no options")
+    method = _method(method)
+    options = _resolved(_options(method, options))
     if METHODS[method][1] and models.draft is None:
         raise ParadecError(f"method '{method}' needs a draft model (--draft-model / paradec.load(..., draft=...))")
     vocab = models.target.vocab_size
     builders: dict[str, Callable[[], Proposer]] = {
         "ar": lambda: NoDraft(),
-        "pld": lambda: PromptLookup(_build(PLDConfig, options)),
-        "draft": lambda: DraftModelProposer(models.draft, vocab, _build(DraftModelConfig, options)),
-        "qdraft": lambda: _qdraft(models, vocab, _build(QDraftConfig, options)),
-        "suffix": lambda: SuffixDrafter(_build(SuffixConfig, options)),
-        "recycle": lambda: TokenRecycling(_build(RecycleConfig, options)),
-        "aded": lambda: ADED(_build(ADEDConfig, options)),
-        "lookahead": lambda: Lookahead(_build(LookaheadConfig, options)),
-        "auto": lambda: _auto(models, vocab, _build(AutoConfig, options)),
-        "deer": lambda: _deer(models, vocab, _build(DeerConfig, options)),
-        "deer-fused": lambda: _deer_fused(models, vocab, _build(FusedDeerConfig, options)),
-        "head": lambda: _head(models, _build(HeadConfig, options)),
+        "pld": lambda: PromptLookup(build(PLDConfig, options)),
+        "draft": lambda: DraftModelProposer(models.draft, vocab, build(DraftModelConfig, options)),
+        "qdraft": lambda: _qdraft(models, vocab, build(QDraftConfig, options)),
+        "suffix": lambda: SuffixDrafter(build(SuffixConfig, options)),
+        "recycle": lambda: TokenRecycling(build(RecycleConfig, options)),
+        "aded": lambda: ADED(build(ADEDConfig, options)),
+        "lookahead": lambda: Lookahead(build(LookaheadConfig, options)),
+        "auto": lambda: _auto(models, vocab, build(AutoConfig, options)),
+        "deer": lambda: _deer(models, vocab, build(DeerConfig, options)),
+        "deer-fused": lambda: _deer_fused(models, vocab, build(FusedDeerConfig, options)),
+        "head": lambda: _head(models, build(HeadConfig, options)),
     }
     return builders[method]()

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from ..engine import Engine
 from ..errors import ParadecError
-from ..proposers import METHODS
+from ..proposers import METHODS, Limits, check_options
 from . import errors
 from .errors import APIError
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -37,7 +37,6 @@ from .transport import LimitBody
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
 MAX_BODY_BYTES = TransportLimits.max_body_bytes  # a larger body, declared or counted, answers 413
 BACKSTOP_S = 5.0  # the asyncio side gives up on a job this long after its deadline
-MAX_OPTION_MAGNITUDE = 4096  # per-request method options are bounded (server --opt is not)
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 408, 413, 429, 500, 503)}
 
 
@@ -52,8 +51,10 @@ class ServerConfig:
         timeout: float = 600.0,
         batch: bool = True,
         limits: TransportLimits | None = None,
+        option_limits: Limits | None = None,
     ) -> None:
         self.method, self.options = method, dict(options or {})
+        self.option_limits = option_limits or Limits()  # bounds on per-request method options (server --opt is not bounded)
         self.batch = batch
         self.limits = limits or TransportLimits()
         self.served_name = served_name
@@ -109,14 +110,10 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
                 f"method '{method}' {why} (available: {', '.join(engine.methods)})", "paradec.method", "invalid_method"
             )
         if ext and ext.options is not None:
-            options = dict(ext.options)
-            for k, v in options.items():
-                if k.endswith("path"):
-                    raise APIError.bad_request(f"option '{k}' names a server file and cannot be set per request", "paradec.options")
-                if not isinstance(v, (bool, str)) and abs(v) > MAX_OPTION_MAGNITUDE:
-                    raise APIError.bad_request(
-                        f"option '{k}' = {v} is out of range for a request (|value| <= {MAX_OPTION_MAGNITUDE})", "paradec.options"
-                    )
+            try:
+                options = check_options(method, ext.options, cfg.option_limits)
+            except ParadecError as e:
+                raise APIError.bad_request(str(e), "paradec.method" if "takes no options" in str(e) else "paradec.options") from None
         else:
             options = dict(cfg.options) if method == cfg.method else {}
         temperature = 1.0 if body.temperature is None else float(body.temperature)

@@ -15,7 +15,7 @@ def serve(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Packaged name, model dir, .gguf file or cached hub id."),
     method: str = typer.Option("pld", "--method", help="Default decoding method; a request may override it."),
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model (same tokenizer) for method draft."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16 or float64."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
@@ -40,16 +40,25 @@ def serve(
     max_body_mb: float = typer.Option(
         _LIMITS.max_body_bytes / (1 << 20), "--max-body-mb", help="Largest request body in MiB, however framed (else 413)."
     ),
+    max_draft_nodes: int = typer.Option(64, "--max-draft-nodes", help="Per request: largest draft tree (nodes, max_nodes, templates)."),
+    max_draft_depth: int = typer.Option(16, "--max-draft-depth", help="Per request: longest draft / n-gram / block, most passes."),
+    max_draft_width: int = typer.Option(16, "--max-draft-width", help="Per request: most candidates per node, chains, branches."),
+    max_pool: int = typer.Option(1 << 16, "--max-pool", help="Per request: most entries in a lookup table or window."),
+    allow_path: Optional[List[str]] = typer.Option(
+        None, "--allow-path", help="A folder whose heads / adapters / corpora requests may name (repeatable; default: shipped names only)."
+    ),
 ) -> None:
     """Serve the OpenAI API (completions, chat completions, streaming) with speculative decoding."""
     from ..cli import _options
     from ..errors import ParadecError
+    from ..proposers import Limits
     from .launch import serve as run
 
     if not 0 < max_body_mb < 1 << 20:
         raise ParadecError(f"--max-body-mb must be in (0, 1048576), got {max_body_mb}")
     limits = TransportLimits(header_timeout=header_timeout, body_timeout=body_timeout, keep_alive=keep_alive,
                              max_connections=max_connections, max_body_bytes=max(1, int(max_body_mb * (1 << 20))))
+    option_limits = Limits(max_draft_nodes, max_draft_depth, max_draft_width, max_pool, tuple(allow_path or ()))
     run(model=model, draft=draft_model, method=method, options=_options(opt), dtype=dtype, device=device, host=host,
         port=port, max_queue=max_queue, max_active=max_active, timeout=timeout, served_name=served_name, batch=batch,
-        limits=limits)
+        limits=limits, option_limits=option_limits)

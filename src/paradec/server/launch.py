@@ -24,12 +24,15 @@ def serve(
     batch: bool = True,
     log_level: str = "info",
     limits: TransportLimits | None = None,
+    option_limits: Any = None,
 ) -> None:
+    """``limits``: the HTTP edge's ``TransportLimits``; ``option_limits``: a
+    ``paradec.proposers.Limits`` bounding per-request method options (the defaults when None)."""
     import uvicorn
 
     from ..engine import load
     from ..models.loader import parse_device, parse_dtype
-    from ..proposers import make_proposer
+    from ..proposers import Limits, make_proposer, text_options
     from .app import ServerConfig, create_app
 
     parse_dtype(dtype), parse_device(device)  # fail fast, before loading anything
@@ -40,12 +43,15 @@ def serve(
     if timeout <= 0:
         raise ParadecError(f"--timeout must be > 0 seconds, got {timeout}")
     limits = limits or TransportLimits()
+    option_limits = option_limits or Limits()
+    options = text_options(method, dict(options or {}))  # --opt values come as text
     engine = load(model, draft=draft, dtype=dtype, device=device)
     make_proposer(method, engine.models, options)  # a bad --method / --opt fails here, not per request
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # no *_created series next to every counter in /metrics
-    app = create_app(engine, ServerConfig(method, options, served_name, max_queue, max_active, timeout, batch, limits))
+    app = create_app(engine, ServerConfig(method, options, served_name, max_queue, max_active, timeout, batch,
+                                            limits=limits, option_limits=option_limits))
     uvicorn.run(app, **uvicorn_settings(limits), host=host, port=port, log_level=log_level)
 
 

@@ -108,25 +108,17 @@ class Job:
 
 def prompt_ids(engine: Engine, p: GenParams) -> list[int]:
     """The request's prompt as token ids (chat template applied), checked against the vocabulary
-    and the context window."""
+    and the context window by the one validation of prompts (``Engine.prompt_ids``)."""
     ctx = engine.target.max_context
-    if isinstance(p.prompt, list) and p.prompt and all(isinstance(t, int) for t in p.prompt):
-        ids = list(p.prompt)
-        vocab = engine.target.vocab_size
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise APIError.bad_request(f"token id {bad[0]} is outside the vocabulary [0, {vocab})", "prompt")
-        if len(ids) >= ctx:
-            raise APIError.bad_request(f"the prompt has {len(ids)} tokens; the context window is {ctx}", "prompt")
-        return ids
-    chars = len(p.prompt) if isinstance(p.prompt, str) else sum(
-        len(m.get("content", "")) for m in p.prompt if isinstance(m, dict) and isinstance(m.get("content"), str)
-    )
-    if chars > 2 * ctx * _max_token_bytes(engine):  # no need to tokenize it to know (and hold its tokens)
-        raise APIError.bad_request(
-            f"the prompt has {chars} characters: more than the context window of {ctx} tokens can hold", "prompt"
+    if not (isinstance(p.prompt, list) and p.prompt and all(isinstance(t, int) for t in p.prompt)):
+        chars = len(p.prompt) if isinstance(p.prompt, str) else sum(
+            len(m.get("content", "")) for m in p.prompt if isinstance(m, dict) and isinstance(m.get("content"), str)
         )
-    return engine.encode(p.prompt, chat=p.chat)
+        if chars > 2 * ctx * _max_token_bytes(engine):  # no need to tokenize it to know (and hold its tokens)
+            raise APIError.bad_request(
+                f"the prompt has {chars} characters: more than the context window of {ctx} tokens can hold", "prompt"
+            )
+    return engine.prompt_ids(p.prompt, chat=p.chat)
 
 
 _TOKEN_BYTES: "weakref.WeakKeyDictionary[Engine, int]" = weakref.WeakKeyDictionary()

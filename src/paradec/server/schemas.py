@@ -12,8 +12,10 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-OptionValue = Union[StrictBool, StrictInt, Annotated[StrictFloat, Field(allow_inf_nan=False)], StrictStr]
+from ..params import MAX_STOP
+
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # an int or a float; not "0.5", not true
+OptionValue = Union[StrictBool, StrictInt, Annotated[StrictFloat, Field(allow_inf_nan=False)], StrictStr]  # typed per option by paradec.proposers
 
 
 class ParadecOptions(BaseModel):
@@ -38,7 +40,7 @@ class _Sampling(BaseModel):
     top_p: Optional[Finite] = Field(None, gt=0, le=1)
     top_k: Optional[StrictInt] = Field(None, ge=0, description="Extension (as in vLLM); 0 = off.")
     seed: Optional[StrictInt] = None
-    stop: Optional[Union[StrictStr, Annotated[list[StrictStr], Field(max_length=16)]]] = None
+    stop: Optional[Union[StrictStr, Annotated[list[StrictStr], Field(max_length=MAX_STOP)]]] = None
     n: Optional[StrictInt] = Field(None, ge=1, description="Only 1 is supported.")
     stream: Optional[StrictBool] = False
     stream_options: Optional[dict[str, Any]] = None

@@ -75,9 +75,12 @@ def _num(opts: dict, key: str, default, cast=float):
     if key not in opts:
         return default
     try:
-        return cast(opts[key])
+        v = cast(opts[key])
     except (TypeError, ValueError):
         raise ParadecError(f"option {key} expects a number, got '{opts[key]}'") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ParadecError(f"option {key} expects a finite number, got '{opts[key]}'")
+    return v
 
 
 def make_settings(method: str, options: dict | None = None, gen_length: int = 18, eos_id: int = 3, filter_model=None):
