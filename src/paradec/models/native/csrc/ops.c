@@ -1,0 +1,134 @@
+/* Per-row operations of the native decoder: RMSNorm, rotary, SiLU * up, KV-cache writes and
+ * attention over the native KV cache for a draft tree.
+ *
+ * Batch invariance by construction: every output row is a fixed function of its own inputs.
+ * No loop bound, reduction order or vector width depends on how many rows come together; an
+ * attention query reduces over its allowed keys in slot order, whatever other queries exist.
+ *
+ * KV cache layout (one cache = one request): keys and values each [layers, kv_heads, cap, dim]
+ * float32. Callers pass, per query row, the cache's base addresses and capacity, so the rows of
+ * one call may live on different caches (continuous batching).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define LANES 8
+
+/* sum over i of a[i] * b[i] in a fixed order: LANES partial sums, then a fixed tree. */
+static inline float dot_fixed(const float *a, const float *b, int64_t n) {
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += a[i + j] * b[i + j];
+    for (int j = 0; i < n; i++, j++) acc[j] += a[i] * b[i];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * (w + shift), rows x n; shift is 1 for Gemma. */
+void pd_rmsnorm(const float *x, const float *w, float *out, int64_t rows, int64_t n, float eps, float shift) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *o = out + r * n;
+        float ss = dot_fixed(xr, xr, n);
+        float inv = 1.0f / sqrtf(ss / (float)n + eps);
+        for (int64_t i = 0; i < n; i++) o[i] = (w[i] + shift) * (xr[i] * inv);
+    }
+}
+
+/* Rotary in place on x [rows, heads, dim] (row r at x + r * stride) at positions pos[rows]. inv_freq [rot/2] (the
+ * scaling already folded in), attn_scale multiplies cos and sin (1 unless the scaling says).
+ * neox = 1: pairs (i, i + rot/2) (rotate-half); neox = 0: adjacent pairs (2i, 2i + 1). */
+void pd_rope(float *x, int64_t rows, int64_t heads, int64_t dim, int64_t rot, int64_t stride, const int64_t *pos,
+             const float *inv_freq, float attn_scale, int neox) {
+    int64_t half = rot / 2;
+    float cs[512], sn[512];
+    if (half > 512) return;
+    for (int64_t r = 0; r < rows; r++) {
+        float p = (float)pos[r];
+        for (int64_t i = 0; i < half; i++) {
+            float a = p * inv_freq[i];
+            cs[i] = cosf(a) * attn_scale;
+            sn[i] = sinf(a) * attn_scale;
+        }
+        for (int64_t h = 0; h < heads; h++) {
+            float *v = x + r * stride + h * dim;
+            for (int64_t i = 0; i < half; i++) {
+                int64_t i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+                float x0 = v[i0], x1 = v[i1];
+                v[i0] = x0 * cs[i] - x1 * sn[i];
+                v[i1] = x1 * cs[i] + x0 * sn[i];
+            }
+        }
+    }
+}
+
+/* out[r, i] = silu(gate[r, i]) * up[r, i], rows x n; gate and up rows are `stride` apart
+ * (2n when they sit side by side in one [rows, 2n] product). gelu = 1: the tanh GELU instead
+ * of SiLU (Gemma). */
+void pd_act_mul(const float *gate, const float *up, float *out, int64_t rows, int64_t n, int64_t stride, int gelu) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = gate + r * stride, *u = up + r * stride;
+        float *o = out + r * n;
+        for (int64_t i = 0; i < n; i++) {
+            float a = g[i], act;
+            if (gelu) act = 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a)));
+            else act = a / (1.0f + expf(-a));
+            o[i] = act * u[i];
+        }
+    }
+}
+
+/* Write row r's keys/values (k, v + r * stride: [kv_heads, dim]) into its cache at slot slot[r]. */
+void pd_kv_write(const float *k, const float *v, int64_t rows, int64_t kvh, int64_t dim, int64_t stride, const int64_t *kptr,
+                 const int64_t *vptr, const int64_t *cap, const int64_t *slot, int64_t layer) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *K = (float *)(intptr_t)kptr[r], *V = (float *)(intptr_t)vptr[r];
+        for (int64_t g = 0; g < kvh; g++) {
+            int64_t off = ((layer * kvh + g) * cap[r] + slot[r]) * dim;
+            memcpy(K + off, k + r * stride + g * dim, sizeof(float) * dim);
+            memcpy(V + off, v + r * stride + g * dim, sizeof(float) * dim);
+        }
+    }
+}
+
+/* Attention: q [rows, heads, dim] (row r at q + r * qstride) -> out [rows, heads, dim]. Row r attends to the slots s <
+ * nkeys[r] of its cache with mask[r * mask_stride + s] != 0, in slot order (two passes: the
+ * maximum, then exp-weighted values). scores is scratch of at least max(nkeys) floats. Grouped
+ * heads: head h reads kv head h / (heads / kv_heads). */
+void pd_attention(const float *q, int64_t qstride, float *out, int64_t rows, int64_t heads, int64_t kvh, int64_t dim,
+                  const int64_t *kptr, const int64_t *vptr, const int64_t *cap, const uint8_t *mask,
+                  int64_t mask_stride, const int64_t *nkeys, int64_t layer, float scale, float *scores) {
+    int64_t group = heads / kvh;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *K = (const float *)(intptr_t)kptr[r], *V = (const float *)(intptr_t)vptr[r];
+        const uint8_t *m = mask + r * mask_stride;
+        int64_t n = nkeys[r];
+        for (int64_t h = 0; h < heads; h++) {
+            int64_t g = h / group;
+            const float *Kg = K + (layer * kvh + g) * cap[r] * dim;
+            const float *Vg = V + (layer * kvh + g) * cap[r] * dim;
+            const float *qh = q + r * qstride + h * dim;
+            float *o = out + (r * heads + h) * dim;
+            float mx = -INFINITY;
+            for (int64_t s = 0; s < n; s++) {
+                if (!m[s]) continue;
+                float sc = dot_fixed(qh, Kg + s * dim, dim) * scale;
+                scores[s] = sc;
+                if (sc > mx) mx = sc;
+            }
+            for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
+            if (mx == -INFINITY) continue; /* no allowed key: zeros (never happens in the loop) */
+            float total = 0.0f;
+            for (int64_t s = 0; s < n; s++) {
+                if (!m[s]) continue;
+                float p = expf(scores[s] - mx);
+                total += p;
+                const float *vs = Vg + s * dim;
+                for (int64_t i = 0; i < dim; i++) o[i] += p * vs[i];
+            }
+            float inv = 1.0f / total;
+            for (int64_t i = 0; i < dim; i++) o[i] *= inv;
+        }
+    }
+}
