@@ -1,0 +1,165 @@
+/* Dispatch, CPU features, the thread pool and the exported entry point of the matrix kernels.
+ * Compiled for the baseline x86-64 so that loading the library never faults on an older CPU. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qgemm.h"
+
+/* ------------------------------------------------------------------ CPU features */
+
+int pd_paths(void) {
+    int p = 0;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) p |= PD_PATH_AVX2;
+    if ((p & PD_PATH_AVX2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni"))
+        p |= PD_PATH_AVX512VNNI;
+    return p;
+}
+
+/* ------------------------------------------------------------------ thread pool
+ * Workers wait on a generation counter: a short spin (a decode step calls the pool hundreds of
+ * times a token), then a condition variable, so that idle workers cost nothing. */
+
+#define PD_MAX_THREADS 256
+#define PD_SPIN 20000
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t run_mu = PTHREAD_MUTEX_INITIALIZER; /* one parallel region at a time */
+static _Atomic unsigned pool_gen = 0;
+static _Atomic int pool_pending = 0;
+static int pool_size = 0;      /* threads including the caller */
+static int pool_started = 0;   /* workers created */
+static int pool_nth = 1;      /* threads of the current region */
+static pd_task pool_fn;
+static void *pool_arg;
+
+static void cpu_relax(void) { __asm__ __volatile__("pause"); }
+
+static void *worker(void *p) {
+    const int tid = (int)(size_t)p;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&pool_gen, memory_order_acquire)) == seen && spins < PD_SPIN) {
+            cpu_relax();
+            spins++;
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&pool_mu);
+            while ((g = atomic_load_explicit(&pool_gen, memory_order_acquire)) == seen) pthread_cond_wait(&pool_cv, &pool_mu);
+            pthread_mutex_unlock(&pool_mu);
+        }
+        seen = g;
+        if (tid < pool_nth) pool_fn(pool_arg, tid, pool_nth);
+        atomic_fetch_sub_explicit(&pool_pending, 1, memory_order_acq_rel);
+    }
+    return 0;
+}
+
+static int default_threads(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : (n > PD_MAX_THREADS ? PD_MAX_THREADS : (int)n);
+}
+
+int pd_get_threads(void) { return pool_size > 0 ? pool_size : default_threads(); }
+
+void pd_set_threads(int n) {
+    if (n < 1) n = default_threads();
+    if (n > PD_MAX_THREADS) n = PD_MAX_THREADS;
+    pthread_mutex_lock(&run_mu);
+    while (pool_started < n - 1) {
+        pthread_t t;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &at, worker, (void *)(size_t)(pool_started + 1)) != 0) {
+            pthread_attr_destroy(&at);
+            break;
+        }
+        pthread_attr_destroy(&at);
+        pool_started++;
+    }
+    pool_size = pool_started + 1 < n ? pool_started + 1 : n;
+    pthread_mutex_unlock(&run_mu);
+}
+
+void pd_parallel(pd_task fn, void *arg) {
+    if (pool_size == 0) pd_set_threads(0);
+    pthread_mutex_lock(&run_mu);
+    const int nth = pool_size;
+    if (nth == 1) {
+        fn(arg, 0, 1);
+        pthread_mutex_unlock(&run_mu);
+        return;
+    }
+    pool_fn = fn;
+    pool_arg = arg;
+    pool_nth = nth;
+    /* every started worker wakes and checks in; those with tid >= nth skip the task */
+    atomic_store_explicit(&pool_pending, pool_started, memory_order_release);
+    pthread_mutex_lock(&pool_mu);
+    atomic_fetch_add_explicit(&pool_gen, 1, memory_order_acq_rel);
+    pthread_cond_broadcast(&pool_cv);
+    pthread_mutex_unlock(&pool_mu);
+    fn(arg, 0, nth);
+    while (atomic_load_explicit(&pool_pending, memory_order_acquire) > 0) cpu_relax();
+    pthread_mutex_unlock(&run_mu);
+}
+
+/* ------------------------------------------------------------------ entry point */
+
+typedef struct {
+    const pd_qweight *w;
+    const pd_qact *x;
+    float *y;
+    int ldy, path;
+} qgemm_job;
+
+static void qgemm_task(void *p, int tid, int nth) {
+    const qgemm_job *j = (const qgemm_job *)p;
+    /* contiguous column ranges in steps of 16 columns; the split never touches a reduction */
+    const int n = j->w->n, units = (n + 15) / 16;
+    const int u0 = (int)((long)units * tid / nth), u1 = (int)((long)units * (tid + 1) / nth);
+    const int n0 = u0 * 16, n1 = u1 * 16 < n ? u1 * 16 : n;
+    if (n0 >= n1) return;
+    if (j->path == PD_PATH_AVX512VNNI)
+        pd_cols_avx512vnni(j->w, j->x, j->y, j->ldy, n0, n1);
+    else
+        pd_cols_avx2(j->w, j->x, j->y, j->ldy, n0, n1);
+}
+
+/* Scratch for the quantized activations of the calling thread. */
+static __thread void *scratch = 0;
+static __thread size_t scratch_size = 0;
+
+/* Returns 0, or -1 (path not available on this CPU), -2 (bad arguments), -3 (out of memory). */
+int pd_qgemm(int path, int kind, int n, int k, int kp, int group, const uint8_t *q, const float *a,
+             const float *off, const float *x, int m, int ldx, float *y, int ldy) {
+    if (!(pd_paths() & path) || (path != PD_PATH_AVX2 && path != PD_PATH_AVX512VNNI)) return -1;
+    if (m < 0 || n < 0 || k < 0 || kp % 64 || kp < k || kp - k >= 64 || ldx < k || ldy < n) return -2;
+    if ((kind != PD_KIND_Q4 && kind != PD_KIND_Q8) || (group != 32 && group != 16) || (kind == PD_KIND_Q4 && group != 32)) return -2;
+    if (m == 0 || n == 0) return 0;
+    const int nb = kp / 32, nbp = (nb + 7) / 8 * 8;
+    const size_t qbytes = ((size_t)m * kp + 63) / 64 * 64, fbytes = (size_t)m * (nb + nbp) * sizeof(float);
+    if (scratch_size < qbytes + fbytes) {
+        free(scratch);
+        scratch = 0;
+        scratch_size = 0;
+        if (posix_memalign(&scratch, 64, qbytes + fbytes) != 0) return -3;
+        scratch_size = qbytes + fbytes;
+    }
+    int8_t *xq = (int8_t *)scratch;
+    float *xd = (float *)((char *)scratch + qbytes), *xs = xd + (size_t)m * nb;
+    pd_quantize_rows(x, m, k, ldx, xq, xd, xs, kp, nbp);
+    const pd_qweight w = {kind, n, kp, group, q, a, off};
+    const pd_qact act = {m, kp, nb, nbp, xq, xd, xs};
+    qgemm_job job = {&w, &act, y, ldy, path};
+    pd_parallel(qgemm_task, &job);
+    return 0;
+}

@@ -1,0 +1,67 @@
+/* Quantized matrix kernels: y[M, N] = x[M, K] @ W[N, K]^T on the GGUF's own integer weights.
+ *
+ * Weights (repacked once at load by kernels.py; no value changes): every 32-block b of row n is
+ * integers q with a float32 scale a (one per 32, or two per 32 for 16-groups) and an optional
+ * float32 offset: w = a * q + off.
+ *   kind Q4: q in 0..15, two 32-blocks per 32 bytes: byte j of pair p holds weight 64p+j in its
+ *            low nibble and weight 64p+32+j in its high nibble.        q: [N][kp/2] bytes
+ *   kind Q8: q signed int8, one byte a weight.                           q: [N][kp] bytes
+ *   a:   [N][nb * (32 / group)] float32 (group 32 or 16)
+ *   off: [N][nbp] float32 or NULL (zero past nb)
+ * with kp = K rounded up to 64 (zero padding), nb = kp / 32, nbp = nb rounded up to 8.
+ *
+ * Activations are quantized per row in 32-blocks: qx = round(x / d) in -127..127, d = max|x| / 127,
+ * s = d * sum(qx) (the block sum the offsets need).
+ *
+ * Arithmetic, the same on every path (so that they agree bit for bit) and for every row whatever
+ * M, the row's place in the batch or the thread count (batch invariance by construction):
+ *   i[b][l]   = exact int32 dot of weights 4l..4l+3 of block b with the activations (l = 0..7)
+ *   acc_e[l]  = fma(a[b](l) * d[b], float(i[b][l]), acc_e[l]) over even b in increasing order,
+ *   acc_o[l]    the same over odd b (a[b](l): the block's scale, or its 16-group's for group 16)
+ *   y         = hsum(acc_e + acc_o) + hsum(fma-chain over 8-lanes of off[b] * s[b])
+ * where hsum of 8 lanes is ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)). K is never split.
+ */
+#ifndef PARADEC_QGEMM_H
+#define PARADEC_QGEMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PD_PATH_AVX2 1
+#define PD_PATH_AVX512VNNI 2
+
+#define PD_KIND_Q4 0
+#define PD_KIND_Q8 1
+
+typedef struct {
+    int kind, n, kp, group;
+    const uint8_t *q;
+    const float *a;
+    const float *off;
+} pd_qweight;
+
+typedef struct {
+    int m, kp, nb, nbp;
+    const int8_t *q; /* [m][kp] */
+    const float *d;  /* [m][nb] */
+    const float *s;  /* [m][nbp] */
+} pd_qact;
+
+/* Column range [n0, n1) of y (row stride ldy) for all m rows of x. */
+void pd_cols_avx2(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int n0, int n1);
+void pd_cols_avx512vnni(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int n0, int n1);
+/* Quantize m rows of x (row stride ldx, k values) into act's buffers (sized for kp, nb, nbp). */
+void pd_quantize_rows(const float *x, int m, int k, int ldx, int8_t *q, float *d, float *s, int kp, int nbp);
+
+/* The thread pool (pthreads; tid 0 is the caller). fn(arg, tid, nthreads) runs once per thread. */
+typedef void (*pd_task)(void *arg, int tid, int nthreads);
+void pd_parallel(pd_task fn, void *arg);
+int pd_get_threads(void);
+void pd_set_threads(int n);
+
+/* Exported entry points (called through ctypes). */
+int pd_paths(void); /* bitmask of PD_PATH_* this CPU runs */
+int pd_qgemm(int path, int kind, int n, int k, int kp, int group, const uint8_t *q, const float *a,
+             const float *off, const float *x, int m, int ldx, float *y, int ldy);
+
+#endif
