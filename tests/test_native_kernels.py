@@ -3,6 +3,7 @@ dequantized product, batch invariance bit for bit, path agreement, and the build
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -159,6 +160,18 @@ def test_avx2_and_best_path_are_bit_identical(weights, qtype):
     _, qw = weights[qtype]
     x = _x(33, qw.k, seed=11)
     assert torch.equal(kernels.qmatmul(x, qw, path="avx2"), kernels.qmatmul(x, qw, path=best))
+
+
+@needs_native
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q4_0"])
+def test_float16_and_float32_scales_agree(weights, qtype):
+    """Scales stored as float16 where exact (fewer bytes) give the very same results as float32."""
+    _, qw = weights[qtype]
+    assert qw.a.dtype == np.float16
+    wide = dataclasses.replace(qw, a=qw.a.astype(np.float32), off=None if qw.off is None else qw.off.astype(np.float32))
+    x = _x(9, qw.k, seed=5)
+    for path in kernels.paths():
+        assert torch.equal(kernels.qmatmul(x, qw, path=path), kernels.qmatmul(x, wide, path=path))
 
 
 @needs_native

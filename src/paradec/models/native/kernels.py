@@ -65,7 +65,7 @@ def _lib() -> ctypes.CDLL | None:
     lib.pd_set_threads.restype = None
     lib.pd_set_threads.argtypes = [i]
     lib.pd_qgemm.restype = i
-    lib.pd_qgemm.argtypes = [i, i, i, i, i, i, vp, vp, vp, vp, i, i, vp, i]
+    lib.pd_qgemm.argtypes = [i, i, i, i, i, i, i, vp, vp, vp, vp, i, i, vp, i]
     if lib.pd_paths() & PATH_BITS["avx2"]:
         lib.pd_set_threads(_default_threads())
     return lib
@@ -141,14 +141,16 @@ class QuantWeight:
     kp: int  # K rounded up to 64
     group: int  # weights per scale: 32, or 16 (Q6_K)
     q: np.ndarray  # uint8 [N, kp // 2] (Q4, two 32-blocks per 32 bytes) or [N, kp] (Q8, int8 bits)
-    a: np.ndarray  # float32 [N, kp // group]
-    off: np.ndarray | None  # float32 [N, nbp] (nbp = kp / 32 rounded up to 8) or None
+    a: np.ndarray  # [N, kp // group] float32, or float16 where every scale is one exactly
+    off: np.ndarray | None  # [N, nbp] (nbp = kp / 32 rounded up to 8), same dtype as a, or None
     _ptrs: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for arr in (self.q, self.a) + ((self.off,) if self.off is not None else ()):
             if not arr.flags.c_contiguous:
                 raise ParadecError("QuantWeight arrays must be C-contiguous")
+        if self.off is not None and self.off.dtype != self.a.dtype:
+            raise ParadecError("QuantWeight scales and offsets must share one dtype")
         ptr = lambda arr: arr.ctypes.data if arr is not None else None  # noqa: E731
         object.__setattr__(self, "_ptrs", (ptr(self.q), ptr(self.a), ptr(self.off)))
 
@@ -182,6 +184,9 @@ class QuantWeight:
         if u.b is not None:
             off = np.zeros((n, nbp), dtype=np.float32)
             off[:, : u.b.shape[1]] = u.b
+        if _exact_half(a) and (off is None or _exact_half(off)):  # fewer bytes, the same values
+            a = a.astype(np.float16)
+            off = None if off is None else off.astype(np.float16)
         return cls(fmt.name, n, k, kind, kp, u.group, q, a, off)
 
     def int_values(self) -> np.ndarray:
@@ -203,6 +208,12 @@ class QuantWeight:
         return w
 
 
+def _exact_half(v: np.ndarray) -> bool:
+    with np.errstate(over="ignore"):
+        h = v.astype(np.float16)
+    return bool(np.array_equal(h.astype(np.float32), v) and np.array_equal(np.signbit(h), np.signbit(v)))
+
+
 def qmatmul(x: torch.Tensor, w: QuantWeight, path: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """x float32 [M, K] contiguous -> float32 [M, N] = x @ W^T (into ``out`` when given)."""
     lib = library()
@@ -219,7 +230,8 @@ def qmatmul(x: torch.Tensor, w: QuantWeight, path: str | None = None, out: torch
     elif out.dtype != torch.float32 or tuple(out.shape) != (m, w.n) or not out.is_contiguous() or out.device.type != "cpu":
         raise ParadecError(f"qmatmul: out must be a contiguous float32 CPU tensor [{m}, {w.n}]")
     qp, ap, op = w._ptrs
-    rc = lib.pd_qgemm(PATH_BITS[path], w.kind, w.n, w.k, w.kp, w.group, qp, ap, op, x.data_ptr(), m, x.stride(0), out.data_ptr(), w.n)
+    half = int(w.a.dtype == np.float16)
+    rc = lib.pd_qgemm(PATH_BITS[path], w.kind, w.n, w.k, w.kp, w.group, half, qp, ap, op, x.data_ptr(), m, x.stride(0), out.data_ptr(), w.n)
     if rc != 0:
         raise ParadecError(f"qmatmul failed: {_ERRORS.get(rc, rc)}")
     return out

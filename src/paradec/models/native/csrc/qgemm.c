@@ -139,14 +139,15 @@ static __thread void *scratch = 0;
 static __thread size_t scratch_size = 0;
 
 /* Returns 0, or -1 (path not available on this CPU), -2 (bad arguments), -3 (out of memory). */
-int pd_qgemm(int path, int kind, int n, int k, int kp, int group, const uint8_t *q, const float *a,
-             const float *off, const float *x, int m, int ldx, float *y, int ldy) {
+int pd_qgemm(int path, int kind, int n, int k, int kp, int group, int half, const uint8_t *q, const void *a,
+             const void *off, const float *x, int m, int ldx, float *y, int ldy) {
     if (!(pd_paths() & path) || (path != PD_PATH_AVX2 && path != PD_PATH_AVX512VNNI)) return -1;
     if (m < 0 || n < 0 || k < 0 || kp % 64 || kp < k || kp - k >= 64 || ldx < k || ldy < n) return -2;
     if ((kind != PD_KIND_Q4 && kind != PD_KIND_Q8) || (group != 32 && group != 16) || (kind == PD_KIND_Q4 && group != 32)) return -2;
     if (m == 0 || n == 0) return 0;
-    const int nb = kp / 32, nbp = (nb + 7) / 8 * 8;
-    const size_t qbytes = ((size_t)m * kp + 63) / 64 * 64, fbytes = (size_t)m * (nb + nbp) * sizeof(float);
+    const int nb = kp / 32, nbp = (nb + 7) / 8 * 8, np = kp / 64;
+    const int dvn = path == PD_PATH_AVX512VNNI ? 16 * np : 0;
+    const size_t qbytes = ((size_t)m * kp + 63) / 64 * 64, fbytes = (size_t)m * (nb + nbp + dvn) * sizeof(float);
     if (scratch_size < qbytes + fbytes) {
         free(scratch);
         scratch = 0;
@@ -155,10 +156,13 @@ int pd_qgemm(int path, int kind, int n, int k, int kp, int group, const uint8_t 
         scratch_size = qbytes + fbytes;
     }
     int8_t *xq = (int8_t *)scratch;
-    float *xd = (float *)((char *)scratch + qbytes), *xs = xd + (size_t)m * nb;
+    float *xd = (float *)((char *)scratch + qbytes), *xs = xd + (size_t)m * nb, *dv = xs + (size_t)m * nbp;
     pd_quantize_rows(x, m, k, ldx, xq, xd, xs, kp, nbp);
-    const pd_qweight w = {kind, n, kp, group, q, a, off};
-    const pd_qact act = {m, kp, nb, nbp, xq, xd, xs};
+    if (dvn) /* [m][np][16]: the pair's two block scales, 8 lanes each (copies: no arithmetic) */
+        for (size_t i = 0; i < (size_t)m * np; i++)
+            for (int l = 0; l < 16; l++) dv[16 * i + l] = xd[2 * i + (l >> 3)];
+    const pd_qweight w = {kind, n, kp, group, half != 0, q, a, off};
+    const pd_qact act = {m, kp, nb, nbp, xq, xd, xs, dvn ? dv : 0};
     qgemm_job job = {&w, &act, y, ldy, path};
     pd_parallel(qgemm_task, &job);
     return 0;

@@ -6,8 +6,10 @@
  *   kind Q4: q in 0..15, two 32-blocks per 32 bytes: byte j of pair p holds weight 64p+j in its
  *            low nibble and weight 64p+32+j in its high nibble.        q: [N][kp/2] bytes
  *   kind Q8: q signed int8, one byte a weight.                           q: [N][kp] bytes
- *   a:   [N][nb * (32 / group)] float32 (group 32 or 16)
- *   off: [N][nbp] float32 or NULL (zero past nb)
+ *   a:   [N][nb * (32 / group)] (group 32 or 16)
+ *   off: [N][nbp] or NULL (zero past nb)
+ *   a and off are float32, or float16 (half = 1) where every value is exactly a float16: the
+ *   kernels widen them exactly, so the arithmetic is the same either way (fewer bytes to read).
  * with kp = K rounded up to 64 (zero padding), nb = kp / 32, nbp = nb rounded up to 8.
  *
  * Activations are quantized per row in 32-blocks: qx = round(x / d) in -127..127, d = max|x| / 127,
@@ -34,10 +36,10 @@
 #define PD_KIND_Q8 1
 
 typedef struct {
-    int kind, n, kp, group;
+    int kind, n, kp, group, half;
     const uint8_t *q;
-    const float *a;
-    const float *off;
+    const void *a;   /* float or uint16_t (float16 bits) */
+    const void *off; /* float or uint16_t, or NULL */
 } pd_qweight;
 
 typedef struct {
@@ -45,6 +47,7 @@ typedef struct {
     const int8_t *q; /* [m][kp] */
     const float *d;  /* [m][nb] */
     const float *s;  /* [m][nbp] */
+    float *dv;       /* [m][kp / 64][16]: d of the pair's two blocks, 8 lanes each (AVX512 path) */
 } pd_qact;
 
 /* Column range [n0, n1) of y (row stride ldy) for all m rows of x. */
@@ -61,7 +64,7 @@ void pd_set_threads(int n);
 
 /* Exported entry points (called through ctypes). */
 int pd_paths(void); /* bitmask of PD_PATH_* this CPU runs */
-int pd_qgemm(int path, int kind, int n, int k, int kp, int group, const uint8_t *q, const float *a,
-             const float *off, const float *x, int m, int ldx, float *y, int ldy);
+int pd_qgemm(int path, int kind, int n, int k, int kp, int group, int half, const uint8_t *q, const void *a,
+             const void *off, const float *x, int m, int ldx, float *y, int ldy);
 
 #endif

@@ -8,60 +8,61 @@ PD_INLINE __m256i dot4(__m256i u, __m256i s) { /* u: u8, s: s8 -> 8 x int32 */
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
-/* Scale lanes for block b of a row: a*d on all 8 lanes (group 32) or lo/hi 16-groups. */
-PD_INLINE __m256 scale8(const float *a, int b, int g16, float d) {
+/* Scale lanes of block b: a on all 8 lanes (group 32) or the lo/hi 16-groups' a on 4 lanes each. */
+PD_INLINE __m256 scale_lanes(const void *a, size_t a0, int b, int g16, int half) {
     if (g16) {
-        __m256 av = _mm256_setr_ps(a[2 * b], a[2 * b], a[2 * b], a[2 * b], a[2 * b + 1], a[2 * b + 1], a[2 * b + 1], a[2 * b + 1]);
-        return _mm256_mul_ps(av, _mm256_set1_ps(d));
+        __m256 lo = _mm256_set1_ps(pd_get(a, a0 + 2 * b, half)), hi = _mm256_set1_ps(pd_get(a, a0 + 2 * b + 1, half));
+        return _mm256_blend_ps(lo, hi, 0xF0);
     }
-    return _mm256_set1_ps(a[b] * d);
+    return _mm256_set1_ps(pd_get(a, a0 + b, half));
 }
 
-PD_INLINE void col_q4(const pd_qweight *w, const pd_qact *x, int n, int r0, int mt, float *y, int ldy) {
+PD_INLINE void col_q4(const pd_qweight *w, const pd_qact *x, int n, int r0, int mt, int half, float *y, int ldy) {
     const int kp = w->kp, nb = kp / 32, np = kp / 64, nbp = x->nbp;
     const uint8_t *wq = w->q + (size_t)n * (kp / 2);
-    const float *wa = w->a + (size_t)n * nb;
+    const size_t a0 = (size_t)n * nb;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 ae[MT2], ao[MT2];
     for (int r = 0; r < mt; r++) ae[r] = ao[r] = _mm256_setzero_ps();
     for (int p = 0; p < np; p++) {
         __m256i raw = _mm256_loadu_si256((const __m256i *)(wq + 32 * p));
         __m256i w0 = _mm256_and_si256(raw, m4), w1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-        const float a0 = wa[2 * p], a1 = wa[2 * p + 1];
+        const __m256 s0 = scale_lanes(w->a, a0, 2 * p, 0, half), s1 = scale_lanes(w->a, a0, 2 * p + 1, 0, half);
         for (int r = 0; r < mt; r++) {
             const int8_t *xq = x->q + (size_t)(r0 + r) * kp + 64 * p;
             const float *xd = x->d + (size_t)(r0 + r) * nb + 2 * p;
             __m256i i0 = dot4(w0, _mm256_loadu_si256((const __m256i *)xq));
             __m256i i1 = dot4(w1, _mm256_loadu_si256((const __m256i *)(xq + 32)));
-            ae[r] = _mm256_fmadd_ps(_mm256_set1_ps(a0 * xd[0]), _mm256_cvtepi32_ps(i0), ae[r]);
-            ao[r] = _mm256_fmadd_ps(_mm256_set1_ps(a1 * xd[1]), _mm256_cvtepi32_ps(i1), ao[r]);
+            ae[r] = _mm256_fmadd_ps(_mm256_mul_ps(s0, _mm256_broadcast_ss(xd)), _mm256_cvtepi32_ps(i0), ae[r]);
+            ao[r] = _mm256_fmadd_ps(_mm256_mul_ps(s1, _mm256_broadcast_ss(xd + 1)), _mm256_cvtepi32_ps(i1), ao[r]);
         }
     }
-    const float *off = w->off ? w->off + (size_t)n * nbp : 0;
-    for (int r = 0; r < mt; r++) y[(size_t)(r0 + r) * ldy + n] = pd_finish(ae[r], ao[r], off, x->s + (size_t)(r0 + r) * nbp, nbp);
+    for (int r = 0; r < mt; r++)
+        y[(size_t)(r0 + r) * ldy + n] = pd_finish(ae[r], ao[r], w->off, (size_t)n * nbp, half, x->s + (size_t)(r0 + r) * nbp, nbp);
 }
 
-PD_INLINE void col_q8(const pd_qweight *w, const pd_qact *x, int n, int r0, int mt, int g16, float *y, int ldy) {
+PD_INLINE void col_q8(const pd_qweight *w, const pd_qact *x, int n, int r0, int mt, int g16, int half, float *y, int ldy) {
     const int kp = w->kp, nb = kp / 32, np = kp / 64, nbp = x->nbp;
     const int8_t *wq = (const int8_t *)w->q + (size_t)n * kp;
-    const float *wa = w->a + (size_t)n * nb * (g16 ? 2 : 1);
+    const size_t a0 = (size_t)n * nb * (g16 ? 2 : 1);
     __m256 ae[MT2], ao[MT2];
     for (int r = 0; r < mt; r++) ae[r] = ao[r] = _mm256_setzero_ps();
     for (int p = 0; p < np; p++) {
         __m256i w0 = _mm256_loadu_si256((const __m256i *)(wq + 64 * p));
         __m256i w1 = _mm256_loadu_si256((const __m256i *)(wq + 64 * p + 32));
         __m256i u0 = _mm256_abs_epi8(w0), u1 = _mm256_abs_epi8(w1);
+        const __m256 s0 = scale_lanes(w->a, a0, 2 * p, g16, half), s1 = scale_lanes(w->a, a0, 2 * p + 1, g16, half);
         for (int r = 0; r < mt; r++) {
             const int8_t *xq = x->q + (size_t)(r0 + r) * kp + 64 * p;
             const float *xd = x->d + (size_t)(r0 + r) * nb + 2 * p;
             __m256i i0 = dot4(u0, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xq), w0));
             __m256i i1 = dot4(u1, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xq + 32)), w1));
-            ae[r] = _mm256_fmadd_ps(scale8(wa, 2 * p, g16, xd[0]), _mm256_cvtepi32_ps(i0), ae[r]);
-            ao[r] = _mm256_fmadd_ps(scale8(wa, 2 * p + 1, g16, xd[1]), _mm256_cvtepi32_ps(i1), ao[r]);
+            ae[r] = _mm256_fmadd_ps(_mm256_mul_ps(s0, _mm256_broadcast_ss(xd)), _mm256_cvtepi32_ps(i0), ae[r]);
+            ao[r] = _mm256_fmadd_ps(_mm256_mul_ps(s1, _mm256_broadcast_ss(xd + 1)), _mm256_cvtepi32_ps(i1), ao[r]);
         }
     }
-    const float *off = w->off ? w->off + (size_t)n * nbp : 0;
-    for (int r = 0; r < mt; r++) y[(size_t)(r0 + r) * ldy + n] = pd_finish(ae[r], ao[r], off, x->s + (size_t)(r0 + r) * nbp, nbp);
+    for (int r = 0; r < mt; r++)
+        y[(size_t)(r0 + r) * ldy + n] = pd_finish(ae[r], ao[r], w->off, (size_t)n * nbp, half, x->s + (size_t)(r0 + r) * nbp, nbp);
 }
 
 #define PD_COLS_CHUNK 4 /* columns whose weights stay in L1 while every row tile passes over them */
@@ -74,18 +75,25 @@ PD_INLINE void col_q8(const pd_qweight *w, const pd_qact *x, int n, int r0, int 
     default: { const int MT = 4; CALL; } break;                            \
     }
 
+#define PD_KINDS(H)                                                        \
+    if (w->kind == PD_KIND_Q4) {                                           \
+        PD_TILE(col_q4(w, x, n, r0, MT, H, y, ldy))                        \
+    } else if (w->group == 16) {                                           \
+        PD_TILE(col_q8(w, x, n, r0, MT, 1, H, y, ldy))                     \
+    } else {                                                               \
+        PD_TILE(col_q8(w, x, n, r0, MT, 0, H, y, ldy))                     \
+    }
+
 void pd_cols_avx2(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int n0, int n1) {
     for (int c0 = n0; c0 < n1; c0 += PD_COLS_CHUNK) {
         int c1 = c0 + PD_COLS_CHUNK < n1 ? c0 + PD_COLS_CHUNK : n1;
         for (int r0 = 0; r0 < x->m; r0 += MT2) {
             int mt = x->m - r0 < MT2 ? x->m - r0 : MT2;
             for (int n = c0; n < c1; n++) {
-                if (w->kind == PD_KIND_Q4) {
-                    PD_TILE(col_q4(w, x, n, r0, MT, y, ldy))
-                } else if (w->group == 16) {
-                    PD_TILE(col_q8(w, x, n, r0, MT, 1, y, ldy))
+                if (w->half) {
+                    PD_KINDS(1)
                 } else {
-                    PD_TILE(col_q8(w, x, n, r0, MT, 0, y, ldy))
+                    PD_KINDS(0)
                 }
             }
         }
