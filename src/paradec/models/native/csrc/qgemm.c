@@ -21,43 +21,56 @@ int pd_paths(void) {
 }
 
 /* ------------------------------------------------------------------ thread pool
- * Workers wait on a generation counter: a short spin (a decode step calls the pool hundreds of
- * times a token), then a condition variable, so that idle workers cost nothing. */
+ * A parallel region is a list of chunks that the caller and the workers take in turn from an
+ * atomic counter, so a worker the OS has not scheduled yet delays nothing: the others take its
+ * chunks. Which thread computes a chunk never changes a result (every chunk is whole outputs).
+ * Workers wait on a generation counter: a short spin (a decode step opens hundreds of regions a
+ * token), then a condition variable, so that idle workers cost nothing. */
 
 #define PD_MAX_THREADS 256
-#define PD_SPIN 20000
+#define PD_SPIN 4000
 
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
 static pthread_mutex_t run_mu = PTHREAD_MUTEX_INITIALIZER; /* one parallel region at a time */
 static _Atomic unsigned pool_gen = 0;
-static _Atomic int pool_pending = 0;
-static int pool_size = 0;      /* threads including the caller */
-static int pool_started = 0;   /* workers created */
-static int pool_nth = 1;      /* threads of the current region */
-static pd_task pool_fn;
-static void *pool_arg;
+static _Atomic int pool_size = 0; /* threads including the caller */
+static int pool_started = 0; /* workers created */
+
+/* the current region; its fields are written only while no worker is inside it */
+static pd_task job_fn;
+static void *job_arg;
+static int job_chunks, job_param;
+static _Atomic int job_next = 0, job_active = 0, job_closed = 1;
 
 static void cpu_relax(void) { __asm__ __volatile__("pause"); }
 
+static void run_chunks(void) {
+    int c;
+    while ((c = atomic_fetch_add(&job_next, 1)) < job_chunks) job_fn(job_arg, c, job_param);
+}
+
 static void *worker(void *p) {
-    const int tid = (int)(size_t)p;
+    const int index = (int)(size_t)p; /* 1.. */
     unsigned seen = 0;
     for (;;) {
         unsigned g;
         int spins = 0;
-        while ((g = atomic_load_explicit(&pool_gen, memory_order_acquire)) == seen && spins < PD_SPIN) {
+        while ((g = atomic_load(&pool_gen)) == seen && spins < PD_SPIN) {
             cpu_relax();
             spins++;
         }
         if (g == seen) {
             pthread_mutex_lock(&pool_mu);
-            while ((g = atomic_load_explicit(&pool_gen, memory_order_acquire)) == seen) pthread_cond_wait(&pool_cv, &pool_mu);
+            while ((g = atomic_load(&pool_gen)) == seen) pthread_cond_wait(&pool_cv, &pool_mu);
             pthread_mutex_unlock(&pool_mu);
         }
         seen = g;
-        if (tid < pool_nth) pool_fn(pool_arg, tid, pool_nth);
-        atomic_fetch_sub_explicit(&pool_pending, 1, memory_order_acq_rel);
+        if (index >= pool_size) continue;
+        /* join, then look: the caller closes the region, then waits for no one inside */
+        atomic_fetch_add(&job_active, 1);
+        if (!atomic_load(&job_closed)) run_chunks();
+        atomic_fetch_sub(&job_active, 1);
     }
     return 0;
 }
@@ -78,38 +91,44 @@ void pd_set_threads(int n) {
         pthread_attr_t at;
         pthread_attr_init(&at);
         pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&t, &at, worker, (void *)(size_t)(pool_started + 1)) != 0) {
-            pthread_attr_destroy(&at);
-            break;
-        }
+        int rc = pthread_create(&t, &at, worker, (void *)(size_t)(pool_started + 1));
         pthread_attr_destroy(&at);
+        if (rc != 0) break;
         pool_started++;
     }
     pool_size = pool_started + 1 < n ? pool_started + 1 : n;
     pthread_mutex_unlock(&run_mu);
 }
 
-void pd_parallel(pd_task fn, void *arg) {
+/* fn(arg, c, param) for every chunk c in [0, chunks), shared among the pool's threads. */
+static void pd_parallel_chunks(pd_task fn, void *arg, int chunks, int param) {
     if (pool_size == 0) pd_set_threads(0);
     pthread_mutex_lock(&run_mu);
-    const int nth = pool_size;
-    if (nth == 1) {
-        fn(arg, 0, 1);
+    if (pool_size == 1 || chunks <= 1) {
+        for (int c = 0; c < chunks; c++) fn(arg, c, param);
         pthread_mutex_unlock(&run_mu);
         return;
     }
-    pool_fn = fn;
-    pool_arg = arg;
-    pool_nth = nth;
-    /* every started worker wakes and checks in; those with tid >= nth skip the task */
-    atomic_store_explicit(&pool_pending, pool_started, memory_order_release);
+    job_fn = fn;
+    job_arg = arg;
+    job_chunks = chunks;
+    job_param = param;
+    atomic_store(&job_next, 0);
+    atomic_store(&job_closed, 0);
     pthread_mutex_lock(&pool_mu);
-    atomic_fetch_add_explicit(&pool_gen, 1, memory_order_acq_rel);
+    atomic_fetch_add(&pool_gen, 1);
     pthread_cond_broadcast(&pool_cv);
     pthread_mutex_unlock(&pool_mu);
-    fn(arg, 0, nth);
-    while (atomic_load_explicit(&pool_pending, memory_order_acquire) > 0) cpu_relax();
+    run_chunks();
+    atomic_store(&job_closed, 1);
+    while (atomic_load(&job_active) > 0) cpu_relax();
     pthread_mutex_unlock(&run_mu);
+}
+
+/* fn(arg, tid, nthreads) once for each tid in [0, nthreads). */
+void pd_parallel(pd_task fn, void *arg) {
+    if (pool_size == 0) pd_set_threads(0);
+    pd_parallel_chunks(fn, arg, pool_size, pool_size);
 }
 
 /* ------------------------------------------------------------------ entry point */
@@ -121,13 +140,12 @@ typedef struct {
     int ldy, path;
 } qgemm_job;
 
-static void qgemm_task(void *p, int tid, int nth) {
+#define PD_CHUNK_COLS 16
+
+static void qgemm_task(void *p, int chunk, int unused) {
+    (void)unused;
     const qgemm_job *j = (const qgemm_job *)p;
-    /* contiguous column ranges in steps of 16 columns; the split never touches a reduction */
-    const int n = j->w->n, units = (n + 15) / 16;
-    const int u0 = (int)((long)units * tid / nth), u1 = (int)((long)units * (tid + 1) / nth);
-    const int n0 = u0 * 16, n1 = u1 * 16 < n ? u1 * 16 : n;
-    if (n0 >= n1) return;
+    const int n0 = chunk * PD_CHUNK_COLS, n1 = n0 + PD_CHUNK_COLS < j->w->n ? n0 + PD_CHUNK_COLS : j->w->n;
     if (j->path == PD_PATH_AVX512VNNI)
         pd_cols_avx512vnni(j->w, j->x, j->y, j->ldy, n0, n1);
     else
@@ -164,6 +182,6 @@ int pd_qgemm(int path, int kind, int n, int k, int kp, int group, int half, cons
     const pd_qweight w = {kind, n, kp, group, half != 0, q, a, off};
     const pd_qact act = {m, kp, nb, nbp, xq, xd, xs, dvn ? dv : 0};
     qgemm_job job = {&w, &act, y, ldy, path};
-    pd_parallel(qgemm_task, &job);
+    pd_parallel_chunks(qgemm_task, &job, (n + PD_CHUNK_COLS - 1) / PD_CHUNK_COLS, 0);
     return 0;
 }

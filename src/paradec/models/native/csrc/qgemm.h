@@ -56,7 +56,8 @@ void pd_cols_avx512vnni(const pd_qweight *w, const pd_qact *x, float *y, int ldy
 /* Quantize m rows of x (row stride ldx, k values) into act's buffers (sized for kp, nb, nbp). */
 void pd_quantize_rows(const float *x, int m, int k, int ldx, int8_t *q, float *d, float *s, int kp, int nbp);
 
-/* The thread pool (pthreads; tid 0 is the caller). fn(arg, tid, nthreads) runs once per thread. */
+/* The thread pool (pthreads, not OpenMP). fn(arg, tid, nthreads) runs once for each tid in
+ * [0, nthreads), each on whichever pool thread (the caller included) takes it first. */
 typedef void (*pd_task)(void *arg, int tid, int nthreads);
 void pd_parallel(pd_task fn, void *arg);
 int pd_get_threads(void);
