@@ -212,11 +212,11 @@ def test_path_override(monkeypatch):
 @pytest.fixture
 def fresh_load():
     """Forget the loaded library before and after (the next use loads the real one again)."""
-    build._load.cache_clear()
-    kernels._lib.cache_clear()
+    for cached in (build._load, kernels._state, kernels._default_code):
+        cached.cache_clear()
     yield
-    build._load.cache_clear()
-    kernels._lib.cache_clear()
+    for cached in (build._load, kernels._state, kernels._default_code):
+        cached.cache_clear()
 
 
 @pytest.mark.parametrize("cc,reason", [("no-such-compiler-xyz", "need a C compiler"), ("false", "failed")])

@@ -14,7 +14,7 @@ Interface (stable; the model forward builds on it):
   and the path (not on M, the row's place or the thread count). The avx2 and avx512vnni paths
   use one arithmetic and agree bit for bit.
 - ``paths()`` (what this CPU runs, in order of preference), ``best_path()`` (honours
-  ``$PARADEC_NATIVE_PATH``, e.g. ``avx2``), ``set_threads(n)`` / ``threads()`` (own pthread pool,
+  ``$PARADEC_NATIVE_PATH``, e.g. ``avx2``; qmatmul reads it once, at its first call), ``set_threads(n)`` / ``threads()`` (own pthread pool,
   default the CPUs this process may run on or ``$PARADEC_NATIVE_THREADS``; work is split over
   output columns only), ``available()`` and ``unavailable_reason()``, ``library()`` (the ctypes
   handle, for other kernels compiled into the same library).
@@ -53,10 +53,11 @@ def _default_threads() -> int:
 
 
 @lru_cache(maxsize=1)
-def _lib() -> ctypes.CDLL | None:
+def _state() -> tuple[ctypes.CDLL | None, tuple[str, ...], str | None]:
+    """(library, paths this CPU runs, None) or (None or library, (), the reason it cannot run)."""
     lib = build.load()
     if lib is None:
-        return None
+        return None, (), build.unavailable_reason() or "native kernels: library not built"
     vp, i = ctypes.c_void_p, ctypes.c_int
     lib.pd_paths.restype = i
     lib.pd_paths.argtypes = []
@@ -66,54 +67,49 @@ def _lib() -> ctypes.CDLL | None:
     lib.pd_set_threads.argtypes = [i]
     lib.pd_qgemm.restype = i
     lib.pd_qgemm.argtypes = [i, i, i, i, i, i, i, vp, vp, vp, vp, i, i, vp, i]
-    if lib.pd_paths() & PATH_BITS["avx2"]:
-        lib.pd_set_threads(_default_threads())
-    return lib
+    lib.pd_qgemm_desc.restype = i
+    lib.pd_qgemm_desc.argtypes = [i, vp, vp, i, i, vp, i]
+    bits = lib.pd_paths()
+    if not bits & PATH_BITS["avx2"]:
+        return lib, (), "native kernels need a CPU with AVX2, FMA and F16C"
+    lib.pd_set_threads(_default_threads())
+    return lib, tuple(name for name, bit in PATH_BITS.items() if bits & bit), None
 
 
 def unavailable_reason() -> str | None:
     """None when the kernels can run here, else one line saying why not."""
-    lib = _lib()
-    if lib is None:
-        return build.unavailable_reason() or "native kernels: library not built"
-    if not lib.pd_paths() & PATH_BITS["avx2"]:
-        return "native kernels need a CPU with AVX2, FMA and F16C"
-    return None
+    return _state()[2]
 
 
 def available() -> bool:
-    return unavailable_reason() is None
+    return _state()[2] is None
 
 
 def library() -> ctypes.CDLL:
     """The loaded native library; ParadecError (one line) when it is unavailable."""
-    reason = unavailable_reason()
+    lib, _, reason = _state()
     if reason is not None:
         raise ParadecError(reason)
-    return _lib()
+    return lib
 
 
 def paths() -> list[str]:
     """Kernel paths this CPU runs, worst first (empty when unavailable)."""
-    lib = _lib()
-    if lib is None:
-        return []
-    bits = lib.pd_paths()
-    return [name for name, bit in PATH_BITS.items() if bits & bit]
+    return list(_state()[1])
 
 
 def best_path() -> str:
     """The path qmatmul uses by default: ``$PARADEC_NATIVE_PATH`` if set, else the fastest here."""
-    have = paths()
-    if not have:
-        raise ParadecError(unavailable_reason() or "native kernels unavailable")
+    _, have, reason = _state()
+    if reason is not None:
+        raise ParadecError(reason)
     forced = os.environ.get("PARADEC_NATIVE_PATH")
     if forced:
         return _check_path(forced, have)
     return have[-1]
 
 
-def _check_path(path: str, have: list[str]) -> str:
+def _check_path(path: str, have: tuple[str, ...]) -> str:
     if path not in PATH_BITS:
         raise ParadecError(f"unknown native kernel path '{path}' (choose from {', '.join(PATH_BITS)})")
     if path not in have:
@@ -130,6 +126,12 @@ def threads() -> int:
     return library().pd_get_threads()
 
 
+class _WDesc(ctypes.Structure):  # csrc/qgemm.h pd_wdesc
+    _fields_ = [(f, ctypes.c_int) for f in ("kind", "n", "k", "kp", "group", "half")] + [
+        (f, ctypes.c_void_p) for f in ("q", "a", "off")
+    ]
+
+
 @dataclass(frozen=True)
 class QuantWeight:
     """One quantized [N, K] matrix in the kernels' layout (values exactly as in the file)."""
@@ -143,7 +145,7 @@ class QuantWeight:
     q: np.ndarray  # uint8 [N, kp // 2] (Q4, two 32-blocks per 32 bytes) or [N, kp] (Q8, int8 bits)
     a: np.ndarray  # [N, kp // group] float32, or float16 where every scale is one exactly
     off: np.ndarray | None  # [N, nbp] (nbp = kp / 32 rounded up to 8), same dtype as a, or None
-    _ptrs: tuple = field(init=False, repr=False, compare=False)
+    _desc: tuple = field(init=False, repr=False, compare=False)  # (pd_wdesc, its address)
 
     def __post_init__(self):
         for arr in (self.q, self.a) + ((self.off,) if self.off is not None else ()):
@@ -152,7 +154,9 @@ class QuantWeight:
         if self.off is not None and self.off.dtype != self.a.dtype:
             raise ParadecError("QuantWeight scales and offsets must share one dtype")
         ptr = lambda arr: arr.ctypes.data if arr is not None else None  # noqa: E731
-        object.__setattr__(self, "_ptrs", (ptr(self.q), ptr(self.a), ptr(self.off)))
+        half = int(self.a.dtype == np.float16)
+        desc = _WDesc(self.kind, self.n, self.k, self.kp, self.group, half, ptr(self.q), ptr(self.a), ptr(self.off))
+        object.__setattr__(self, "_desc", (desc, ctypes.addressof(desc)))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -208,6 +212,12 @@ class QuantWeight:
         return w
 
 
+@lru_cache(maxsize=1)
+def _default_code() -> int:
+    """qmatmul's default path (``best_path()`` when first used: the override is read once)."""
+    return PATH_BITS[best_path()]
+
+
 def _exact_half(v: np.ndarray) -> bool:
     with np.errstate(over="ignore"):
         h = v.astype(np.float16)
@@ -216,22 +226,22 @@ def _exact_half(v: np.ndarray) -> bool:
 
 def qmatmul(x: torch.Tensor, w: QuantWeight, path: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """x float32 [M, K] contiguous -> float32 [M, N] = x @ W^T (into ``out`` when given)."""
-    lib = library()
-    path = best_path() if path is None else _check_path(path, paths())
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.dim() != 2 or x.device.type != "cpu":
+    lib, have, reason = _state()
+    if reason is not None:
+        raise ParadecError(reason)
+    code = _default_code() if path is None else PATH_BITS[_check_path(path, have)]
+    if type(x) is not torch.Tensor or x.dtype != torch.float32 or x.dim() != 2 or x.device.type != "cpu":
         raise ParadecError("qmatmul needs x as a float32 CPU tensor [M, K]")
-    if x.shape[1] != w.k:
-        raise ParadecError(f"qmatmul: x has {x.shape[1]} columns, the weight {w.k} inputs")
-    if x.stride(1) != 1 or x.stride(0) < w.k:
+    m, k = x.shape
+    if k != w.k:
+        raise ParadecError(f"qmatmul: x has {k} columns, the weight {w.k} inputs")
+    if x.stride(1) != 1 or x.stride(0) < k:
         x = x.contiguous()
-    m = x.shape[0]
     if out is None:
         out = torch.empty((m, w.n), dtype=torch.float32)
-    elif out.dtype != torch.float32 or tuple(out.shape) != (m, w.n) or not out.is_contiguous() or out.device.type != "cpu":
+    elif out.dtype != torch.float32 or out.shape != (m, w.n) or not out.is_contiguous() or out.device.type != "cpu":
         raise ParadecError(f"qmatmul: out must be a contiguous float32 CPU tensor [{m}, {w.n}]")
-    qp, ap, op = w._ptrs
-    half = int(w.a.dtype == np.float16)
-    rc = lib.pd_qgemm(PATH_BITS[path], w.kind, w.n, w.k, w.kp, w.group, half, qp, ap, op, x.data_ptr(), m, x.stride(0), out.data_ptr(), w.n)
+    rc = lib.pd_qgemm_desc(code, w._desc[1], x.data_ptr(), m, max(x.stride(0), k), out.data_ptr(), w.n)
     if rc != 0:
         raise ParadecError(f"qmatmul failed: {_ERRORS.get(rc, rc)}")
     return out

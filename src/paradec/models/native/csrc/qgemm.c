@@ -185,3 +185,7 @@ int pd_qgemm(int path, int kind, int n, int k, int kp, int group, int half, cons
     pd_parallel_chunks(qgemm_task, &job, (n + PD_CHUNK_COLS - 1) / PD_CHUNK_COLS, 0);
     return 0;
 }
+
+int pd_qgemm_desc(int path, const pd_wdesc *w, const float *x, int m, int ldx, float *y, int ldy) {
+    return pd_qgemm(path, w->kind, w->n, w->k, w->kp, w->group, w->half, w->q, w->a, w->off, x, m, ldx, y, ldy);
+}

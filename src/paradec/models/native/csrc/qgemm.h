@@ -68,4 +68,12 @@ int pd_paths(void); /* bitmask of PD_PATH_* this CPU runs */
 int pd_qgemm(int path, int kind, int n, int k, int kp, int group, int half, const uint8_t *q, const void *a,
              const void *off, const float *x, int m, int ldx, float *y, int ldy);
 
+/* The same with the weight's arguments in one struct (one ctypes argument instead of nine). */
+typedef struct {
+    int kind, n, k, kp, group, half;
+    const uint8_t *q;
+    const void *a, *off;
+} pd_wdesc;
+int pd_qgemm_desc(int path, const pd_wdesc *w, const float *x, int m, int ldx, float *y, int ldy);
+
 #endif
