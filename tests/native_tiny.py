@@ -3,6 +3,7 @@ very values that GGUF holds (its dequantized weights): the reference for the nat
 
 from __future__ import annotations
 
+import gguf.quants
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType as GT
@@ -19,13 +20,14 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def tiny_hf(arch: str = "llama", seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-            ffn: int = 128, vocab: int = 96, max_pos: int = 512):
+            ffn: int = 128, vocab: int = 96, max_pos: int = 512, std: float = 0.02):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
                   num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_pos,
-                  rms_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=10000.0)
+                  rms_norm_eps=1e-5, tie_word_embeddings=True, initializer_range=std,
+                  bos_token_id=1, eos_token_id=2)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
     else:
@@ -61,8 +63,12 @@ def write_gguf(model, path, qtype: str = "Q4_1", embed_type: str = "Q8_0", trunc
 
     def quant(name: str, p: torch.Tensor, kind: str, perm_heads: int | None = None) -> None:
         a = p.detach().float().numpy()
-        raw = np.frombuffer(quants.quantize(a, kind), dtype=np.uint8).reshape(a.shape[0], -1)
-        deq = quants.dequantize(raw, kind, a.shape[0], a.shape[1], dtype=np.float32)
+        if kind in quants.FORMATS:
+            raw = np.frombuffer(quants.quantize(a, kind), dtype=np.uint8).reshape(a.shape[0], -1)
+            deq = quants.dequantize(raw, kind, a.shape[0], a.shape[1], dtype=np.float32)
+        else:  # a type the backend does not run (to test that it says so)
+            raw = gguf.quants.quantize(a, getattr(GT, kind))
+            deq = gguf.quants.dequantize(raw, getattr(GT, kind)).reshape(a.shape)
         with torch.no_grad():
             p.copy_(torch.from_numpy(deq))
         if perm_heads is not None:

@@ -37,6 +37,7 @@ def generate(
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model (same tokenizer) for --method draft."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    backend: str = typer.Option("auto", "--backend", help="auto (native for a GGUF on a CPU in float32, else torch), native (the GGUF's quantized weights) or torch."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p"),
@@ -61,7 +62,7 @@ def generate(
         from .diffusion.command import generate_dllm
 
         return generate_dllm(prompt, model, method, options, dtype, device, temperature, seed, as_json)
-    engine = load(model, draft=draft_model, dtype=dtype, device=device)
+    engine = load(model, draft=draft_model, dtype=dtype, device=device, backend=backend)
     stream = engine.stream(
         prompt,
         method=method,
@@ -83,6 +84,7 @@ def generate(
             "token_ids": stream.token_ids,
             "model": engine.name,
             "method": method,
+            "backend": s.backend,
             "stats": {
                 **s.to_dict(),
                 "forwards": s.forwards,
@@ -99,7 +101,7 @@ def generate(
     s = stream.stats
     print(
         f"[{method}] {s.new_tokens} tokens in {s.total_s:.2f}s = {s.tokens_per_s:.1f} tok/s | "
-        f"{s.forwards} forwards, {s.mean_accepted:.2f} tokens/forward | stop: {s.stop_reason}",
+        f"{s.forwards} forwards, {s.mean_accepted:.2f} tokens/forward | stop: {s.stop_reason} | {s.backend}",
         file=sys.stderr,
     )
 

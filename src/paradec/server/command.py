@@ -13,6 +13,7 @@ def serve(
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model (same tokenizer) for method draft."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    backend: str = typer.Option("auto", "--backend", help="auto (native for a GGUF on a CPU in float32, else torch), native (the GGUF's quantized weights) or torch."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting beyond this answer 429."),
@@ -28,5 +29,5 @@ def serve(
     from ..cli import _options
     from .launch import serve as run
 
-    run(model=model, draft=draft_model, method=method, options=_options(opt), dtype=dtype, device=device, host=host,
+    run(model=model, draft=draft_model, method=method, options=_options(opt), dtype=dtype, device=device, backend=backend, host=host,
         port=port, max_queue=max_queue, max_active=max_active, timeout=timeout, served_name=served_name, batch=batch)

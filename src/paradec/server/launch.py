@@ -14,6 +14,7 @@ def serve(
     options: dict[str, Any] | None = None,
     dtype: str = "float32",
     device: str = "cpu",
+    backend: str = "auto",
     host: str = "127.0.0.1",
     port: int = 8000,
     max_queue: int = 64,
@@ -37,7 +38,7 @@ def serve(
         raise ParadecError("--max-queue and --max-active must be >= 1")
     if timeout <= 0:
         raise ParadecError(f"--timeout must be > 0 seconds, got {timeout}")
-    engine = load(model, draft=draft, dtype=dtype, device=device)
+    engine = load(model, draft=draft, dtype=dtype, device=device, backend=backend)
     make_proposer(method, engine.models, options)  # a bad --method / --opt fails here, not per request
     from prometheus_client import disable_created_metrics
 

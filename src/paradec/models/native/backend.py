@@ -22,7 +22,7 @@ import torch
 
 from ...cache import compact_plan
 from ...errors import ParadecError
-from . import kernels
+from . import build, kernels
 from .gguf_model import GGUFModel, embed_rows
 from .ops import Ops, addr
 
@@ -114,6 +114,8 @@ class NativeCausalLM:
     construction. ``hf_loader`` makes the transformers model on demand, for drafters that
     build their own copy of the target from it (``head``, ``deer``, ``qdraft`` int8)."""
 
+    native = True  # what drafters probe for (deer-fused needs a transformers forward instead)
+
     def __init__(self, model: GGUFModel, hf_loader: Callable[[], object] | None = None) -> None:
         if not kernels.available():
             raise ParadecError(f"native backend unavailable: {kernels.unavailable_reason()}")
@@ -125,12 +127,11 @@ class NativeCausalLM:
         self.dtype = torch.float32
         self.num_layers = cfg.n_layers
         self.path = f"native {'/'.join(model.qtypes)} {kernels.best_path()}"
-        self._ops = Ops(kernels.library())
+        self._ops = Ops(build.load())
         self._inv_freq = cfg.inv_freq(model.freq_factors)  # [rope_dim / 2] float32
         self._scale = float(cfg.head_dim) ** -0.5
         self._hf_loader, self._hf = hf_loader, None
         self._buffers: dict[int, _Buffers] = {}
-        self._scores = np.empty(max(cfg.max_context, 1) + 1, np.float32)
 
     # ---- the protocol -------------------------------------------------------------------------
     def new_cache(self, capacity: int) -> NativeKVCache:
@@ -231,9 +232,6 @@ class NativeCausalLM:
         pa = lambda a: a.ctypes.data  # noqa: E731
         pos, kp, vp, cap, slot, nkeys, mask = map(pa, (r.positions, r.kptr, r.vptr, r.cap, r.slot, r.nkeys, r.mask))
         inv = pa(self._inv_freq)
-        if r.mask.shape[1] + 1 > len(self._scores):
-            self._scores = np.empty(r.mask.shape[1] + 1, np.float32)
-        scores = pa(self._scores)
         eps = cfg.eps
         neox = int(cfg.rope_neox)
         ph, px, pqkv, pat = h.data_ptr(), x.data_ptr(), qkv.data_ptr(), attn.data_ptr()
@@ -249,7 +247,7 @@ class NativeCausalLM:
             ops.rope(pqkv, t, hq, d, cfg.rope_dim, stride, pos, inv, 1.0, neox)
             ops.rope(pqkv + 4 * nq, t, hkv, d, cfg.rope_dim, stride, pos, inv, 1.0, neox)
             ops.kv_write(pqkv + 4 * nq, pqkv + 4 * (nq + nk), t, hkv, d, stride, kp, vp, cap, slot, li)
-            ops.attention(pqkv, stride, pat, t, hq, hkv, d, kp, vp, cap, mask, r.mask.shape[1], nkeys, li, self._scale, scores)
+            ops.attention(pqkv, stride, pat, t, hq, hkv, d, kp, vp, cap, mask, r.mask.shape[1], nkeys, li, self._scale)
             kernels.qmatmul(attn, L.o, out=b.proj)
             h.add_(b.proj)
             ops.rmsnorm(ph, addr(L.ffn_norm), px, t, H, eps, 0.0)

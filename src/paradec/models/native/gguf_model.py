@@ -163,7 +163,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
     import gguf
 
     from .kernels import QuantWeight
-    from .quants import FORMATS
+    from .quants import FLOAT_TYPES, FORMATS
 
     path = str(path)
     try:
@@ -178,7 +178,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
     for t in reader.tensors:
         if int(t.data_offset) + int(t.n_bytes) > size:
             raise _fail(path, f"truncated (tensor {t.name} runs past the end of the file)")
-    ok = set(FORMATS)
+    ok = set(FORMATS) - set(FLOAT_TYPES)  # matrices: the quantized types the kernels run
     qtypes: set[str] = set()
     nbytes = 0
 
@@ -229,7 +229,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
     if avail is not None and size + kv_bytes > avail:
         raise _fail(path, f"too large for memory ({(size + kv_bytes) / 2**30:.1f} GiB needed, {avail / 2**30:.1f} GiB available)")
     emb = tensor("token_embd.weight")
-    if emb.tensor_type.name not in ok or [int(x) for x in emb.shape][0] != H:
+    if emb.tensor_type.name not in FORMATS or [int(x) for x in emb.shape][0] != H:
         raise _fail(path, f"tensor token_embd.weight: unsupported type {emb.tensor_type.name} or shape {list(emb.shape)}")
     vocab = int(emb.shape[1])
     if cfg.vocab and cfg.vocab != vocab:

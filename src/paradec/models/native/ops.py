@@ -13,7 +13,7 @@ _SIGNATURES = {
     "pd_rope": [_P, _I, _I, _I, _I, _I, _P, _P, _F, ctypes.c_int],
     "pd_act_mul": [_P, _P, _P, _I, _I, _I, ctypes.c_int],
     "pd_kv_write": [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _I],
-    "pd_attention": [_P, _I, _P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _P, _I, _F, _P],
+    "pd_attention": [_P, _I, _P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _P, _I, _F],
 }
 
 

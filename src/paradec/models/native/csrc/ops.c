@@ -11,7 +11,14 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "qgemm.h"
+
+/* The native backend runs only where the kernels' AVX2 path does (kernels.available()). No
+ * contraction into fma (build flags): vector code rounds exactly as the scalar source. */
+#pragma GCC target("avx2")
 
 #define LANES 8
 
@@ -92,43 +99,70 @@ void pd_kv_write(const float *k, const float *v, int64_t rows, int64_t kvh, int6
     }
 }
 
-/* Attention: q [rows, heads, dim] (row r at q + r * qstride) -> out [rows, heads, dim]. Row r attends to the slots s <
- * nkeys[r] of its cache with mask[r * mask_stride + s] != 0, in slot order (two passes: the
- * maximum, then exp-weighted values). scores is scratch of at least max(nkeys) floats. Grouped
- * heads: head h reads kv head h / (heads / kv_heads). */
+/* Attention: q [rows, heads, dim] (row r at q + r * qstride) -> out [rows, heads, dim]. Row r
+ * attends to the slots s < nkeys[r] of its cache with mask[r * mask_stride + s] != 0, in slot
+ * order (two passes: the scores and their maximum, then exp-weighted values). Grouped heads:
+ * head h reads kv head h / (heads / kv_heads). The (row, head) items are split over the
+ * kernels' thread pool; each item is computed by one thread, the same way whatever the split. */
+typedef struct {
+    const float *q;
+    float *out;
+    int64_t qstride, rows, heads, kvh, dim, mask_stride, layer, max_keys;
+    const int64_t *kptr, *vptr, *cap, *nkeys;
+    const uint8_t *mask;
+    float scale;
+} attn_job;
+
+static void attend_one(const attn_job *j, int64_t r, int64_t h, float *scores) {
+    int64_t dim = j->dim, kvh = j->kvh, g = h / (j->heads / kvh);
+    const float *K = (const float *)(intptr_t)j->kptr[r], *V = (const float *)(intptr_t)j->vptr[r];
+    const float *Kg = K + (j->layer * kvh + g) * j->cap[r] * dim;
+    const float *Vg = V + (j->layer * kvh + g) * j->cap[r] * dim;
+    const float *qh = j->q + r * j->qstride + h * dim;
+    const uint8_t *m = j->mask + r * j->mask_stride;
+    float *o = j->out + (r * j->heads + h) * dim;
+    int64_t n = j->nkeys[r];
+    float mx = -INFINITY;
+    for (int64_t s = 0; s < n; s++) {
+        if (!m[s]) continue;
+        float sc = dot_fixed(qh, Kg + s * dim, dim) * j->scale;
+        scores[s] = sc;
+        if (sc > mx) mx = sc;
+    }
+    for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
+    if (mx == -INFINITY) return; /* no allowed key: zeros (the decode loop never asks this) */
+    float total = 0.0f;
+    for (int64_t s = 0; s < n; s++) {
+        if (!m[s]) continue;
+        float p = expf(scores[s] - mx);
+        total += p;
+        const float *vs = Vg + s * dim;
+        for (int64_t i = 0; i < dim; i++) o[i] += p * vs[i];
+    }
+    float inv = 1.0f / total;
+    for (int64_t i = 0; i < dim; i++) o[i] *= inv;
+}
+
+static void attn_task(void *arg, int tid, int nth) {
+    const attn_job *j = (const attn_job *)arg;
+    int64_t items = j->rows * j->heads;
+    int64_t lo = items * tid / nth, hi = items * (tid + 1) / nth;
+    if (lo >= hi) return;
+    float *scores = (float *)malloc(sizeof(float) * (size_t)(j->max_keys > 0 ? j->max_keys : 1));
+    if (!scores) return; /* out of memory: the caller sees zeros in these rows */
+    for (int64_t it = lo; it < hi; it++) attend_one(j, it / j->heads, it % j->heads, scores);
+    free(scores);
+}
+
 void pd_attention(const float *q, int64_t qstride, float *out, int64_t rows, int64_t heads, int64_t kvh, int64_t dim,
                   const int64_t *kptr, const int64_t *vptr, const int64_t *cap, const uint8_t *mask,
-                  int64_t mask_stride, const int64_t *nkeys, int64_t layer, float scale, float *scores) {
-    int64_t group = heads / kvh;
+                  int64_t mask_stride, const int64_t *nkeys, int64_t layer, float scale) {
+    attn_job j = {q, out, qstride, rows, heads, kvh, dim, mask_stride, layer, 0, kptr, vptr, cap, nkeys, mask, scale};
+    int64_t work = 0;
     for (int64_t r = 0; r < rows; r++) {
-        const float *K = (const float *)(intptr_t)kptr[r], *V = (const float *)(intptr_t)vptr[r];
-        const uint8_t *m = mask + r * mask_stride;
-        int64_t n = nkeys[r];
-        for (int64_t h = 0; h < heads; h++) {
-            int64_t g = h / group;
-            const float *Kg = K + (layer * kvh + g) * cap[r] * dim;
-            const float *Vg = V + (layer * kvh + g) * cap[r] * dim;
-            const float *qh = q + r * qstride + h * dim;
-            float *o = out + (r * heads + h) * dim;
-            float mx = -INFINITY;
-            for (int64_t s = 0; s < n; s++) {
-                if (!m[s]) continue;
-                float sc = dot_fixed(qh, Kg + s * dim, dim) * scale;
-                scores[s] = sc;
-                if (sc > mx) mx = sc;
-            }
-            for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
-            if (mx == -INFINITY) continue; /* no allowed key: zeros (never happens in the loop) */
-            float total = 0.0f;
-            for (int64_t s = 0; s < n; s++) {
-                if (!m[s]) continue;
-                float p = expf(scores[s] - mx);
-                total += p;
-                const float *vs = Vg + s * dim;
-                for (int64_t i = 0; i < dim; i++) o[i] += p * vs[i];
-            }
-            float inv = 1.0f / total;
-            for (int64_t i = 0; i < dim; i++) o[i] *= inv;
-        }
+        if (nkeys[r] > j.max_keys) j.max_keys = nkeys[r];
+        work += nkeys[r];
     }
+    if (work * heads * dim < (1 << 16)) attn_task(&j, 0, 1); /* too little to share */
+    else pd_parallel(attn_task, &j);
 }
