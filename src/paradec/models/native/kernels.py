@@ -8,7 +8,7 @@ Interface (stable; the model forward builds on it):
   into the kernels' layout (see ``csrc/qgemm.h``), which changes no value:
   ``w.dequantize()`` equals ``quants.dequantize(raw, qtype, N, K, np.float32)`` exactly.
 - ``qmatmul(x, w, path=None, out=None) -> torch.Tensor``: x float32 [M, K] contiguous (any M;
-  tiles of 4 or 8 rows share each weight block), returns float32 [M, N] = x @ W^T. Activations are
+  tiles of 4 or 8 rows share each weight tile), returns float32 [M, N] = x @ W^T. Activations are
   quantized per row in 32-blocks to int8 inside the kernel; the dots are int8 products.
   Batch invariant by construction: row i of the result depends only on row i of x, the weight
   and the path (not on M, the row's place or the thread count). The avx2 and avx512vnni paths
@@ -65,8 +65,6 @@ def _state() -> tuple[ctypes.CDLL | None, tuple[str, ...], str | None]:
     lib.pd_get_threads.argtypes = []
     lib.pd_set_threads.restype = None
     lib.pd_set_threads.argtypes = [i]
-    lib.pd_qgemm.restype = i
-    lib.pd_qgemm.argtypes = [i, i, i, i, i, i, i, vp, vp, vp, vp, i, i, vp, i]
     lib.pd_qgemm_desc.restype = i
     lib.pd_qgemm_desc.argtypes = [i, vp, vp, i, i, vp, i]
     bits = lib.pd_paths()
@@ -127,24 +125,31 @@ def threads() -> int:
 
 
 class _WDesc(ctypes.Structure):  # csrc/qgemm.h pd_wdesc
-    _fields_ = [(f, ctypes.c_int) for f in ("kind", "n", "k", "kp", "group", "half")] + [
+    _fields_ = [(f, ctypes.c_int) for f in ("kind", "n", "k", "kp", "group", "half", "biased")] + [
         (f, ctypes.c_void_p) for f in ("q", "a", "off")
     ]
 
 
+TILE = 16  # columns interleaved in one tile (csrc/qgemm.h PD_TILE_COLS)
+
+
 @dataclass(frozen=True)
 class QuantWeight:
-    """One quantized [N, K] matrix in the kernels' layout (values exactly as in the file)."""
+    """One quantized [N, K] matrix in the kernels' layout (values exactly as in the file).
+
+    Columns are interleaved in tiles of 16 (N padded with zero columns), each 32-block as 8
+    chunks of 4 weights per column; see csrc/qgemm.h for the byte order."""
 
     qtype: str  # "Q4_1", ...
     n: int  # out_features
     k: int  # in_features
-    kind: int  # KIND_Q4 (nibbles) or KIND_Q8 (int8)
-    kp: int  # K rounded up to 64
+    kind: int  # KIND_Q4 (nibbles) or KIND_Q8 (bytes)
+    kp: int  # K rounded up to 32
     group: int  # weights per scale: 32, or 16 (Q6_K)
-    q: np.ndarray  # uint8 [N, kp // 2] (Q4, two 32-blocks per 32 bytes) or [N, kp] (Q8, int8 bits)
-    a: np.ndarray  # [N, kp // group] float32, or float16 where every scale is one exactly
-    off: np.ndarray | None  # [N, nbp] (nbp = kp / 32 rounded up to 8), same dtype as a, or None
+    biased: bool  # Q8 bytes hold q + 128 (signed types)
+    q: np.ndarray  # uint8 [T, nb, 4, 16, 4] (Q4: chunks j | j+4 << 4) or [T, nb, 8, 16, 4] (Q8)
+    a: np.ndarray  # [T, nb, 32 // group, 16] float32, or float16 where every scale is one exactly
+    off: np.ndarray | None  # [T, nb, 16], the dtype of a, or None
     _desc: tuple = field(init=False, repr=False, compare=False)  # (pd_wdesc, its address)
 
     def __post_init__(self):
@@ -155,7 +160,7 @@ class QuantWeight:
             raise ParadecError("QuantWeight scales and offsets must share one dtype")
         ptr = lambda arr: arr.ctypes.data if arr is not None else None  # noqa: E731
         half = int(self.a.dtype == np.float16)
-        desc = _WDesc(self.kind, self.n, self.k, self.kp, self.group, half, ptr(self.q), ptr(self.a), ptr(self.off))
+        desc = _WDesc(self.kind, self.n, self.k, self.kp, self.group, half, int(self.biased), ptr(self.q), ptr(self.a), ptr(self.off))
         object.__setattr__(self, "_desc", (desc, ctypes.addressof(desc)))
 
     @property
@@ -173,42 +178,49 @@ class QuantWeight:
             raise ParadecError(f"{fmt.name} weights have no quantized kernel (native backend: {', '.join(_KIND)})")
         n, k = (int(s) for s in shape)
         u = quants.unpack(raw, fmt.name, n, k)
-        kp = -(-k // 64) * 64
-        nb = kp // 32
-        nbp = -(-nb // 8) * 8
-        q = np.zeros((n, kp), dtype=np.uint8)
-        q[:, :k] = u.q.view(np.uint8)
-        kind = _KIND[fmt.name]
+        kp = -(-k // 32) * 32
+        nb, npad, t = kp // 32, -(-n // TILE) * TILE, -(-n // TILE)
+        kind, biased = _KIND[fmt.name], fmt.signed
+        q = np.zeros((npad, kp), dtype=np.int16)
+        q[:n, :k] = u.q
+        if biased:
+            q += 128  # zero padding stays a zero weight: its scale is zero
+        q = q.astype(np.uint8).reshape(t, TILE, nb, 8, 4).transpose(0, 2, 3, 1, 4)  # [T, nb, chunk, col, 4]
         if kind == KIND_Q4:
-            pairs = q.reshape(n, kp // 64, 2, 32)
-            q = np.ascontiguousarray((pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(n, kp // 2))
-        a = np.zeros((n, kp // u.group), dtype=np.float32)
-        a[:, : u.a.shape[1]] = u.a
+            q = q[:, :, :4] | (q[:, :, 4:] << 4)
+        g = 32 // u.group
+        a = np.zeros((npad, nb * g), dtype=np.float32)
+        a[:n, : u.a.shape[1]] = u.a
+        a = a.reshape(t, TILE, nb, g).transpose(0, 2, 3, 1)
         off = None
         if u.b is not None:
-            off = np.zeros((n, nbp), dtype=np.float32)
-            off[:, : u.b.shape[1]] = u.b
-        if _exact_half(a) and (off is None or _exact_half(off)):  # fewer bytes, the same values
-            a = a.astype(np.float16)
-            off = None if off is None else off.astype(np.float16)
-        return cls(fmt.name, n, k, kind, kp, u.group, q, a, off)
+            off = np.zeros((npad, nb), dtype=np.float32)
+            off[:n, : u.b.shape[1]] = u.b
+            off = off.reshape(t, TILE, nb).transpose(0, 2, 1)
+        dt = np.float16 if _exact_half(a) and (off is None or _exact_half(off)) else np.float32  # fewer bytes, same values
+        q, a = np.ascontiguousarray(q), np.ascontiguousarray(a, dtype=dt)
+        off = None if off is None else np.ascontiguousarray(off, dtype=dt)
+        return cls(fmt.name, n, k, kind, kp, u.group, biased, q, a, off)
 
     def int_values(self) -> np.ndarray:
         """The integers q [N, K] (int8 or uint8, as the type stores them)."""
+        q = self.q
         if self.kind == KIND_Q4:
-            packed = self.q.reshape(self.n, self.kp // 64, 1, 32)
-            q = (packed >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)) & 0x0F
-            return q.reshape(self.n, self.kp)[:, : self.k]
-        q = self.q.view(np.int8)[:, : self.k]
-        return q if quants.FORMATS[self.qtype].signed else q.view(np.uint8)
+            q = np.concatenate([q & 0x0F, q >> 4], axis=2)
+        t, nb = q.shape[0], q.shape[1]
+        q = q.transpose(0, 3, 1, 2, 4).reshape(t * TILE, nb * 32)[: self.n, : self.k]
+        if self.biased:
+            return (q.astype(np.int16) - 128).astype(np.int8)
+        return q.view(np.int8) if quants.FORMATS[self.qtype].signed else q
 
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         """[N, K]: float32 rounds as ggml does (a * q + b), float64 is exact."""
-        g = self.group
-        a = np.repeat(self.a.astype(dtype), g, axis=1)[:, : self.k]
-        w = a * self.int_values().astype(dtype)
+        t, nb, g = self.a.shape[0], self.a.shape[1], self.a.shape[2]
+        a = self.a.transpose(0, 3, 1, 2).reshape(t * TILE, nb * g)[: self.n].astype(dtype)
+        w = np.repeat(a, self.group, axis=1)[:, : self.k] * self.int_values().astype(dtype)
         if self.off is not None:
-            w = w + np.repeat(self.off.astype(dtype), 32, axis=1)[:, : self.k]
+            off = self.off.transpose(0, 2, 1).reshape(t * TILE, nb)[: self.n].astype(dtype)
+            w = w + np.repeat(off, 32, axis=1)[:, : self.k]
         return w
 
 

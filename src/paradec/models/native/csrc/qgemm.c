@@ -140,32 +140,29 @@ typedef struct {
     int ldy, path;
 } qgemm_job;
 
-#define PD_CHUNK_COLS 16
-
-static void qgemm_task(void *p, int chunk, int unused) {
+static void qgemm_task(void *p, int tile, int unused) {
     (void)unused;
     const qgemm_job *j = (const qgemm_job *)p;
-    const int n0 = chunk * PD_CHUNK_COLS, n1 = n0 + PD_CHUNK_COLS < j->w->n ? n0 + PD_CHUNK_COLS : j->w->n;
     if (j->path == PD_PATH_AVX512VNNI)
-        pd_cols_avx512vnni(j->w, j->x, j->y, j->ldy, n0, n1);
+        pd_cols_avx512vnni(j->w, j->x, j->y, j->ldy, tile, tile + 1);
     else
-        pd_cols_avx2(j->w, j->x, j->y, j->ldy, n0, n1);
+        pd_cols_avx2(j->w, j->x, j->y, j->ldy, tile, tile + 1);
 }
 
 /* Scratch for the quantized activations of the calling thread. */
 static __thread void *scratch = 0;
 static __thread size_t scratch_size = 0;
 
-/* Returns 0, or -1 (path not available on this CPU), -2 (bad arguments), -3 (out of memory). */
-int pd_qgemm(int path, int kind, int n, int k, int kp, int group, int half, const uint8_t *q, const void *a,
-             const void *off, const float *x, int m, int ldx, float *y, int ldy) {
+int pd_qgemm_desc(int path, const pd_wdesc *wd, const float *x, int m, int ldx, float *y, int ldy) {
+    const int n = wd->n, k = wd->k, kp = wd->kp;
     if (!(pd_paths() & path) || (path != PD_PATH_AVX2 && path != PD_PATH_AVX512VNNI)) return -1;
-    if (m < 0 || n < 0 || k < 0 || kp % 64 || kp < k || kp - k >= 64 || ldx < k || ldy < n) return -2;
-    if ((kind != PD_KIND_Q4 && kind != PD_KIND_Q8) || (group != 32 && group != 16) || (kind == PD_KIND_Q4 && group != 32)) return -2;
+    if (m < 0 || n < 0 || k < 0 || kp % 32 || kp < k || kp - k >= 32 || ldx < k || ldy < n) return -2;
+    if ((wd->kind != PD_KIND_Q4 && wd->kind != PD_KIND_Q8) || (wd->group != 32 && wd->group != 16) ||
+        (wd->kind == PD_KIND_Q4 && (wd->group != 32 || wd->biased)) || (wd->biased && wd->off))
+        return -2;
     if (m == 0 || n == 0) return 0;
-    const int nb = kp / 32, nbp = (nb + 7) / 8 * 8, np = kp / 64;
-    const int dvn = path == PD_PATH_AVX512VNNI ? 16 * np : 0;
-    const size_t qbytes = ((size_t)m * kp + 63) / 64 * 64, fbytes = (size_t)m * (nb + nbp + dvn) * sizeof(float);
+    const int nb = kp / 32;
+    const size_t qbytes = ((size_t)m * kp + 63) / 64 * 64, fbytes = (size_t)m * nb * 4 * sizeof(float);
     if (scratch_size < qbytes + fbytes) {
         free(scratch);
         scratch = 0;
@@ -174,18 +171,12 @@ int pd_qgemm(int path, int kind, int n, int k, int kp, int group, int half, cons
         scratch_size = qbytes + fbytes;
     }
     int8_t *xq = (int8_t *)scratch;
-    float *xd = (float *)((char *)scratch + qbytes), *xs = xd + (size_t)m * nb, *dv = xs + (size_t)m * nbp;
-    pd_quantize_rows(x, m, k, ldx, xq, xd, xs, kp, nbp);
-    if (dvn) /* [m][np][16]: the pair's two block scales, 8 lanes each (copies: no arithmetic) */
-        for (size_t i = 0; i < (size_t)m * np; i++)
-            for (int l = 0; l < 16; l++) dv[16 * i + l] = xd[2 * i + (l >> 3)];
-    const pd_qweight w = {kind, n, kp, group, half != 0, q, a, off};
-    const pd_qact act = {m, kp, nb, nbp, xq, xd, xs, dvn ? dv : 0};
+    float *xd = (float *)((char *)scratch + qbytes), *xs = xd + (size_t)m * nb;
+    int32_t *x16 = (int32_t *)(xs + (size_t)m * nb);
+    pd_quantize_rows(x, m, k, ldx, kp, xq, xd, xs, x16);
+    const pd_qweight w = {wd->kind, n, kp, wd->group, wd->half != 0, wd->biased != 0, wd->q, wd->a, wd->off};
+    const pd_qact act = {m, kp, nb, xq, xd, xs, x16};
     qgemm_job job = {&w, &act, y, ldy, path};
-    pd_parallel_chunks(qgemm_task, &job, (n + PD_CHUNK_COLS - 1) / PD_CHUNK_COLS, 0);
+    pd_parallel_chunks(qgemm_task, &job, (n + PD_TILE_COLS - 1) / PD_TILE_COLS, 0);
     return 0;
-}
-
-int pd_qgemm_desc(int path, const pd_wdesc *w, const float *x, int m, int ldx, float *y, int ldy) {
-    return pd_qgemm(path, w->kind, w->n, w->k, w->kp, w->group, w->half, w->q, w->a, w->off, x, m, ldx, y, ldy);
 }

@@ -1,27 +1,32 @@
 /* Quantized matrix kernels: y[M, N] = x[M, K] @ W[N, K]^T on the GGUF's own integer weights.
  *
  * Weights (repacked once at load by kernels.py; no value changes): every 32-block b of row n is
- * integers q with a float32 scale a (one per 32, or two per 32 for 16-groups) and an optional
- * float32 offset: w = a * q + off.
- *   kind Q4: q in 0..15, two 32-blocks per 32 bytes: byte j of pair p holds weight 64p+j in its
- *            low nibble and weight 64p+32+j in its high nibble.        q: [N][kp/2] bytes
- *   kind Q8: q signed int8, one byte a weight.                           q: [N][kp] bytes
- *   a:   [N][nb * (32 / group)] (group 32 or 16)
- *   off: [N][nbp] or NULL (zero past nb)
+ * integers q with a scale a per group of 32 (or of 16) weights and an optional offset per block:
+ * w = a * q + off. Columns are interleaved in tiles of 16 (N padded with zero columns), so that
+ * one vector holds 4 consecutive weights of each of 16 columns and a dot-product instruction
+ * against 4 broadcast activations advances 16 outputs at once:
+ *   chunk j (0..7) of block b covers weights 32b+4j .. 32b+4j+3;
+ *   kind Q8: byte [tile][b][j][c][e] = q of column 16*tile+c, weight 32b+4j+e (512 bytes a tile
+ *            block); stored q + 128 where the type is signed (biased = 1), else q (0..31).
+ *   kind Q4: byte [tile][b][j][c][e] for j = 0..3 holds chunk j in its low nibble and chunk j+4
+ *            in its high nibble (256 bytes a tile block).
+ *   a:   [tile][b][group][16]   (32 / group scales a block)
+ *   off: [tile][b][16] or NULL
  *   a and off are float32, or float16 (half = 1) where every value is exactly a float16: the
  *   kernels widen them exactly, so the arithmetic is the same either way (fewer bytes to read).
- * with kp = K rounded up to 64 (zero padding), nb = kp / 32, nbp = nb rounded up to 8.
  *
  * Activations are quantized per row in 32-blocks: qx = round(x / d) in -127..127, d = max|x| / 127,
  * s = d * sum(qx) (the block sum the offsets need).
  *
  * Arithmetic, the same on every path (so that they agree bit for bit) and for every row whatever
  * M, the row's place in the batch or the thread count (batch invariance by construction):
- *   i[b][l]   = exact int32 dot of weights 4l..4l+3 of block b with the activations (l = 0..7)
- *   acc_e[l]  = fma(a[b](l) * d[b], float(i[b][l]), acc_e[l]) over even b in increasing order,
- *   acc_o[l]    the same over odd b (a[b](l): the block's scale, or its 16-group's for group 16)
- *   y         = hsum(acc_e + acc_o) + hsum(fma-chain over 8-lanes of off[b] * s[b])
- * where hsum of 8 lanes is ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)). K is never split.
+ *   acc = 0; for each block b in order:
+ *     for each scale group g of the block in order:
+ *       i   = exact integer dot of the group's weights with qx
+ *       acc = fma(a[b][g] * d[b], (float)i, acc)
+ *     if off: acc = fma(off[b], s[b], acc)
+ *   y = acc
+ * One chain of fused multiply-adds per output; K is never split.
  */
 #ifndef PARADEC_QGEMM_H
 #define PARADEC_QGEMM_H
@@ -35,26 +40,28 @@
 #define PD_KIND_Q4 0
 #define PD_KIND_Q8 1
 
+#define PD_TILE_COLS 16
+
 typedef struct {
-    int kind, n, kp, group, half;
+    int kind, n, kp, group, half, biased;
     const uint8_t *q;
     const void *a;   /* float or uint16_t (float16 bits) */
     const void *off; /* float or uint16_t, or NULL */
 } pd_qweight;
 
 typedef struct {
-    int m, kp, nb, nbp;
-    const int8_t *q; /* [m][kp] */
-    const float *d;  /* [m][nb] */
-    const float *s;  /* [m][nbp] */
-    float *dv;       /* [m][kp / 64][16]: d of the pair's two blocks, 8 lanes each (AVX512 path) */
+    int m, kp, nb;
+    const int8_t *q;    /* [m][kp] */
+    const float *d;     /* [m][nb] */
+    const float *s;     /* [m][nb] */
+    const int32_t *x16; /* [m][2 * nb]: sum(qx) of each 16-group */
 } pd_qact;
 
-/* Column range [n0, n1) of y (row stride ldy) for all m rows of x. */
-void pd_cols_avx2(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int n0, int n1);
-void pd_cols_avx512vnni(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int n0, int n1);
-/* Quantize m rows of x (row stride ldx, k values) into act's buffers (sized for kp, nb, nbp). */
-void pd_quantize_rows(const float *x, int m, int k, int ldx, int8_t *q, float *d, float *s, int kp, int nbp);
+/* Column tiles [t0, t1) of y (row stride ldy) for all m rows of x. */
+void pd_cols_avx2(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t0, int t1);
+void pd_cols_avx512vnni(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t0, int t1);
+/* Quantize m rows of x (row stride ldx, k values) into the buffers (kp = k rounded up to 32). */
+void pd_quantize_rows(const float *x, int m, int k, int ldx, int kp, int8_t *q, float *d, float *s, int32_t *x16);
 
 /* The thread pool (pthreads, not OpenMP). fn(arg, tid, nthreads) runs once for each tid in
  * [0, nthreads), each on whichever pool thread (the caller included) takes it first. */
@@ -65,15 +72,12 @@ void pd_set_threads(int n);
 
 /* Exported entry points (called through ctypes). */
 int pd_paths(void); /* bitmask of PD_PATH_* this CPU runs */
-int pd_qgemm(int path, int kind, int n, int k, int kp, int group, int half, const uint8_t *q, const void *a,
-             const void *off, const float *x, int m, int ldx, float *y, int ldy);
-
-/* The same with the weight's arguments in one struct (one ctypes argument instead of nine). */
 typedef struct {
-    int kind, n, k, kp, group, half;
+    int kind, n, k, kp, group, half, biased;
     const uint8_t *q;
     const void *a, *off;
 } pd_wdesc;
+/* Returns 0, or -1 (path not available on this CPU), -2 (bad arguments), -3 (out of memory). */
 int pd_qgemm_desc(int path, const pd_wdesc *w, const float *x, int m, int ldx, float *y, int ldy);
 
 #endif

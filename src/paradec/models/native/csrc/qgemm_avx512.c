@@ -1,83 +1,68 @@
-/* AVX512-VNNI path: vpdpbusd on a pair of 32-blocks at once (low 256 bits: the even block, high:
- * the odd one), so its lanes are exactly the AVX2 path's even/odd accumulators. */
+/* AVX512-VNNI path: a whole tile of 16 columns a vector; vpdpbusd adds 4 products a column
+ * into exact int32 lanes. The float steps are the AVX2 path's, lane for lane. */
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
 #include "qgemm_simd.h"
 
 #define MT5 8
 
-static const int32_t PAIR_IDX[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
-static const int32_t QUAD_IDX[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
-
-/* Values i, i+1 of a float32 / float16 row: [v0 x8, v1 x8]. */
-PD_INLINE __m512 pair_ps(const void *p, size_t i, int half) {
-    __m128 two;
-    if (half) {
-        int32_t bits;
-        __builtin_memcpy(&bits, (const uint16_t *)p + i, 4);
-        two = _mm_cvtph_ps(_mm_cvtsi32_si128(bits));
-    } else {
-        two = _mm_castpd_ps(_mm_load_sd((const double *)((const float *)p + i)));
-    }
-    return _mm512_permutexvar_ps(_mm512_loadu_si512(PAIR_IDX), _mm512_castps128_ps512(two));
+PD_INLINE __m512 load16(const void *p, size_t i, int half) {
+    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i))) : _mm512_loadu_ps((const float *)p + i);
 }
 
-/* Values i..i+3: [v0 x4, v1 x4, v2 x4, v3 x4]. */
-PD_INLINE __m512 quad_ps(const void *p, size_t i, int half) {
-    __m128 four = half ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)((const uint16_t *)p + i))) : _mm_loadu_ps((const float *)p + i);
-    return _mm512_permutexvar_ps(_mm512_loadu_si512(QUAD_IDX), _mm512_castps128_ps512(four));
-}
-
-PD_INLINE float finish512(__m512 acc, const pd_qweight *w, int n, int half, const float *s, int nbp) {
-    return pd_finish(_mm512_castps512_ps256(acc), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)), w->off,
-                     (size_t)n * nbp, half, s, nbp);
-}
-
-PD_INLINE void col_q4(const pd_qweight *w, const pd_qact *x, int n, int r0, int mt, int half, float *y, int ldy) {
-    const int kp = w->kp, nb = kp / 32, np = kp / 64, nbp = x->nbp;
-    const uint8_t *wq = w->q + (size_t)n * (kp / 2);
-    const size_t a0 = (size_t)n * nb;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
+PD_INLINE void tile16(const pd_qweight *w, const pd_qact *x, int t, int r0, int mt, int kind, int g16, int half, int biased,
+                      float *y, int ldy) {
+    const int nb = x->nb, kp = x->kp, G = g16 ? 2 : 1;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512 acc[MT5];
     for (int r = 0; r < mt; r++) acc[r] = _mm512_setzero_ps();
-    for (int p = 0; p < np; p++) {
-        __m256i raw = _mm256_loadu_si256((const __m256i *)(wq + 32 * p));
-        __m512i wz = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(raw, m4)),
-                                        _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), 1);
-        const __m512 av = pair_ps(w->a, a0 + 2 * p, half);
+    for (int b = 0; b < nb; b++) {
+        const size_t tb = (size_t)t * nb + b;
+        __m512i ilo[MT5], ihi[MT5];
         for (int r = 0; r < mt; r++) {
-            const size_t xo = (size_t)(r0 + r) * kp + 64 * p; /* also the row's pair offset in dv (16 floats a pair) */
-            __m512i i = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wz, _mm512_loadu_si512(x->q + xo));
-            __m512 sc = _mm512_mul_ps(av, _mm512_loadu_ps(x->dv + xo / 4));
-            acc[r] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(i), acc[r]);
+            if (biased) { /* stored q + 128: the dot is sum((q + 128) x) - 128 sum(x) */
+                const int32_t *xs = x->x16 + (size_t)(r0 + r) * 2 * nb + 2 * b;
+                if (g16) {
+                    ilo[r] = _mm512_set1_epi32(-128 * xs[0]);
+                    ihi[r] = _mm512_set1_epi32(-128 * xs[1]);
+                } else {
+                    ilo[r] = _mm512_set1_epi32(-128 * (xs[0] + xs[1]));
+                }
+            } else {
+                ilo[r] = ihi[r] = _mm512_setzero_si512();
+            }
+        }
+        for (int j = 0; j < 8; j++) {
+            __m512i wv;
+            if (kind == PD_KIND_Q4) {
+                __m512i raw = _mm512_loadu_si512(w->q + (tb * 4 + (j & 3)) * 64);
+                wv = j < 4 ? _mm512_and_si512(raw, m4) : _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+            } else {
+                wv = _mm512_loadu_si512(w->q + (tb * 8 + j) * 64);
+            }
+            for (int r = 0; r < mt; r++) {
+                const int8_t *xq = x->q + (size_t)(r0 + r) * kp + 32 * b;
+                __m512i xb = _mm512_set1_epi32(pd_load4b(xq + 4 * j));
+                if (g16 && j >= 4)
+                    ihi[r] = _mm512_dpbusd_epi32(ihi[r], wv, xb);
+                else
+                    ilo[r] = _mm512_dpbusd_epi32(ilo[r], wv, xb);
+            }
+        }
+        const size_t ab = tb * G * 16;
+        const __m512 a0 = load16(w->a, ab, half), a1 = g16 ? load16(w->a, ab + 16, half) : a0;
+        const __m512 ov = w->off ? load16(w->off, tb * 16, half) : a0;
+        for (int r = 0; r < mt; r++) {
+            const size_t xb = (size_t)(r0 + r) * nb + b;
+            const __m512 d = _mm512_set1_ps(x->d[xb]);
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(a0, d), _mm512_cvtepi32_ps(ilo[r]), acc[r]);
+            if (g16) acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(a1, d), _mm512_cvtepi32_ps(ihi[r]), acc[r]);
+            if (w->off) acc[r] = _mm512_fmadd_ps(ov, _mm512_set1_ps(x->s[xb]), acc[r]);
         }
     }
-    for (int r = 0; r < mt; r++) y[(size_t)(r0 + r) * ldy + n] = finish512(acc[r], w, n, half, x->s + (size_t)(r0 + r) * nbp, nbp);
+    const int n0 = PD_TILE_COLS * t, cols = w->n - n0 < 16 ? w->n - n0 : 16;
+    const __mmask16 keep = (__mmask16)((1u << cols) - 1u);
+    for (int r = 0; r < mt; r++) _mm512_mask_storeu_ps(y + (size_t)(r0 + r) * ldy + n0, keep, acc[r]);
 }
-
-PD_INLINE void col_q8(const pd_qweight *w, const pd_qact *x, int n, int r0, int mt, int g16, int half, float *y, int ldy) {
-    const int kp = w->kp, nb = kp / 32, np = kp / 64, nbp = x->nbp;
-    const int8_t *wq = (const int8_t *)w->q + (size_t)n * kp;
-    const size_t a0 = (size_t)n * nb * (g16 ? 2 : 1);
-    __m512 acc[MT5];
-    for (int r = 0; r < mt; r++) acc[r] = _mm512_setzero_ps();
-    for (int p = 0; p < np; p++) {
-        __m512i wz = _mm512_loadu_si512(wq + 64 * p);
-        __m512i u = _mm512_abs_epi8(wz);
-        __mmask64 neg = _mm512_movepi8_mask(wz);
-        const __m512 av = g16 ? quad_ps(w->a, a0 + 4 * p, half) : pair_ps(w->a, a0 + 2 * p, half);
-        for (int r = 0; r < mt; r++) {
-            const size_t xo = (size_t)(r0 + r) * kp + 64 * p;
-            __m512i xz = _mm512_loadu_si512(x->q + xo);
-            xz = _mm512_mask_sub_epi8(xz, neg, _mm512_setzero_si512(), xz);
-            __m512i i = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, xz);
-            __m512 sc = _mm512_mul_ps(av, _mm512_loadu_ps(x->dv + xo / 4));
-            acc[r] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(i), acc[r]);
-        }
-    }
-    for (int r = 0; r < mt; r++) y[(size_t)(r0 + r) * ldy + n] = finish512(acc[r], w, n, half, x->s + (size_t)(r0 + r) * nbp, nbp);
-}
-
-#define PD_COLS_CHUNK 4
 
 #define PD_TILE(CALL)                                       \
     switch (mt) {                                           \
@@ -91,27 +76,23 @@ PD_INLINE void col_q8(const pd_qweight *w, const pd_qact *x, int n, int r0, int 
     default: { const int MT = 8; CALL; } break;             \
     }
 
-#define PD_KINDS(H)                                         \
-    if (w->kind == PD_KIND_Q4) {                            \
-        PD_TILE(col_q4(w, x, n, r0, MT, H, y, ldy))         \
-    } else if (w->group == 16) {                            \
-        PD_TILE(col_q8(w, x, n, r0, MT, 1, H, y, ldy))      \
-    } else {                                                \
-        PD_TILE(col_q8(w, x, n, r0, MT, 0, H, y, ldy))      \
-    }
+#define PD_T(K, G, H, B) PD_TILE(tile16(w, x, t, r0, MT, K, G, H, B, y, ldy))
 
-void pd_cols_avx512vnni(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int n0, int n1) {
-    for (int c0 = n0; c0 < n1; c0 += PD_COLS_CHUNK) {
-        int c1 = c0 + PD_COLS_CHUNK < n1 ? c0 + PD_COLS_CHUNK : n1;
+void pd_cols_avx512vnni(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t0, int t1) {
+    for (int t = t0; t < t1; t++)
         for (int r0 = 0; r0 < x->m; r0 += MT5) {
-            int mt = x->m - r0 < MT5 ? x->m - r0 : MT5;
-            for (int n = c0; n < c1; n++) {
-                if (w->half) {
-                    PD_KINDS(1)
+            const int mt = x->m - r0 < MT5 ? x->m - r0 : MT5;
+            const int g16 = w->group == 16;
+            if (w->kind == PD_KIND_Q4) {
+                if (w->half) { PD_T(PD_KIND_Q4, 0, 1, 0) } else { PD_T(PD_KIND_Q4, 0, 0, 0) }
+            } else if (w->biased) {
+                if (g16) {
+                    if (w->half) { PD_T(PD_KIND_Q8, 1, 1, 1) } else { PD_T(PD_KIND_Q8, 1, 0, 1) }
                 } else {
-                    PD_KINDS(0)
+                    if (w->half) { PD_T(PD_KIND_Q8, 0, 1, 1) } else { PD_T(PD_KIND_Q8, 0, 0, 1) }
                 }
+            } else {
+                if (w->half) { PD_T(PD_KIND_Q8, 0, 1, 0) } else { PD_T(PD_KIND_Q8, 0, 0, 0) }
             }
         }
-    }
 }
