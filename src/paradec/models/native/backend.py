@@ -13,8 +13,8 @@ different caches (``forward_rows``).
 
 from __future__ import annotations
 
+import ctypes
 import sys
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,7 +24,7 @@ from ...cache import compact_plan
 from ...errors import ParadecError
 from . import build, kernels
 from .gguf_model import GGUFModel, embed_rows
-from .ops import Ops, addr
+from .ops import Layer, Model, Ops, addr
 
 PREFILL_CHUNK = 64  # the kernels' row tile
 
@@ -72,28 +72,40 @@ class NativeKVCache:
         self.length = end
 
 
-@dataclass(frozen=True)
 class _Rows:
-    """Where each of T token rows reads and writes: its cache and slot, the slots it may see."""
+    """Where each of T token rows reads and writes: its cache and slot, the slots it may see.
+    One int64 array [6, T] holds, per row: position, the addresses of its cache's keys and
+    values, the cache's capacity, the row's slot, and how many slots it sees (slots [0, nkeys)
+    where ``mask`` [T, S] uint8 allows)."""
 
-    tokens: np.ndarray  # [T] int64
-    positions: np.ndarray  # [T] int64
-    kptr: np.ndarray  # [T] int64 addresses of each row's cache keys
-    vptr: np.ndarray  # [T] int64
-    cap: np.ndarray  # [T] int64 capacities
-    slot: np.ndarray  # [T] int64: where the row's key/value goes
-    nkeys: np.ndarray  # [T] int64: the row sees slots [0, nkeys) where mask allows
-    mask: np.ndarray  # [T, S] uint8, S >= max(nkeys)
+    FIELDS = ("positions", "kptr", "vptr", "cap", "slot", "nkeys")
+
+    def __init__(self, tokens, positions, kptr, vptr, cap, slot, nkeys, mask) -> None:
+        self.tokens = np.ascontiguousarray(tokens, dtype=np.int64)  # [T]
+        t = len(self.tokens)
+        self.meta = np.empty((6, t), np.int64)
+        for i, v in enumerate((positions, kptr, vptr, cap, slot, nkeys)):
+            self.meta[i] = v
+        self.mask = np.ascontiguousarray(mask, dtype=np.uint8)
+        base = self.meta.ctypes.data
+        self.addrs = [base + 8 * t * i for i in range(6)]
 
 
 def _rows_on(cache: NativeKVCache, tokens, positions, slots, nkeys, mask) -> _Rows:
-    t = len(tokens)
-    return _Rows(
-        np.ascontiguousarray(tokens, dtype=np.int64), np.ascontiguousarray(positions, dtype=np.int64),
-        np.full(t, cache.keys.ctypes.data, np.int64), np.full(t, cache.values.ctypes.data, np.int64),
-        np.full(t, cache.capacity, np.int64), np.ascontiguousarray(slots, dtype=np.int64),
-        np.ascontiguousarray(nkeys, dtype=np.int64), np.ascontiguousarray(mask, dtype=np.uint8),
-    )
+    return _Rows(tokens, positions, cache.keys.ctypes.data, cache.values.ctypes.data, cache.capacity, slots, nkeys, mask)
+
+
+def _wdesc(w) -> int:
+    """The address of a ``QuantWeight``'s kernel descriptor (``pd_wdesc``)."""
+    return w._desc[1]
+
+
+def _layer_desc(L) -> Layer:
+    ins = [L.qkv] if L.qkv is not None else [L.q, L.k, L.v]
+    gus = [L.gate_up] if L.gate_up is not None else [L.gate, L.up]
+    return Layer(addr(L.attn_norm), addr(L.ffn_norm), addr(L.qkv_bias) if L.qkv_bias is not None else None,
+                 (ctypes.c_void_p * 3)(*[_wdesc(w) for w in ins]), _wdesc(L.o),
+                 (ctypes.c_void_p * 2)(*[_wdesc(w) for w in gus]), _wdesc(L.down), len(ins), len(gus))
 
 
 class _Buffers:
@@ -107,6 +119,7 @@ class _Buffers:
         self.proj = z(t, cfg.hidden)
         self.qkv, self.attn = z(t, nqkv), z(t, cfg.n_heads * d)
         self.gu, self.act = z(t, 2 * cfg.ffn), z(t, cfg.ffn)
+        self.ptrs = [a.data_ptr() for a in (self.x, self.qkv, self.attn, self.proj, self.gu, self.act)]
 
 
 class NativeCausalLM:
@@ -131,6 +144,12 @@ class NativeCausalLM:
         self._inv_freq = cfg.inv_freq(model.freq_factors)  # [rope_dim / 2] float32
         self._scale = float(cfg.head_dim) ** -0.5
         self._hf_loader, self._hf = hf_loader, None
+        self._model_desc = Model(cfg.n_layers, cfg.hidden, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn, cfg.rope_dim,
+                                 int(cfg.rope_neox), kernels.PATH_BITS[kernels.best_path()], cfg.eps, self._scale,
+                                 addr(self._inv_freq))
+        self._model_desc_ptr = ctypes.addressof(self._model_desc)
+        self._layers = (Layer * cfg.n_layers)(*(_layer_desc(L) for L in model.layers))
+        self._layers_ptr = ctypes.addressof(self._layers)
         self._buffers: dict[int, _Buffers] = {}
 
     # ---- the protocol -------------------------------------------------------------------------
@@ -158,11 +177,11 @@ class NativeCausalLM:
         lengths = [c.length for c in caches]
         for c in caches:
             c.reserve(c.length + 1)
+        lens = np.array(lengths, np.int64)
         rows = _Rows(
-            ids.reshape(b).to(torch.int64).numpy().copy(), positions.reshape(b).to(torch.int64).numpy().copy(),
-            np.array([c.keys.ctypes.data for c in caches], np.int64), np.array([c.values.ctypes.data for c in caches], np.int64),
-            np.array([c.capacity for c in caches], np.int64), np.array(lengths, np.int64),
-            np.array(lengths, np.int64) + 1, np.ones((b, max(lengths) + 1), np.uint8),
+            ids.reshape(b).numpy(), positions.reshape(b).numpy(), [c.keys.ctypes.data for c in caches],
+            [c.values.ctypes.data for c in caches], [c.capacity for c in caches], lens, lens + 1,
+            np.ones((b, max(lengths) + 1), np.uint8),
         )
         h = self._body(rows)
         for c in caches:
@@ -206,8 +225,7 @@ class NativeCausalLM:
             raise ValueError(f"mask covers {attn_mask.shape[-1]} keys, cache + queries is {base + q}")
         cache.reserve(base + q)
         slots = np.arange(base, base + q)
-        return _rows_on(cache, ids[0].to(torch.int64).numpy(), positions[0].to(torch.int64).numpy(), slots,
-                        np.full(q, base + q), attn_mask[0].numpy())
+        return _rows_on(cache, ids[0].numpy(), positions[0].numpy(), slots, base + q, attn_mask[0].numpy())
 
     def _bufs(self, t: int) -> _Buffers:
         buf = self._buffers.get(t)
@@ -218,51 +236,23 @@ class NativeCausalLM:
         return buf
 
     def _body(self, r: _Rows, final_norm: bool = True) -> torch.Tensor:
-        """The decoder stack over the rows of ``r``: hidden states [T, H] after the final norm
-        (before it with ``final_norm=False``); every row's key and value land in its cache slot
-        (the caller then advances the caches' lengths)."""
-        cfg, ops, m = self.config, self._ops, self.gguf
+        """The decoder stack over the rows of ``r`` (one C call): hidden states [T, H] after the
+        final norm (before it with ``final_norm=False``); every row's key and value land in its
+        cache slot (the caller then advances the caches' lengths)."""
         t = len(r.tokens)
-        d, hq, hkv, H, F = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.hidden, cfg.ffn
-        nq, nk = hq * d, hkv * d
         b = self._bufs(t)
-        b.h.copy_(torch.from_numpy(embed_rows(m, r.tokens)))
-        h, x, qkv, attn = b.h, b.x, b.qkv, b.attn
-        stride = nq + 2 * nk
-        pa = lambda a: a.ctypes.data  # noqa: E731
-        pos, kp, vp, cap, slot, nkeys, mask = map(pa, (r.positions, r.kptr, r.vptr, r.cap, r.slot, r.nkeys, r.mask))
-        inv = pa(self._inv_freq)
-        eps = cfg.eps
-        neox = int(cfg.rope_neox)
-        ph, px, pqkv, pat = h.data_ptr(), x.data_ptr(), qkv.data_ptr(), attn.data_ptr()
-        for li, L in enumerate(m.layers):
-            ops.rmsnorm(ph, addr(L.attn_norm), px, t, H, eps, 0.0)
-            if L.qkv is not None:
-                kernels.qmatmul(x, L.qkv, out=qkv)
-            else:
-                for w, lo, hi in ((L.q, 0, nq), (L.k, nq, nq + nk), (L.v, nq + nk, stride)):
-                    qkv[:, lo:hi] = kernels.qmatmul(x, w)
-            if L.qkv_bias is not None:
-                qkv.add_(torch.from_numpy(L.qkv_bias))
-            ops.rope(pqkv, t, hq, d, cfg.rope_dim, stride, pos, inv, 1.0, neox)
-            ops.rope(pqkv + 4 * nq, t, hkv, d, cfg.rope_dim, stride, pos, inv, 1.0, neox)
-            ops.kv_write(pqkv + 4 * nq, pqkv + 4 * (nq + nk), t, hkv, d, stride, kp, vp, cap, slot, li)
-            ops.attention(pqkv, stride, pat, t, hq, hkv, d, kp, vp, cap, mask, r.mask.shape[1], nkeys, li, self._scale)
-            kernels.qmatmul(attn, L.o, out=b.proj)
-            h.add_(b.proj)
-            ops.rmsnorm(ph, addr(L.ffn_norm), px, t, H, eps, 0.0)
-            if L.gate_up is not None:
-                kernels.qmatmul(x, L.gate_up, out=b.gu)
-            else:
-                b.gu[:, :F] = kernels.qmatmul(x, L.gate)
-                b.gu[:, F:] = kernels.qmatmul(x, L.up)
-            ops.act_mul(b.gu.data_ptr(), b.gu.data_ptr() + 4 * F, b.act.data_ptr(), t, F, 2 * F, 0)
-            kernels.qmatmul(b.act, L.down, out=b.proj)
-            h.add_(b.proj)
+        h = b.h
+        h.copy_(torch.from_numpy(embed_rows(self.gguf, r.tokens)))
+        rc = self._ops.decoder(
+            self._model_desc_ptr, self._layers_ptr, h.data_ptr(), t, *r.addrs, r.mask.ctypes.data, r.mask.shape[1],
+            *b.ptrs,
+        )
+        if rc != 0:
+            raise ParadecError(f"native forward failed (kernel error {rc})")
         if not final_norm:
             return h
         out = torch.empty_like(h)
-        ops.rmsnorm(ph, addr(m.norm), out.data_ptr(), t, H, eps, 0.0)
+        self._ops.rmsnorm(h.data_ptr(), addr(self.gguf.norm), out.data_ptr(), t, self.config.hidden, self.config.eps, 0.0)
         return out
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -277,9 +277,9 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
 
 def embed_rows(model: GGUFModel, ids: np.ndarray) -> np.ndarray:
     """The embedding rows of ``ids`` [T] as float32 [T, H], dequantized from the file's blocks."""
-    import gguf.quants
+    from .quants import dequantize
 
     rows = model.embed_raw[ids]
     if model.embed_type.name in ("F32", "F16"):
         return rows.astype(np.float32)
-    return gguf.quants.dequantize(rows, model.embed_type).astype(np.float32, copy=False).reshape(len(ids), -1)
+    return dequantize(rows, model.embed_type.name, len(ids), model.config.hidden, np.float32)

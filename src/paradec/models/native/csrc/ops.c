@@ -166,3 +166,58 @@ void pd_attention(const float *q, int64_t qstride, float *out, int64_t rows, int
     if (work * heads * dim < (1 << 16)) attn_task(&j, 0, 1); /* too little to share */
     else pd_parallel(attn_task, &j);
 }
+
+/* ---- the whole decoder stack in one call ------------------------------------------------------
+ * Per layer: RMSNorm, the q/k/v product(s) (+ biases), rotary, KV write, attention, the output
+ * product + residual, RMSNorm, gate/up product(s), SiLU * up, down product + residual. Every
+ * step is one of the per-row functions above or the kernels' pd_qgemm_desc, so the stack is as
+ * batch-invariant as they are. Python makes the descriptors once at load. */
+typedef struct {
+    const float *attn_norm, *ffn_norm, *qkv_bias; /* bias NULL when the model has none */
+    const pd_wdesc *in[3];                        /* q|k|v fused (n_in 1) or q, k, v (n_in 3) */
+    const pd_wdesc *o;
+    const pd_wdesc *gu[2]; /* gate|up fused (n_gu 1) or gate, up (n_gu 2) */
+    const pd_wdesc *down;
+    int64_t n_in, n_gu;
+} pd_layer;
+
+typedef struct {
+    int64_t n_layers, hidden, heads, kv_heads, head_dim, ffn, rope_dim, neox, path;
+    float eps, scale;
+    const float *inv_freq;
+} pd_model;
+
+/* h [t, hidden] in place: the embeddings in, the last layer's output (before the final norm)
+ * out. Work buffers: x [t, hidden], qkv [t, (heads + 2 kv_heads) dim], attn [t, heads dim],
+ * proj [t, hidden], gu [t, 2 ffn], act [t, ffn]. Returns 0 or the first kernel error. */
+int pd_decoder(const pd_model *m, const pd_layer *layers, float *h, int64_t t, const int64_t *pos,
+               const int64_t *kptr, const int64_t *vptr, const int64_t *cap, const int64_t *slot,
+               const int64_t *nkeys, const uint8_t *mask, int64_t mask_stride, float *x, float *qkv, float *attn,
+               float *proj, float *gu, float *act) {
+    const int64_t H = m->hidden, d = m->head_dim, F = m->ffn, hq = m->heads, hkv = m->kv_heads;
+    const int64_t nq = hq * d, nk = hkv * d, stride = nq + 2 * nk;
+    const int path = (int)m->path, T = (int)t;
+    for (int64_t li = 0; li < m->n_layers; li++) {
+        const pd_layer *L = layers + li;
+        int rc = 0;
+        pd_rmsnorm(h, L->attn_norm, x, t, H, m->eps, 0.0f);
+        for (int64_t i = 0, off = 0; i < L->n_in; off += L->in[i]->n, i++)
+            if ((rc = pd_qgemm_desc(path, L->in[i], x, T, (int)H, qkv + off, (int)stride))) return rc;
+        if (L->qkv_bias)
+            for (int64_t r = 0; r < t; r++)
+                for (int64_t i = 0; i < stride; i++) qkv[r * stride + i] += L->qkv_bias[i];
+        pd_rope(qkv, t, hq, d, m->rope_dim, stride, pos, m->inv_freq, 1.0f, (int)m->neox);
+        pd_rope(qkv + nq, t, hkv, d, m->rope_dim, stride, pos, m->inv_freq, 1.0f, (int)m->neox);
+        pd_kv_write(qkv + nq, qkv + nq + nk, t, hkv, d, stride, kptr, vptr, cap, slot, li);
+        pd_attention(qkv, stride, attn, t, hq, hkv, d, kptr, vptr, cap, mask, mask_stride, nkeys, li, m->scale);
+        if ((rc = pd_qgemm_desc(path, L->o, attn, T, (int)nq, proj, (int)H))) return rc;
+        for (int64_t i = 0; i < t * H; i++) h[i] += proj[i];
+        pd_rmsnorm(h, L->ffn_norm, x, t, H, m->eps, 0.0f);
+        for (int64_t i = 0, off = 0; i < L->n_gu; off += L->gu[i]->n, i++)
+            if ((rc = pd_qgemm_desc(path, L->gu[i], x, T, (int)H, gu + off, (int)(2 * F)))) return rc;
+        pd_act_mul(gu, gu + F, act, t, F, 2 * F, 0);
+        if ((rc = pd_qgemm_desc(path, L->down, act, T, (int)F, proj, (int)H))) return rc;
+        for (int64_t i = 0; i < t * H; i++) h[i] += proj[i];
+    }
+    return 0;
+}
