@@ -175,6 +175,38 @@ def test_float16_and_float32_scales_agree(weights, qtype):
 
 
 @needs_native
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q6_K"])
+@pytest.mark.parametrize("n", [1, 5, 17, 33])
+def test_small_and_ragged_shapes(qtype, n):
+    """Fewer columns than a tile, a tile and a bit, a single block: right values, same bits on every path."""
+    k = 256 if quants.FORMATS[qtype].block == 256 else 32
+    rng = np.random.default_rng(n)
+    raw = quants.quantize(rng.standard_normal((n, k)).astype(np.float32), qtype)
+    qw = kernels.QuantWeight.from_gguf(raw, qtype, (n, k))
+    w64 = quants.dequantize(raw, qtype, n, k)
+    x = _x(9, k, seed=n)
+    ys = [kernels.qmatmul(x, qw, path=p) for p in kernels.paths()]
+    assert all(torch.equal(ys[0], y) for y in ys)
+    assert np.all(np.abs(ys[0].numpy() - x.double().numpy() @ w64.T) <= _bound(x.double().numpy(), w64))
+    assert torch.equal(kernels.qmatmul(x[4:5].contiguous(), qw), ys[0][4:5])
+
+
+@needs_native
+def test_output_row_stride_leaves_other_columns_alone(weights):
+    """The C entry point writes y with a row stride (into a slice of a wider buffer) and touches
+    only the weight's N columns of each row."""
+    _, qw = weights["Q4_1"]
+    lib = kernels.library()
+    x = _x(6, qw.k, seed=4)
+    for path in kernels.paths():
+        wide = torch.full((6, N + 13), -7.0)
+        rc = lib.pd_qgemm_desc(kernels.PATH_BITS[path], qw._desc[1], x.data_ptr(), 6, qw.k, wide.data_ptr() + 4 * 3, N + 13)
+        assert rc == 0
+        assert torch.equal(wide[:, 3 : 3 + N], kernels.qmatmul(x, qw, path=path))
+        assert torch.all(wide[:, :3] == -7.0) and torch.all(wide[:, 3 + N :] == -7.0)
+
+
+@needs_native
 def test_out_argument_and_strided_input(weights):
     _, qw = weights["Q4_1"]
     x = _x(5, qw.k, seed=2)
