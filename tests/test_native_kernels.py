@@ -4,6 +4,7 @@ dequantized product, batch invariance bit for bit, path agreement, and the build
 from __future__ import annotations
 
 import dataclasses
+import os
 import numpy as np
 import pytest
 import torch
@@ -265,6 +266,36 @@ def test_build_failure_leaves_kernels_unavailable(tmp_path, monkeypatch, capsys,
     assert build.main() == 1
     out = capsys.readouterr().out
     assert reason in out and len(out.strip().splitlines()) == 1
+
+
+def test_cpu_without_avx2_is_unavailable(monkeypatch, fresh_load):
+    class NoAvx2:  # a library whose CPU check finds no AVX2
+        def __init__(self):
+            for name in ("pd_paths", "pd_get_threads", "pd_set_threads", "pd_qgemm_desc"):
+                setattr(self, name, type("F", (), {"__call__": lambda self, *a: 0})())
+
+    monkeypatch.setattr(build, "load", lambda: NoAvx2())
+    assert not kernels.available() and "AVX2" in kernels.unavailable_reason()
+    assert kernels.paths() == []
+    with pytest.raises(ParadecError, match="AVX2"):
+        kernels.best_path()
+
+
+@needs_native
+def test_pool_survives_fork(weights):
+    """A forked child (servers, process pools) gets a fresh pool and the same results."""
+    _, qw = weights["Q8_0"]
+    x = _x(5, qw.k, seed=9)
+    want = kernels.qmatmul(x, qw)
+    pid = os.fork()
+    if pid == 0:  # child: exit status 0 only when the result is the same
+        try:
+            kernels.set_threads(2)
+            os._exit(0 if torch.equal(kernels.qmatmul(x, qw), want) else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @needs_native

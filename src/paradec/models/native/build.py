@@ -23,7 +23,7 @@ CSRC = Path(__file__).with_name("csrc")
 # Baseline x86-64 for the dispatch code; the AVX2 / AVX512 files raise their own targets with
 # `#pragma GCC target`. No contraction of a*b+c into fma behind the code's back: every path
 # must round exactly where the source says.
-CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-Wall")
+CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-Wall")
 LIB_NAME = "libparadec_native"
 
 
@@ -65,22 +65,40 @@ def build() -> tuple[Path | None, str]:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         return None, f"native kernels: cannot create {out_dir}: {e.strerror}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{LIB_NAME}-", suffix=".so", dir=out_dir)
-    os.close(fd)
-    try:
-        cmd = [cc, *CFLAGS, "-I", str(CSRC), "-o", tmp, *map(str, _sources()), "-lm"]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if res.returncode != 0:
-            lines = res.stderr.strip().splitlines()
-            first = next((ln for ln in lines if "error" in ln), lines[0] if lines else f"exit status {res.returncode}")
-            return None, f"native kernels: {Path(cc).name} failed: {first}"
-        os.replace(tmp, target)
-    except (OSError, subprocess.SubprocessError) as e:
-        return None, f"native kernels: build failed: {e}"
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # one compiler process per source file (they run in parallel), then one link
+    with tempfile.TemporaryDirectory(prefix=f".{LIB_NAME}-", dir=out_dir) as tmpdir:
+        tmp = os.path.join(tmpdir, "lib.so")
+        objs = [os.path.join(tmpdir, f"{src.stem}.o") for src in _sources()]
+        steps = [[cc, *CFLAGS, "-c", "-I", str(CSRC), "-o", obj, str(src)] for src, obj in zip(_sources(), objs)]
+        err = _run_all(steps) or _run_all([[cc, *CFLAGS, "-shared", "-o", tmp, *objs, "-lm"]])
+        if err is not None:
+            return None, f"native kernels: {Path(cc).name} failed: {err}"
+        try:
+            os.replace(tmp, target)
+        except OSError as e:
+            return None, f"native kernels: cannot write {target}: {e.strerror}"
     return target, f"native kernels: built {target}"
+
+
+def _run_all(cmds: list[list[str]]) -> str | None:
+    """Run the commands concurrently; None, or the first error line of the first that failed."""
+    try:
+        procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in cmds]
+    except OSError as e:
+        return str(e)
+    errs = []
+    for p in procs:
+        try:
+            _, stderr = p.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            errs.append("timed out")
+            continue
+        if p.returncode != 0:
+            lines = stderr.strip().splitlines()
+            errs.append(next((ln for ln in lines if "error" in ln), lines[0] if lines else f"exit status {p.returncode}"))
+    return errs[0] if errs else None
 
 
 @lru_cache(maxsize=1)

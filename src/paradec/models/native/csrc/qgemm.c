@@ -100,6 +100,21 @@ void pd_set_threads(int n) {
     pthread_mutex_unlock(&run_mu);
 }
 
+/* A forked child has none of the parent's workers: start from an empty pool there. */
+static void pool_after_fork(void) {
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    pool_mu = mu;
+    run_mu = mu;
+    pool_cv = cv;
+    pool_started = 0;
+    atomic_store(&pool_size, 0);
+    atomic_store(&job_active, 0);
+    atomic_store(&job_closed, 1);
+}
+
+__attribute__((constructor)) static void pool_init(void) { pthread_atfork(0, 0, pool_after_fork); }
+
 /* fn(arg, c, param) for every chunk c in [0, chunks), shared among the pool's threads. */
 static void pd_parallel_chunks(pd_task fn, void *arg, int chunks, int param) {
     if (pool_size == 0) pd_set_threads(0);

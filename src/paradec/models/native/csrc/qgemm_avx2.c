@@ -77,34 +77,31 @@ PD_INLINE void tile8(const pd_qweight *w, const pd_qact *x, int t, int h, int r0
     }
 }
 
+/* Row tiles of 4/2/1 rows (fewer instantiations of the unrolled kernel: a tail of
+ * 7 rows runs as 4 + 2 + 1; every row's arithmetic is the same in any of them). */
 #define PD_TILE(CALL)                                                      \
     switch (mt) {                                                          \
-    case 1: { const int MT = 1; CALL; } break;                             \
+    case 4: { const int MT = 4; CALL; } break;                             \
     case 2: { const int MT = 2; CALL; } break;                             \
-    case 3: { const int MT = 3; CALL; } break;                             \
-    default: { const int MT = 4; CALL; } break;                            \
+    case 1: { const int MT = 1; CALL; } break;                             \
     }
 
-#define PD_T(K, G, H, B) PD_TILE(tile8(w, x, t, h, r0, MT, K, G, H, B, y, ldy))
+#define PD_T(K, G, B) PD_TILE(tile8(w, x, t, h, r0, MT, K, G, w->half, B, y, ldy))
 
 void pd_cols_avx2(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t0, int t1) {
     for (int t = t0; t < t1; t++)
         for (int h = 0; h < 2 && PD_TILE_COLS * t + 8 * h < w->n; h++)
-            for (int r0 = 0; r0 < x->m; r0 += MT2) {
-                const int mt = x->m - r0 < MT2 ? x->m - r0 : MT2;
-                const int g16 = w->group == 16;
-                if (w->kind == PD_KIND_Q4) {
-                    if (w->half) { PD_T(PD_KIND_Q4, 0, 1, 0) } else { PD_T(PD_KIND_Q4, 0, 0, 0) }
-                } else if (w->biased) {
-                    if (g16) {
-                        if (w->half) { PD_T(PD_KIND_Q8, 1, 1, 1) } else { PD_T(PD_KIND_Q8, 1, 0, 1) }
-                    } else {
-                        if (w->half) { PD_T(PD_KIND_Q8, 0, 1, 1) } else { PD_T(PD_KIND_Q8, 0, 0, 1) }
-                    }
-                } else {
-                    if (w->half) { PD_T(PD_KIND_Q8, 0, 1, 0) } else { PD_T(PD_KIND_Q8, 0, 0, 0) }
-                }
+        for (int r0 = 0, mt; r0 < x->m; r0 += mt) {
+            const int left = x->m - r0;
+            mt = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            if (w->kind == PD_KIND_Q4) {
+                PD_T(PD_KIND_Q4, 0, 0)
+            } else if (w->biased) {
+                if (w->group == 16) { PD_T(PD_KIND_Q8, 1, 1) } else { PD_T(PD_KIND_Q8, 0, 1) }
+            } else {
+                PD_T(PD_KIND_Q8, 0, 0)
             }
+        }
 }
 
 /* Per row, per 32-block: d = max|x| / 127, q = round-to-nearest-even(x * (1/d)), s = d * sum(q). */

@@ -64,35 +64,29 @@ PD_INLINE void tile16(const pd_qweight *w, const pd_qact *x, int t, int r0, int 
     for (int r = 0; r < mt; r++) _mm512_mask_storeu_ps(y + (size_t)(r0 + r) * ldy + n0, keep, acc[r]);
 }
 
-#define PD_TILE(CALL)                                       \
-    switch (mt) {                                           \
-    case 1: { const int MT = 1; CALL; } break;              \
-    case 2: { const int MT = 2; CALL; } break;              \
-    case 3: { const int MT = 3; CALL; } break;              \
-    case 4: { const int MT = 4; CALL; } break;              \
-    case 5: { const int MT = 5; CALL; } break;              \
-    case 6: { const int MT = 6; CALL; } break;              \
-    case 7: { const int MT = 7; CALL; } break;              \
-    default: { const int MT = 8; CALL; } break;             \
+/* Row tiles of 8/4/2/1 rows (fewer instantiations of the unrolled kernel: a tail of
+ * 7 rows runs as 4 + 2 + 1; every row's arithmetic is the same in any of them). */
+#define PD_TILE(CALL)                                                      \
+    switch (mt) {                                                          \
+    case 8: { const int MT = 8; CALL; } break;                             \
+    case 4: { const int MT = 4; CALL; } break;                             \
+    case 2: { const int MT = 2; CALL; } break;                             \
+    case 1: { const int MT = 1; CALL; } break;                             \
     }
 
-#define PD_T(K, G, H, B) PD_TILE(tile16(w, x, t, r0, MT, K, G, H, B, y, ldy))
+#define PD_T(K, G, B) PD_TILE(tile16(w, x, t, r0, MT, K, G, w->half, B, y, ldy))
 
 void pd_cols_avx512vnni(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t0, int t1) {
     for (int t = t0; t < t1; t++)
-        for (int r0 = 0; r0 < x->m; r0 += MT5) {
-            const int mt = x->m - r0 < MT5 ? x->m - r0 : MT5;
-            const int g16 = w->group == 16;
+        for (int r0 = 0, mt; r0 < x->m; r0 += mt) {
+            const int left = x->m - r0;
+            mt = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
             if (w->kind == PD_KIND_Q4) {
-                if (w->half) { PD_T(PD_KIND_Q4, 0, 1, 0) } else { PD_T(PD_KIND_Q4, 0, 0, 0) }
+                PD_T(PD_KIND_Q4, 0, 0)
             } else if (w->biased) {
-                if (g16) {
-                    if (w->half) { PD_T(PD_KIND_Q8, 1, 1, 1) } else { PD_T(PD_KIND_Q8, 1, 0, 1) }
-                } else {
-                    if (w->half) { PD_T(PD_KIND_Q8, 0, 1, 1) } else { PD_T(PD_KIND_Q8, 0, 0, 1) }
-                }
+                if (w->group == 16) { PD_T(PD_KIND_Q8, 1, 1) } else { PD_T(PD_KIND_Q8, 0, 1) }
             } else {
-                if (w->half) { PD_T(PD_KIND_Q8, 0, 1, 0) } else { PD_T(PD_KIND_Q8, 0, 0, 0) }
+                PD_T(PD_KIND_Q8, 0, 0)
             }
         }
 }
