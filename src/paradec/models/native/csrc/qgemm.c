@@ -1,6 +1,7 @@
 /* Dispatch, CPU features, the thread pool and the exported entry point of the matrix kernels.
  * Compiled for the baseline x86-64 so that loading the library never faults on an older CPU. */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,7 +137,13 @@ static void pd_parallel_chunks(pd_task fn, void *arg, int chunks, int param) {
     pthread_mutex_unlock(&pool_mu);
     run_chunks();
     atomic_store(&job_closed, 1);
-    while (atomic_load(&job_active) > 0) cpu_relax();
+    /* a worker still inside holds a chunk; if the OS has parked it, give it the CPU */
+    for (int spins = 0; atomic_load(&job_active) > 0; spins++) {
+        if (spins < 2000)
+            cpu_relax();
+        else
+            sched_yield();
+    }
     pthread_mutex_unlock(&run_mu);
 }
 
