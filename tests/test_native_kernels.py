@@ -305,3 +305,33 @@ def test_build_is_cached_by_source_hash(tmp_path, monkeypatch, capsys):
     assert path is not None and path.parent == tmp_path / "native" and "built" in msg
     assert build.build() == (path, f"native kernels: {path} (cached)")
     assert [p.name for p in (tmp_path / "native").iterdir()] == [path.name]  # no temp file left
+
+
+# ------------------------------------------------------------------ the default model's own weights
+
+
+@pytest.mark.slow
+@needs_native
+def test_default_model_weights():
+    """The packaged SmolLM2 GGUF: its Q4_1 and Q8_0 matrices repack exactly, and the kernels
+    stay within the bound and batch invariant on them."""
+    from gguf import GGUFReader
+
+    from paradec.models.native.kernel_bench import _gguf_path
+
+    reader = GGUFReader(_gguf_path(None))
+    picked = [t for t in reader.tensors if t.name.startswith("blk.0.") and len(t.shape) == 2]
+    picked += [t for t in reader.tensors if t.name == "token_embd.weight"]
+    assert {t.tensor_type.name for t in picked} >= {"Q4_1", "Q8_0"}
+    for t in picked:
+        k, n = (int(s) for s in t.shape)
+        n = min(n, 4096)  # the output head: a slice of its rows is enough
+        raw = np.ascontiguousarray(np.asarray(t.data)[:n])
+        w = kernels.QuantWeight.from_gguf(raw, t.tensor_type.name, (n, k))
+        assert np.array_equal(w.dequantize(), quants.dequantize_gguf(raw, t.tensor_type.name, n, k)), t.name
+        w64 = quants.dequantize(raw, t.tensor_type.name, n, k)
+        x = _x(8, k, seed=1)
+        ys = [kernels.qmatmul(x, w, path=p) for p in kernels.paths()]
+        assert all(torch.equal(ys[0], y) for y in ys), t.name
+        assert np.all(np.abs(ys[0].numpy() - x.double().numpy() @ w64.T) <= _bound(x.double().numpy(), w64)), t.name
+        assert torch.equal(torch.cat([kernels.qmatmul(x[i : i + 1], w) for i in range(8)]), ys[0]), t.name
