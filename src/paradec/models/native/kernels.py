@@ -7,16 +7,17 @@ Interface (stable; the model forward builds on it):
   ``tensor.shape``); ``qtype`` a name ("Q4_1") or GGML type number. The blocks are repacked once
   into the kernels' layout (see ``csrc/qgemm.h``), which changes no value:
   ``w.dequantize()`` equals ``quants.dequantize(raw, qtype, N, K, np.float32)`` exactly.
-- ``qmatmul(x, w, path=None, out=None) -> torch.Tensor``: x float32 [M, K] contiguous (any M;
-  tiles of 4 or 8 rows share each weight tile), returns float32 [M, N] = x @ W^T. Activations are
-  quantized per row in 32-blocks to int8 inside the kernel; the dots are int8 products.
+- ``qmatmul(x, w, path=None, out=None) -> torch.Tensor``: x float32 [M, K] (rows may be
+  strided; any M: tiles of up to 4 (AVX2) or 8 (AVX512) rows share each weight tile of 16
+  columns while it sits in registers), returns float32 [M, N] = x @ W^T. Activations are
+  quantized per row in 32-blocks to int8 inside the kernel; the dots are exact int8 products.
   Batch invariant by construction: row i of the result depends only on row i of x, the weight
   and the path (not on M, the row's place or the thread count). The avx2 and avx512vnni paths
   use one arithmetic and agree bit for bit.
-- ``paths()`` (what this CPU runs, in order of preference), ``best_path()`` (honours
-  ``$PARADEC_NATIVE_PATH``, e.g. ``avx2``; qmatmul reads it once, at its first call), ``set_threads(n)`` / ``threads()`` (own pthread pool,
-  default the CPUs this process may run on or ``$PARADEC_NATIVE_THREADS``; work is split over
-  output columns only), ``available()`` and ``unavailable_reason()``, ``library()`` (the ctypes
+- ``paths()`` (what this CPU runs, worst first), ``best_path()`` (honours
+  ``$PARADEC_NATIVE_PATH``, e.g. ``avx2``; qmatmul reads it once, at its first call),
+  ``set_threads(n)`` / ``threads()`` (own pthread pool, default the CPUs this process may run
+  on or ``$PARADEC_NATIVE_THREADS``; work is split over tiles of output columns only), ``available()`` and ``unavailable_reason()``, ``library()`` (the ctypes
   handle, for other kernels compiled into the same library).
 """
 
