@@ -239,6 +239,8 @@ def test_sampling_with_a_tree_drafter_is_lossless_on_native(tmp_path):
 
 # ---- bad input ----------------------------------------------------------------------------------
 def test_bad_files_give_one_line_errors_naming_the_file(tmp_path):
+    from paradec.models.native.gguf_model import NativeUnsupported
+
     hf = tiny_hf("llama")
     good = write_gguf(hf, tmp_path / "good.gguf")
     size = good.stat().st_size
@@ -248,17 +250,21 @@ def test_bad_files_give_one_line_errors_naming_the_file(tmp_path):
     for path, what in [(cut, "truncated"), (junk, "not a readable GGUF"), (tmp_path / "none.gguf", "no such file")]:
         with pytest.raises(ParadecError) as e:
             read_gguf(path)
+        assert not isinstance(e.value, NativeUnsupported)
         assert path.name in str(e.value) and what in str(e.value) and "\n" not in str(e.value)
 
 
 def test_unsupported_quant_type_and_architecture(tmp_path, monkeypatch):
     hf = tiny_hf("llama")
-    with pytest.raises(ParadecError, match="q50.gguf.*unsupported quantization type Q5_0"):
+    from paradec.models.native.gguf_model import NativeUnsupported
+
+    # NativeUnsupported: backend auto then falls back to torch (a corrupt file stays an error)
+    with pytest.raises(NativeUnsupported, match="q50.gguf.*unsupported quantization type Q5_0"):
         read_gguf(write_gguf(hf, tmp_path / "q50.gguf", qtype="Q5_0"))
     import paradec.models.native.gguf_model as gm
 
     monkeypatch.setattr(gm, "ARCHS", {"qwen2": (True, True)})
-    with pytest.raises(ParadecError, match="unsupported architecture 'llama'"):
+    with pytest.raises(NativeUnsupported, match="unsupported architecture 'llama'"):
         read_gguf(write_gguf(hf, tmp_path / "arch.gguf"))
 
 

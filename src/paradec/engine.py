@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -233,10 +234,18 @@ def load(
     from .models.loader import parse_device, parse_dtype, resolve
     from .models.native.select import choose, load_native
 
+    from .models.native.gguf_model import NativeUnsupported
+
     src = resolve(model)
+    target = None
     if choose(backend, src.kind, parse_device(device), parse_dtype(dtype)) == "native":
-        target = load_native(src)
-    else:
+        try:
+            target = load_native(src)
+        except NativeUnsupported as e:
+            if backend == "native":
+                raise
+            print(f"paradec: note: using the torch backend ({e})", file=sys.stderr)
+    if target is None:
         target = load_hf(model, dtype, device)
     draft_loaded = load_hf(draft, dtype, device) if draft else None
     return Engine(target, draft_loaded)

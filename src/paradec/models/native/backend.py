@@ -212,7 +212,7 @@ class NativeCausalLM:
         if self._hf is None:
             if self._hf_loader is None:
                 raise ParadecError("this drafter needs the transformers model, which this native target was loaded without")
-            print("paradec: note: loading the transformers copy of the model for this drafter (verification stays native)", file=sys.stderr)
+            print("paradec: note: loading the transformers copy of the model (a drafter or peer builds on it; the target stays native)", file=sys.stderr)
             self._hf = self._hf_loader()
         return self._hf
 

@@ -85,8 +85,13 @@ class GGUFModel:
     weight_bytes: int  # bytes of the matrices as stored (what one forward reads)
 
 
-def _fail(path, what: str) -> ParadecError:
-    return ParadecError(f"native backend: {Path(path).name}: {what}")
+class NativeUnsupported(ParadecError):
+    """A well-formed GGUF that the native backend does not run (architecture, quantization
+    type, rotary scaling, head layout): ``auto`` falls back to torch on it."""
+
+
+def _fail(path, what: str, unsupported: bool = False) -> ParadecError:
+    return (NativeUnsupported if unsupported else ParadecError)(f"native backend: {Path(path).name}: {what}")
 
 
 def _field(reader, key: str, default=None):
@@ -113,7 +118,7 @@ def _available_memory() -> int | None:
 def read_config(reader, path) -> NativeConfig:
     arch = _field(reader, "general.architecture")
     if arch not in ARCHS:
-        raise _fail(path, f"unsupported architecture {arch!r} (native backend: {', '.join(ARCHS)})")
+        raise _fail(path, f"unsupported architecture {arch!r} (native backend: {', '.join(ARCHS)})", unsupported=True)
 
     def need(key: str):
         v = _field(reader, f"{arch}.{key}")
@@ -127,7 +132,7 @@ def read_config(reader, path) -> NativeConfig:
     scaling = _field(reader, f"{arch}.rope.scaling.type", "none")
     factor = float(_field(reader, f"{arch}.rope.scaling.factor", 1.0) or 1.0)
     if scaling not in ("none", "linear") and factor != 1.0:
-        raise _fail(path, f"unsupported rope scaling {scaling!r}")
+        raise _fail(path, f"unsupported rope scaling {scaling!r}", unsupported=True)
     vocab = _field(reader, f"{arch}.vocab_size")
     if vocab is None:
         toks = reader.fields.get("tokenizer.ggml.tokens")
@@ -152,7 +157,7 @@ def read_config(reader, path) -> NativeConfig:
         eos_id=_field(reader, "tokenizer.ggml.eos_token_id"),
     )
     if n_heads % n_kv or cfg.rope_dim > head_dim or cfg.rope_dim % 2 or head_dim > 1024:
-        raise _fail(path, f"unsupported head layout (heads {n_heads}, kv heads {n_kv}, head dim {head_dim})")
+        raise _fail(path, f"unsupported head layout (heads {n_heads}, kv heads {n_kv}, head dim {head_dim})", unsupported=True)
     return cfg
 
 
@@ -202,7 +207,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
         t = tensor(name)
         kind = t.tensor_type.name
         if kind not in ok:
-            raise _fail(path, f"tensor {name}: unsupported quantization type {kind} (native backend: {', '.join(sorted(ok))})")
+            raise _fail(path, f"tensor {name}: unsupported quantization type {kind} (native backend: {', '.join(sorted(ok))})", unsupported=True)
         if [int(x) for x in t.shape] != [k, n]:
             raise _fail(path, f"tensor {name}: shape {list(t.shape)}, expected {[k, n]}")
         qtypes.add(kind)
@@ -230,7 +235,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
         raise _fail(path, f"too large for memory ({(size + kv_bytes) / 2**30:.1f} GiB needed, {avail / 2**30:.1f} GiB available)")
     emb = tensor("token_embd.weight")
     if emb.tensor_type.name not in FORMATS or [int(x) for x in emb.shape][0] != H:
-        raise _fail(path, f"tensor token_embd.weight: unsupported type {emb.tensor_type.name} or shape {list(emb.shape)}")
+        raise _fail(path, f"tensor token_embd.weight: unsupported type {emb.tensor_type.name} or shape {list(emb.shape)}", unsupported=True)
     vocab = int(emb.shape[1])
     if cfg.vocab and cfg.vocab != vocab:
         raise _fail(path, f"vocab size {cfg.vocab} but token_embd.weight has {vocab} rows")

@@ -11,6 +11,19 @@ import torch
 from ...errors import ParadecError
 
 BACKENDS = ("auto", "native", "torch")
+# the architecture inside each packaged GGUF (for `paradec models`, without opening the files)
+PACKAGED_ARCH = {"smollm2-135m": "llama", "gemma3-270m": "gemma3", "qwen2.5-coder-0.5b": "qwen2", "qwen2.5-coder-1.5b": "qwen2"}
+
+
+def packaged_backend(name: str, why: str | None) -> str:
+    """What ``auto`` runs packaged model ``name`` on, on a CPU in float32 (``why``: what
+    ``native_unavailable`` said for a GGUF here)."""
+    from .gguf_model import ARCHS
+
+    arch = PACKAGED_ARCH.get(name)
+    if why is not None:
+        return "torch"
+    return "native" if arch in ARCHS else f"torch ({arch or 'unknown'} architecture)"
 
 
 def native_unavailable(kind: str, device: torch.device, dtype: torch.dtype) -> str | None:
