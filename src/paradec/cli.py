@@ -120,15 +120,16 @@ def models() -> None:
 
     why = native_unavailable("gguf", torch.device("cpu"), torch.float32)  # every packaged model is a GGUF
     table = Table(title="packaged models")
-    for col in ("name", "installed", "backend (auto, cpu)", "description", "install"):
+    table.add_column("name", min_width=max(len(n) for n in REGISTRY) + len(" (default)"))
+    for col in ("installed", "backend", "description", "install"):
         table.add_column(col)
     for m in REGISTRY.values():
         name = m.name + (" (default)" if m.name == DEFAULT_MODEL else "")
         table.add_row(name, "yes" if m.installed else "no", packaged_backend(m.name, why),
                       m.description, "" if m.installed else m.install)
     Console().print(table)
-    if why is not None:
-        print(f"native backend unavailable: {why}")
+    print("backend: what --backend auto runs the model on, on a CPU in float32"
+          + (f" (native backend unavailable: {why})" if why is not None else ""))
     print("Also accepted: a local Hugging Face model directory, a .gguf file, or a hub id already in your HF cache.")
 
 

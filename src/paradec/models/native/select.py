@@ -23,7 +23,7 @@ def packaged_backend(name: str, why: str | None) -> str:
     arch = PACKAGED_ARCH.get(name)
     if why is not None:
         return "torch"
-    return "native" if arch in ARCHS else f"torch ({arch or 'unknown'} architecture)"
+    return "native" if arch in ARCHS else "torch"
 
 
 def native_unavailable(kind: str, device: torch.device, dtype: torch.dtype) -> str | None:
