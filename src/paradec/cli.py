@@ -37,6 +37,7 @@ def generate(
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model (same tokenizer) for --method draft."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16 or float64."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    backend: str = typer.Option("auto", "--backend", help="auto (native for a GGUF on a CPU in float32, else torch), native (the GGUF's quantized weights) or torch."),
     max_new_tokens: Optional[int] = typer.Option(
         None, "--max-new-tokens", "-n", help="Default 128; for a diffusion LM, its trained answer length."
     ),
@@ -70,7 +71,7 @@ def generate(
     from .proposers import text_options
 
     options = text_options(method, options)
-    engine = load(model, draft=draft_model, dtype=dtype, device=device)
+    engine = load(model, draft=draft_model, dtype=dtype, device=device, backend=backend)
     stream = engine.stream(
         prompt,
         method=method,
@@ -92,6 +93,7 @@ def generate(
             "token_ids": stream.token_ids,
             "model": engine.name,
             "method": method,
+            "backend": s.backend,
             "stats": {
                 **s.to_dict(),
                 "forwards": s.forwards,
@@ -108,7 +110,7 @@ def generate(
     s = stream.stats
     print(
         f"[{method}] {s.new_tokens} tokens in {s.total_s:.2f}s = {s.tokens_per_s:.1f} tok/s | "
-        f"{s.forwards} forwards, {s.mean_accepted:.2f} tokens/forward | stop: {s.stop_reason}",
+        f"{s.forwards} forwards, {s.mean_accepted:.2f} tokens/forward | stop: {s.stop_reason} | {s.backend}",
         file=sys.stderr,
     )
 
@@ -120,15 +122,23 @@ def models() -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from .models.catalog import catalog
+    import torch
 
+    from .models.catalog import catalog
+    from .models.native.select import native_unavailable, packaged_backend
+    from .models.registry import REGISTRY
+
+    why = native_unavailable("gguf", torch.device("cpu"), torch.float32)  # every packaged AR model is a GGUF
     table = Table(title="models")
-    for col in ("name", "kind", "installed", "what", "install"):
+    for col in ("name", "kind", "installed", "backend", "what", "install"):
         table.add_column(col)
     for e in catalog():  # escaped: rich would take "[gemma]" in a pip command for markup
         name = e.name + (" (default)" if e.default else "")
-        table.add_row(*(escape(v) for v in (name, e.kind, "yes" if e.installed else "no", e.what, e.install)))
+        backend = packaged_backend(e.name, why) if e.name in REGISTRY else "torch"
+        table.add_row(*(escape(v) for v in (name, e.kind, "yes" if e.installed else "no", backend, e.what, e.install)))
     Console().print(table)
+    print("backend: what --backend auto runs the model on, on a CPU in float32"
+          + (f" (native backend unavailable: {why})" if why is not None else ""))
     print("Also accepted by --model: a local Hugging Face model directory, a .gguf file, or a hub id already in your HF cache.")
 
 

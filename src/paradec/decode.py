@@ -21,7 +21,7 @@ import torch
 
 from .cache import KVCache
 from .errors import ParadecError
-from .models.adapter import CausalLM
+from .models.adapter import CausalLM, backend_label
 from .proposers.base import ProposeContext, Proposer, StepResult
 from .sampling import SamplingParams, target_probs
 from .stats import DecodeStats
@@ -96,6 +96,7 @@ class Decoder:
             raise ParadecError(f"the prompt has {len(prompt)} tokens; the context window is {target.max_context}")
         self.target, self.proposer, self.prompt, self.cfg, self.stop = target, proposer, prompt, cfg, stop
         self.stats.method = getattr(proposer, "name", type(proposer).__name__)
+        self.stats.backend = backend_label(target)
         self.stats.prompt_tokens = len(prompt)
         self.tokens = list(prompt)
         self.generated: list[int] = []

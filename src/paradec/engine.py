@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -113,9 +114,10 @@ class Engine:
 
     def __init__(self, target: Loaded, draft: Loaded | None = None) -> None:
         self.name = target.source.name
-        self.hf_model = target.model
         self.tokenizer = target.tokenizer
-        self.target = HFCausalLM(target.model, fast=True)
+        self.target = target.causal_lm or HFCausalLM(target.model, fast=True)
+        self.backend = "native" if target.causal_lm is not None else "torch"
+        self._generation_config = getattr(target.model, "generation_config", None) or target.generation_config
         self.draft = None
         if draft is not None:
             if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
@@ -133,6 +135,11 @@ class Engine:
         self.eos_ids = self._eos_ids()
 
     @property
+    def hf_model(self):
+        """The transformers model of the target (on the native backend, loaded on first use)."""
+        return self.target.model
+
+    @property
     def device(self) -> torch.device:
         return self.target.device
 
@@ -142,7 +149,7 @@ class Engine:
 
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
-        for src in (getattr(self.hf_model, "generation_config", None), self.tokenizer):
+        for src in (self._generation_config, self.tokenizer):
             eos = getattr(src, "eos_token_id", None)
             if isinstance(eos, int):
                 ids.add(eos)
@@ -217,8 +224,28 @@ def load(
     draft: str | None = None,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = "cpu",
+    backend: str = "auto",
 ) -> Engine:
-    """Load a target model (and optionally a draft model) by packaged name, directory or GGUF."""
-    target = load_hf(model, dtype, device)
+    """Load a target model (and optionally a draft model) by packaged name, directory or GGUF.
+
+    ``backend``: ``native`` runs the target on the GGUF's own quantized weights (CPU), ``torch``
+    on transformers; ``auto`` (default) = native for a GGUF on a CPU in float32 where the native
+    library is available, else torch with a one-line note why."""
+    from .models.loader import parse_device, parse_dtype, resolve
+    from .models.native.select import choose, load_native
+
+    from .models.native.gguf_model import NativeUnsupported
+
+    src = resolve(model)
+    target = None
+    if choose(backend, src.kind, parse_device(device), parse_dtype(dtype)) == "native":
+        try:
+            target = load_native(src)
+        except NativeUnsupported as e:
+            if backend == "native":
+                raise
+            print(f"paradec: note: using the torch backend ({e})", file=sys.stderr)
+    if target is None:
+        target = load_hf(model, dtype, device)
     draft_loaded = load_hf(draft, dtype, device) if draft else None
     return Engine(target, draft_loaded)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 @dataclass
 class DecodeStats:
     method: str = ""
+    backend: str = ""  # what ran the target ("native Q4_1 avx512vnni", "torch float32 (lean)")
     prompt_tokens: int = 0
     new_tokens: int = 0  # tokens returned to the caller (after stop handling)
     forwards: int = 0  # target forwards while decoding (prefill not counted)

@@ -19,6 +19,7 @@ def bench(
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (identity is checked); > 0 benchmarks sampling."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (cuda when present)."),
+    backend: str = typer.Option("auto", "--backend", help="auto (native for a GGUF on a CPU in float32, else torch), native (the GGUF's quantized weights) or torch."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "-n", help="Token limit per answer (default 128; 24 with --quick)."),
     prompts_per_category: Optional[int] = typer.Option(None, "--prompts-per-category", help="Evenly spaced prompts per category (default all; 1 with --quick)."),
     repeats: int = typer.Option(1, "--repeats", help="Timed runs of every prompt per row."),
@@ -42,7 +43,7 @@ def bench(
         given = {
             "--model": model is not None, "--draft-model": draft_model is not None, "--suite": suite != "all",
             "--methods": methods != "all", "--peers": peers != "all", "--temperature": temperature != 0.0,
-            "--dtype": dtype != "float32", "--device": device != "auto", "--max-new-tokens": max_new_tokens is not None,
+            "--dtype": dtype != "float32", "--device": device != "auto", "--backend": backend != "auto", "--max-new-tokens": max_new_tokens is not None,
             "--prompts-per-category": prompts_per_category is not None, "--repeats": repeats != 1, "--quick": quick,
             "--seed": seed != 0, "--threads": threads is not None, "--resume": resume is not None, "--fresh": fresh,
         }
@@ -55,7 +56,7 @@ def bench(
 
         cfg = BenchConfig(
             model=model, draft_model=draft_model, suite=suite, methods=methods, peers=peers, temperature=temperature,
-            dtype=dtype, device=device, max_new_tokens=max_new_tokens, prompts_per_category=prompts_per_category,
+            dtype=dtype, device=device, backend=backend, max_new_tokens=max_new_tokens, prompts_per_category=prompts_per_category,
             repeats=repeats, quick=quick, json_path=json_path, report_dir=report, seed=seed, threads=threads,
             resume=resume, fresh=fresh,
         )

@@ -25,6 +25,7 @@ class BenchConfig:
     temperature: float = 0.0
     dtype: str = "float32"
     device: str = "auto"  # cuda when torch sees a GPU, else cpu
+    backend: str = "auto"  # the target's backend: auto | native | torch (see paradec.load)
     max_new_tokens: int | None = None  # default 128, or 24 with quick
     prompts_per_category: int | None = None  # default all, or 1 with quick
     repeats: int = 1
@@ -129,6 +130,10 @@ def validate(cfg: BenchConfig) -> BenchConfig:
     from .suites import parse_suites
 
     parse_dtype(cfg.dtype)
+    from ..models.native.select import BACKENDS
+
+    if cfg.backend not in BACKENDS:
+        raise ParadecError(f"--backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
     if cfg.device in (None, "", "auto"):
         cfg.device = str(parse_device(None))
     else:

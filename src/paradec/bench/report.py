@@ -195,6 +195,8 @@ def markdown(result: dict, images: dict[str, str] | None = None) -> str:
         f"- model: {cfg['model']}" + (f", draft {cfg['draft_model']}" if cfg.get("draft_model") else "")
         + f"; {cfg['dtype']} on {cfg['device']} for paradec and transformers rows",
     ]
+    if cfg.get("backend"):
+        parts.append(f"- paradec rows' target backend: {cfg['backend']}")
     if cfg.get("llama_cpp_quantization"):
         parts.append(f"- llama.cpp rows run the GGUF's own quantization ({cfg['llama_cpp_quantization']}), not {cfg['dtype']}")
     parts += [

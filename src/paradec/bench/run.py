@@ -15,6 +15,7 @@ from ..errors import ParadecError
 from .config import BenchConfig, validate
 from .machine import loadavg, machine_info, peak_rss_mb, rss_mb
 from .metrics import OVERALL, Sample, identical_to
+from ..models.adapter import backend_label
 from .records import RecordStore, fingerprint, iso, machine_label, result_from_records
 from .suites import BenchPrompt, load_suites, run_order
 
@@ -214,10 +215,10 @@ def _run(cfg, store, fp, prompts, console, progress, t_start, load_start, bar_pa
 
     model_name = cfg.model or DEFAULT_MODEL
     t = time.perf_counter()
-    engine = load(model_name, draft=cfg.draft_model, dtype=cfg.dtype, device=cfg.device)
+    engine = load(model_name, draft=cfg.draft_model, dtype=cfg.dtype, device=cfg.device, backend=cfg.backend)
     load_s = time.perf_counter() - t
     console.print(f"loaded [bold]{engine.name}[/]{' + draft ' + cfg.draft_model if cfg.draft_model else ''} "
-                  f"({cfg.dtype}, {cfg.device}) in {load_s:.1f}s")
+                  f"({backend_label(engine.target)}, {cfg.device}) in {load_s:.1f}s")
     prompter = Prompter(engine)
     max_ctx = engine.target.max_context
     n_new = cfg.new_tokens
@@ -244,7 +245,7 @@ def _run(cfg, store, fp, prompts, console, progress, t_start, load_start, bar_pa
         "start": iso(t_start), "t": round(t_start, 3), "loadavg": load_start, "pid": os.getpid(),
         "command": " ".join(["paradec", "bench", *argv[1:]]) if argv[:1] == ["bench"] else None,
         "git_commit": fp.get("git_commit"), "git_dirty": fp.get("git_dirty"),  # this segment's, not the first's
-        "machine": machine_info(cfg.device), "model_name": engine.name, "chat_template": prompter.chat,
+        "machine": machine_info(cfg.device), "model_name": engine.name, "backend": backend_label(engine.target), "chat_template": prompter.chat,
         "quick": cfg.quick, "skipped_suites": cfg.skipped_suites, "load_s": round(load_s, 3),
         "categories": categories, "prompts": {c: sum(1 for p, _ in first if p.category == c) for c in categories},
         "skipped": skipped,

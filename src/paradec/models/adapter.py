@@ -39,6 +39,14 @@ class CausalLM(Protocol):
         """Fill ``cache`` with a causal pass over ``ids`` [B, L] (logits not needed)."""
 
 
+def backend_label(target) -> str:
+    """What runs ``target``, for stats and reports: "native Q4_1 avx512vnni", "torch float32 (lean)"."""
+    path = getattr(target, "path", "") or "transformers"
+    if path.startswith("native"):
+        return path
+    return f"torch {str(getattr(target, 'dtype', '')).removeprefix('torch.')} ({path})"
+
+
 def cache_kwarg(module) -> str:
     """The name a transformers forward takes its cache under: ``cache`` in current 5.x releases
     (where ``past_key_values`` is deprecated, to be removed), ``past_key_values`` in earlier ones."""

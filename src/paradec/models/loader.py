@@ -188,8 +188,10 @@ def _converted_dir(src: Source) -> Path:
 @dataclass
 class Loaded:
     source: Source
-    model: object  # transformers PreTrainedModel
+    model: object  # transformers PreTrainedModel (None for a native target: see causal_lm)
     tokenizer: object  # transformers tokenizer
+    causal_lm: object = None  # a ready CausalLM adapter (the native backend), else made from model
+    generation_config: object = None  # where model is None
 
 
 def load_hf(name: str | None, dtype: str | torch.dtype = "float32", device: str | torch.device | None = "cpu") -> Loaded:

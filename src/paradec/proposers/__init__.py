@@ -164,6 +164,9 @@ def _deer_fused(models: Models, vocab: int, cfg: FusedDeerConfig) -> Proposer:
     from ..diffusion.loaders import converted_for
 
     t = models.target
+    if getattr(t, "native", False):
+        raise ParadecError("deer-fused drafts inside the target's transformers forward; on the native backend use "
+                           "deer (or --backend torch)")
     drafter = models.loaded(("deer-fused", cfg.adapter, id(t)),  # the target's own weights, plus the adapter
                             lambda: converted_for(t.model, cfg.adapter, max_context=t.max_context, copy_base="share"))
     return FusedDeer(drafter, vocab, cfg)

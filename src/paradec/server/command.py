@@ -17,6 +17,7 @@ def serve(
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model (same tokenizer) for method draft."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16 or float64."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    backend: str = typer.Option("auto", "--backend", help="auto (native for a GGUF on a CPU in float32, else torch), native (the GGUF's quantized weights) or torch."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests waiting beyond this answer 429."),
@@ -59,6 +60,6 @@ def serve(
     limits = TransportLimits(header_timeout=header_timeout, body_timeout=body_timeout, keep_alive=keep_alive,
                              max_connections=max_connections, max_body_bytes=max(1, int(max_body_mb * (1 << 20))))
     option_limits = Limits(max_draft_nodes, max_draft_depth, max_draft_width, max_pool, tuple(allow_path or ()))
-    run(model=model, draft=draft_model, method=method, options=_options(opt), dtype=dtype, device=device, host=host,
+    run(model=model, draft=draft_model, method=method, options=_options(opt), dtype=dtype, device=device, backend=backend, host=host,
         port=port, max_queue=max_queue, max_active=max_active, timeout=timeout, served_name=served_name, batch=batch,
         limits=limits, option_limits=option_limits)

@@ -15,6 +15,7 @@ def serve(
     options: dict[str, Any] | None = None,
     dtype: str = "float32",
     device: str = "cpu",
+    backend: str = "auto",
     host: str = "127.0.0.1",
     port: int = 8000,
     max_queue: int = 64,
@@ -45,7 +46,7 @@ def serve(
     limits = limits or TransportLimits()
     option_limits = option_limits or Limits()
     options = text_options(method, dict(options or {}))  # --opt values come as text
-    engine = load(model, draft=draft, dtype=dtype, device=device)
+    engine = load(model, draft=draft, dtype=dtype, device=device, backend=backend)
     make_proposer(method, engine.models, options)  # a bad --method / --opt fails here, not per request
     from prometheus_client import disable_created_metrics
 

@@ -1,0 +1,305 @@
+/* Per-row operations of the native decoder: RMSNorm, rotary, SiLU * up, KV-cache writes and
+ * attention over the native KV cache for a draft tree.
+ *
+ * Batch invariance by construction: every output row is a fixed function of its own inputs.
+ * No loop bound, reduction order or vector width depends on how many rows come together; an
+ * attention query reduces over its allowed keys in slot order, whatever other queries exist.
+ *
+ * KV cache layout (one cache = one request): keys and values each [layers, kv_heads, cap, dim]
+ * float32. Callers pass, per query row, the cache's base addresses and capacity, so the rows of
+ * one call may live on different caches (continuous batching).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qgemm.h"
+
+/* The native backend runs only where the kernels' AVX2 path does (kernels.available()). No
+ * contraction into fma behind the source's back (build flags); where fma is meant, it is
+ * written out. */
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
+
+#define LANES 8
+
+/* sum over i of a[i] * b[i] in a fixed order: LANES partial sums, then a fixed tree. */
+static inline float dot_fixed(const float *a, const float *b, int64_t n) {
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += a[i + j] * b[i + j];
+    for (int j = 0; i < n; i++, j++) acc[j] += a[i] * b[i];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * (w + shift), rows x n; shift is 1 for Gemma. */
+void pd_rmsnorm(const float *x, const float *w, float *out, int64_t rows, int64_t n, float eps, float shift) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *o = out + r * n;
+        float ss = dot_fixed(xr, xr, n);
+        float inv = 1.0f / sqrtf(ss / (float)n + eps);
+        for (int64_t i = 0; i < n; i++) o[i] = (w[i] + shift) * (xr[i] * inv);
+    }
+}
+
+/* Rotary in place on x [rows, heads, dim] (row r at x + r * stride) at positions pos[rows]. inv_freq [rot/2] (the
+ * scaling already folded in), attn_scale multiplies cos and sin (1 unless the scaling says).
+ * neox = 1: pairs (i, i + rot/2) (rotate-half); neox = 0: adjacent pairs (2i, 2i + 1). */
+void pd_rope(float *x, int64_t rows, int64_t heads, int64_t dim, int64_t rot, int64_t stride, const int64_t *pos,
+             const float *inv_freq, float attn_scale, int neox) {
+    int64_t half = rot / 2;
+    float cs[512], sn[512];
+    if (half > 512) return;
+    for (int64_t r = 0; r < rows; r++) {
+        float p = (float)pos[r];
+        for (int64_t i = 0; i < half; i++) {
+            float a = p * inv_freq[i];
+            cs[i] = cosf(a) * attn_scale;
+            sn[i] = sinf(a) * attn_scale;
+        }
+        for (int64_t h = 0; h < heads; h++) {
+            float *v = x + r * stride + h * dim;
+            for (int64_t i = 0; i < half; i++) {
+                int64_t i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+                float x0 = v[i0], x1 = v[i1];
+                v[i0] = x0 * cs[i] - x1 * sn[i];
+                v[i1] = x1 * cs[i] + x0 * sn[i];
+            }
+        }
+    }
+}
+
+/* out[r, i] = silu(gate[r, i]) * up[r, i], rows x n; gate and up rows are `stride` apart
+ * (2n when they sit side by side in one [rows, 2n] product). gelu = 1: the tanh GELU instead
+ * of SiLU (Gemma). */
+void pd_act_mul(const float *gate, const float *up, float *out, int64_t rows, int64_t n, int64_t stride, int gelu) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = gate + r * stride, *u = up + r * stride;
+        float *o = out + r * n;
+        for (int64_t i = 0; i < n; i++) {
+            float a = g[i], act;
+            if (gelu) act = 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a)));
+            else act = a / (1.0f + expf(-a));
+            o[i] = act * u[i];
+        }
+    }
+}
+
+/* Write row r's keys/values (k, v + r * stride: [kv_heads, dim]) into its cache at slot slot[r]. */
+void pd_kv_write(const float *k, const float *v, int64_t rows, int64_t kvh, int64_t dim, int64_t stride, const int64_t *kptr,
+                 const int64_t *vptr, const int64_t *cap, const int64_t *slot, int64_t layer) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *K = (float *)(intptr_t)kptr[r], *V = (float *)(intptr_t)vptr[r];
+        for (int64_t g = 0; g < kvh; g++) {
+            int64_t off = ((layer * kvh + g) * cap[r] + slot[r]) * dim;
+            memcpy(K + off, k + r * stride + g * dim, sizeof(float) * dim);
+            memcpy(V + off, v + r * stride + g * dim, sizeof(float) * dim);
+        }
+    }
+}
+
+/* Attention: q [rows, heads, dim] (row r at q + r * qstride) -> out [rows, heads, dim]. Row r
+ * attends to the slots s < nkeys[r] of its cache with mask[r * mask_stride + s] != 0, in slot
+ * order (two passes: the scores and their maximum, then exp-weighted values). Grouped heads:
+ * head h reads kv head h / (heads / kv_heads). The (row, head) items are split over the
+ * kernels' thread pool; each item is computed by one thread, the same way whatever the split. */
+typedef struct {
+    const float *q;
+    float *out;
+    int64_t qstride, rows, heads, kvh, dim, mask_stride, layer, max_keys;
+    const int64_t *kptr, *vptr, *cap, *nkeys;
+    const uint8_t *mask;
+    float scale;
+} attn_job;
+
+/* e^x for 8 lanes (Cephes' polynomial, about 1 ulp; x clamped to [-87.3, 88.4]): a fixed
+ * function of each lane, so a score's weight never depends on its neighbours. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.37626f));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+static inline float hsum8(__m256 v) { /* ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)) */
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    return _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps(b, b, 1)));
+}
+
+#define PD_MAX_DIM 256
+
+/* One (row, head): the allowed slots gathered in order, their scores (one fma chain over the
+ * head dimension each), weights exp(score - max), and the weighted sum of values in slot order. */
+static void attend_one(const attn_job *j, int64_t r, int64_t h, float *scores, int32_t *idx) {
+    int64_t dim = j->dim, kvh = j->kvh, g = h / (j->heads / kvh);
+    const float *K = (const float *)(intptr_t)j->kptr[r], *V = (const float *)(intptr_t)j->vptr[r];
+    const float *Kg = K + (j->layer * kvh + g) * j->cap[r] * dim;
+    const float *Vg = V + (j->layer * kvh + g) * j->cap[r] * dim;
+    const float *qh = j->q + r * j->qstride + h * dim;
+    const uint8_t *m = j->mask + r * j->mask_stride;
+    float *o = j->out + (r * j->heads + h) * dim;
+    int64_t n = j->nkeys[r], cnt = 0;
+    for (int64_t s = 0; s < n; s++)
+        if (m[s]) idx[cnt++] = (int32_t)s;
+    for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
+    if (cnt == 0) return; /* no allowed key: zeros (the decode loop never asks this) */
+    const int vec = dim % 8 == 0 && dim <= PD_MAX_DIM;
+    float mx = -INFINITY;
+    int64_t c0 = 0;
+    if (vec) /* four keys at a time: four independent fma chains (each score its own chain) */
+        for (; c0 + 4 <= cnt; c0 += 4) {
+            const float *k0 = Kg + (int64_t)idx[c0] * dim, *k1 = Kg + (int64_t)idx[c0 + 1] * dim;
+            const float *k2 = Kg + (int64_t)idx[c0 + 2] * dim, *k3 = Kg + (int64_t)idx[c0 + 3] * dim;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t i = 0; i < dim; i += 8) {
+                __m256 qv = _mm256_loadu_ps(qh + i);
+                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
+                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
+                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
+                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
+            }
+            float s4[4] = {hsum8(a0) * j->scale, hsum8(a1) * j->scale, hsum8(a2) * j->scale, hsum8(a3) * j->scale};
+            for (int t = 0; t < 4; t++) {
+                scores[c0 + t] = s4[t];
+                if (s4[t] > mx) mx = s4[t];
+            }
+        }
+    for (int64_t c = c0; c < cnt; c++) {
+        const float *ks = Kg + (int64_t)idx[c] * dim;
+        float sc;
+        if (vec) {
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t i = 0; i < dim; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i), _mm256_loadu_ps(ks + i), acc);
+            sc = hsum8(acc) * j->scale;
+        } else {
+            sc = dot_fixed(qh, ks, dim) * j->scale;
+        }
+        scores[c] = sc;
+        if (sc > mx) mx = sc;
+    }
+    int64_t c = 0;
+    __m256 vmx = _mm256_set1_ps(mx);
+    for (; c + 8 <= cnt; c += 8) _mm256_storeu_ps(scores + c, exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + c), vmx)));
+    if (c < cnt) {
+        float tmp[8] = {0};
+        for (int64_t t = c; t < cnt; t++) tmp[t - c] = scores[t] - mx;
+        _mm256_storeu_ps(tmp, exp8(_mm256_loadu_ps(tmp)));
+        for (int64_t t = c; t < cnt; t++) scores[t] = tmp[t - c];
+    }
+    float total = 0.0f;
+    for (c = 0; c < cnt; c++) total += scores[c];
+    if (vec) {
+        __m256 acc[PD_MAX_DIM / 8];
+        const int64_t nv = dim / 8;
+        for (int64_t v = 0; v < nv; v++) acc[v] = _mm256_setzero_ps();
+        for (c = 0; c < cnt; c++) {
+            const float *vs = Vg + (int64_t)idx[c] * dim;
+            __m256 p = _mm256_set1_ps(scores[c]);
+            for (int64_t v = 0; v < nv; v++) acc[v] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vs + 8 * v), acc[v]);
+        }
+        __m256 inv = _mm256_set1_ps(1.0f / total);
+        for (int64_t v = 0; v < nv; v++) _mm256_storeu_ps(o + 8 * v, _mm256_mul_ps(acc[v], inv));
+    } else {
+        for (c = 0; c < cnt; c++) {
+            const float *vs = Vg + (int64_t)idx[c] * dim;
+            for (int64_t i = 0; i < dim; i++) o[i] += scores[c] * vs[i];
+        }
+        float inv = 1.0f / total;
+        for (int64_t i = 0; i < dim; i++) o[i] *= inv;
+    }
+}
+
+static void attn_task(void *arg, int tid, int nth) {
+    const attn_job *j = (const attn_job *)arg;
+    int64_t items = j->rows * j->heads;
+    int64_t lo = items * tid / nth, hi = items * (tid + 1) / nth;
+    if (lo >= hi) return;
+    size_t n = (size_t)(j->max_keys > 0 ? j->max_keys : 1);
+    float *scores = (float *)malloc(sizeof(float) * n);
+    int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * n);
+    if (scores && idx)
+        for (int64_t it = lo; it < hi; it++) attend_one(j, it / j->heads, it % j->heads, scores, idx);
+    free(scores); /* out of memory: these rows stay as they were (never seen in practice) */
+    free(idx);
+}
+
+void pd_attention(const float *q, int64_t qstride, float *out, int64_t rows, int64_t heads, int64_t kvh, int64_t dim,
+                  const int64_t *kptr, const int64_t *vptr, const int64_t *cap, const uint8_t *mask,
+                  int64_t mask_stride, const int64_t *nkeys, int64_t layer, float scale) {
+    attn_job j = {q, out, qstride, rows, heads, kvh, dim, mask_stride, layer, 0, kptr, vptr, cap, nkeys, mask, scale};
+    int64_t work = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        if (nkeys[r] > j.max_keys) j.max_keys = nkeys[r];
+        work += nkeys[r];
+    }
+    if (work * heads * dim < (1 << 16)) attn_task(&j, 0, 1); /* too little to share */
+    else pd_parallel(attn_task, &j);
+}
+
+/* ---- the whole decoder stack in one call ------------------------------------------------------
+ * Per layer: RMSNorm, the q/k/v product(s) (+ biases), rotary, KV write, attention, the output
+ * product + residual, RMSNorm, gate/up product(s), SiLU * up, down product + residual. Every
+ * step is one of the per-row functions above or the kernels' pd_qgemm_desc, so the stack is as
+ * batch-invariant as they are. Python makes the descriptors once at load. */
+typedef struct {
+    const float *attn_norm, *ffn_norm, *qkv_bias; /* bias NULL when the model has none */
+    const pd_wdesc *in[3];                        /* q|k|v fused (n_in 1) or q, k, v (n_in 3) */
+    const pd_wdesc *o;
+    const pd_wdesc *gu[2]; /* gate|up fused (n_gu 1) or gate, up (n_gu 2) */
+    const pd_wdesc *down;
+    int64_t n_in, n_gu;
+} pd_layer;
+
+typedef struct {
+    int64_t n_layers, hidden, heads, kv_heads, head_dim, ffn, rope_dim, neox, path;
+    float eps, scale;
+    const float *inv_freq;
+} pd_model;
+
+/* h [t, hidden] in place: the embeddings in, the last layer's output (before the final norm)
+ * out. Work buffers: x [t, hidden], qkv [t, (heads + 2 kv_heads) dim], attn [t, heads dim],
+ * proj [t, hidden], gu [t, 2 ffn], act [t, ffn]. Returns 0 or the first kernel error. */
+int pd_decoder(const pd_model *m, const pd_layer *layers, float *h, int64_t t, const int64_t *pos,
+               const int64_t *kptr, const int64_t *vptr, const int64_t *cap, const int64_t *slot,
+               const int64_t *nkeys, const uint8_t *mask, int64_t mask_stride, float *x, float *qkv, float *attn,
+               float *proj, float *gu, float *act) {
+    const int64_t H = m->hidden, d = m->head_dim, F = m->ffn, hq = m->heads, hkv = m->kv_heads;
+    const int64_t nq = hq * d, nk = hkv * d, stride = nq + 2 * nk;
+    const int path = (int)m->path, T = (int)t;
+    for (int64_t li = 0; li < m->n_layers; li++) {
+        const pd_layer *L = layers + li;
+        int rc = 0;
+        pd_rmsnorm(h, L->attn_norm, x, t, H, m->eps, 0.0f);
+        for (int64_t i = 0, off = 0; i < L->n_in; off += L->in[i]->n, i++)
+            if ((rc = pd_qgemm_desc(path, L->in[i], x, T, (int)H, qkv + off, (int)stride))) return rc;
+        if (L->qkv_bias)
+            for (int64_t r = 0; r < t; r++)
+                for (int64_t i = 0; i < stride; i++) qkv[r * stride + i] += L->qkv_bias[i];
+        pd_rope(qkv, t, hq, d, m->rope_dim, stride, pos, m->inv_freq, 1.0f, (int)m->neox);
+        pd_rope(qkv + nq, t, hkv, d, m->rope_dim, stride, pos, m->inv_freq, 1.0f, (int)m->neox);
+        pd_kv_write(qkv + nq, qkv + nq + nk, t, hkv, d, stride, kptr, vptr, cap, slot, li);
+        pd_attention(qkv, stride, attn, t, hq, hkv, d, kptr, vptr, cap, mask, mask_stride, nkeys, li, m->scale);
+        if ((rc = pd_qgemm_desc(path, L->o, attn, T, (int)nq, proj, (int)H))) return rc;
+        for (int64_t i = 0; i < t * H; i++) h[i] += proj[i];
+        pd_rmsnorm(h, L->ffn_norm, x, t, H, m->eps, 0.0f);
+        for (int64_t i = 0, off = 0; i < L->n_gu; off += L->gu[i]->n, i++)
+            if ((rc = pd_qgemm_desc(path, L->gu[i], x, T, (int)H, gu + off, (int)(2 * F)))) return rc;
+        pd_act_mul(gu, gu + F, act, t, F, 2 * F, 0);
+        if ((rc = pd_qgemm_desc(path, L->down, act, T, (int)F, proj, (int)H))) return rc;
+        for (int64_t i = 0; i < t * H; i++) h[i] += proj[i];
+    }
+    return 0;
+}

@@ -1,0 +1,204 @@
+/* Dispatch, CPU features, the thread pool and the exported entry point of the matrix kernels.
+ * Compiled for the baseline x86-64 so that loading the library never faults on an older CPU. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qgemm.h"
+
+/* ------------------------------------------------------------------ CPU features */
+
+int pd_paths(void) {
+    int p = 0;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) p |= PD_PATH_AVX2;
+    if ((p & PD_PATH_AVX2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni"))
+        p |= PD_PATH_AVX512VNNI;
+    return p;
+}
+
+/* ------------------------------------------------------------------ thread pool
+ * A parallel region is a list of chunks that the caller and the workers take in turn from an
+ * atomic counter, so a worker the OS has not scheduled yet delays nothing: the others take its
+ * chunks. Which thread computes a chunk never changes a result (every chunk is whole outputs).
+ * Workers wait on a generation counter: a short spin (a decode step opens hundreds of regions a
+ * token), then a condition variable, so that idle workers cost nothing. */
+
+#define PD_MAX_THREADS 256
+#define PD_SPIN 4000
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t run_mu = PTHREAD_MUTEX_INITIALIZER; /* one parallel region at a time */
+static _Atomic unsigned pool_gen = 0;
+static _Atomic int pool_size = 0; /* threads including the caller */
+static int pool_started = 0; /* workers created */
+
+/* the current region; its fields are written only while no worker is inside it */
+static pd_task job_fn;
+static void *job_arg;
+static int job_chunks, job_param;
+static _Atomic int job_next = 0, job_active = 0, job_closed = 1;
+
+static void cpu_relax(void) { __asm__ __volatile__("pause"); }
+
+static void run_chunks(void) {
+    int c;
+    while ((c = atomic_fetch_add(&job_next, 1)) < job_chunks) job_fn(job_arg, c, job_param);
+}
+
+static void *worker(void *p) {
+    const int index = (int)(size_t)p; /* 1.. */
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g;
+        int spins = 0;
+        while ((g = atomic_load(&pool_gen)) == seen && spins < PD_SPIN) {
+            cpu_relax();
+            spins++;
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&pool_mu);
+            while ((g = atomic_load(&pool_gen)) == seen) pthread_cond_wait(&pool_cv, &pool_mu);
+            pthread_mutex_unlock(&pool_mu);
+        }
+        seen = g;
+        if (index >= pool_size) continue;
+        /* join, then look: the caller closes the region, then waits for no one inside */
+        atomic_fetch_add(&job_active, 1);
+        if (!atomic_load(&job_closed)) run_chunks();
+        atomic_fetch_sub(&job_active, 1);
+    }
+    return 0;
+}
+
+static int default_threads(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : (n > PD_MAX_THREADS ? PD_MAX_THREADS : (int)n);
+}
+
+int pd_get_threads(void) { return pool_size > 0 ? pool_size : default_threads(); }
+
+void pd_set_threads(int n) {
+    if (n < 1) n = default_threads();
+    if (n > PD_MAX_THREADS) n = PD_MAX_THREADS;
+    pthread_mutex_lock(&run_mu);
+    while (pool_started < n - 1) {
+        pthread_t t;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&t, &at, worker, (void *)(size_t)(pool_started + 1));
+        pthread_attr_destroy(&at);
+        if (rc != 0) break;
+        pool_started++;
+    }
+    pool_size = pool_started + 1 < n ? pool_started + 1 : n;
+    pthread_mutex_unlock(&run_mu);
+}
+
+/* A forked child has none of the parent's workers: start from an empty pool there. */
+static void pool_after_fork(void) {
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    pool_mu = mu;
+    run_mu = mu;
+    pool_cv = cv;
+    pool_started = 0;
+    atomic_store(&pool_size, 0);
+    atomic_store(&job_active, 0);
+    atomic_store(&job_closed, 1);
+}
+
+__attribute__((constructor)) static void pool_init(void) { pthread_atfork(0, 0, pool_after_fork); }
+
+/* fn(arg, c, param) for every chunk c in [0, chunks), shared among the pool's threads. */
+static void pd_parallel_chunks(pd_task fn, void *arg, int chunks, int param) {
+    if (pool_size == 0) pd_set_threads(0);
+    pthread_mutex_lock(&run_mu);
+    if (pool_size == 1 || chunks <= 1) {
+        for (int c = 0; c < chunks; c++) fn(arg, c, param);
+        pthread_mutex_unlock(&run_mu);
+        return;
+    }
+    job_fn = fn;
+    job_arg = arg;
+    job_chunks = chunks;
+    job_param = param;
+    atomic_store(&job_next, 0);
+    atomic_store(&job_closed, 0);
+    pthread_mutex_lock(&pool_mu);
+    atomic_fetch_add(&pool_gen, 1);
+    pthread_cond_broadcast(&pool_cv);
+    pthread_mutex_unlock(&pool_mu);
+    run_chunks();
+    atomic_store(&job_closed, 1);
+    /* a worker still inside holds a chunk; if the OS has parked it, give it the CPU */
+    for (int spins = 0; atomic_load(&job_active) > 0; spins++) {
+        if (spins < 2000)
+            cpu_relax();
+        else
+            sched_yield();
+    }
+    pthread_mutex_unlock(&run_mu);
+}
+
+/* fn(arg, tid, nthreads) once for each tid in [0, nthreads). */
+void pd_parallel(pd_task fn, void *arg) {
+    if (pool_size == 0) pd_set_threads(0);
+    pd_parallel_chunks(fn, arg, pool_size, pool_size);
+}
+
+/* ------------------------------------------------------------------ entry point */
+
+typedef struct {
+    const pd_qweight *w;
+    const pd_qact *x;
+    float *y;
+    int ldy, path;
+} qgemm_job;
+
+static void qgemm_task(void *p, int tile, int unused) {
+    (void)unused;
+    const qgemm_job *j = (const qgemm_job *)p;
+    if (j->path == PD_PATH_AVX512VNNI)
+        pd_cols_avx512vnni(j->w, j->x, j->y, j->ldy, tile, tile + 1);
+    else
+        pd_cols_avx2(j->w, j->x, j->y, j->ldy, tile, tile + 1);
+}
+
+/* Scratch for the quantized activations of the calling thread. */
+static __thread void *scratch = 0;
+static __thread size_t scratch_size = 0;
+
+int pd_qgemm_desc(int path, const pd_wdesc *wd, const float *x, int m, int ldx, float *y, int ldy) {
+    const int n = wd->n, k = wd->k, kp = wd->kp;
+    if (!(pd_paths() & path) || (path != PD_PATH_AVX2 && path != PD_PATH_AVX512VNNI)) return -1;
+    if (m < 0 || n < 0 || k < 0 || kp % 32 || kp < k || kp - k >= 32 || ldx < k || ldy < n) return -2;
+    if ((wd->kind != PD_KIND_Q4 && wd->kind != PD_KIND_Q8) || (wd->group != 32 && wd->group != 16) ||
+        (wd->kind == PD_KIND_Q4 && (wd->group != 32 || wd->biased)) || (wd->biased && wd->off))
+        return -2;
+    if (m == 0 || n == 0) return 0;
+    const int nb = kp / 32;
+    const size_t qbytes = ((size_t)m * kp + 63) / 64 * 64, fbytes = (size_t)m * nb * 4 * sizeof(float);
+    if (scratch_size < qbytes + fbytes) {
+        free(scratch);
+        scratch = 0;
+        scratch_size = 0;
+        if (posix_memalign(&scratch, 64, qbytes + fbytes) != 0) return -3;
+        scratch_size = qbytes + fbytes;
+    }
+    int8_t *xq = (int8_t *)scratch;
+    float *xd = (float *)((char *)scratch + qbytes), *xs = xd + (size_t)m * nb;
+    int32_t *x16 = (int32_t *)(xs + (size_t)m * nb);
+    pd_quantize_rows(x, m, k, ldx, kp, xq, xd, xs, x16);
+    const pd_qweight w = {wd->kind, n, kp, wd->group, wd->half != 0, wd->biased != 0, wd->q, wd->a, wd->off};
+    const pd_qact act = {m, kp, nb, xq, xd, xs, x16};
+    qgemm_job job = {&w, &act, y, ldy, path};
+    pd_parallel_chunks(qgemm_task, &job, (n + PD_TILE_COLS - 1) / PD_TILE_COLS, 0);
+    return 0;
+}
