@@ -192,10 +192,13 @@ class Engine:
         stop: Sequence[str] | str | None = None,
         chat: bool | None = None,
         options: dict | None = None,
+        proposer=None,
     ) -> Stream:
+        """``proposer``: a drafter to reuse (one made with ``keep_state``, say) instead of a fresh one
+        for ``method``/``options``."""
         sampling = SamplingParams(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=seed)
         cfg = DecodeConfig(max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=self.eos_ids)
-        proposer = make_proposer(method, self.models, options)
+        proposer = proposer if proposer is not None else make_proposer(method, self.models, options)
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             ids = prompt
             if len(ids) >= self.target.max_context:
