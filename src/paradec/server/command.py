@@ -23,10 +23,32 @@ def serve(
     timeout: float = typer.Option(600.0, "--timeout", help="Per-request limit in seconds, queueing included."),
     served_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model id for clients (default: --model)."),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="Default method option key=value (repeatable)."),
+    replicas: Optional[int] = typer.Option(
+        None, "--replicas", help="Deploy N replicas (one model copy each) on Ray Serve; default: this one process, no Ray."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Join this Ray cluster (HOST:PORT or auto); default: start a local Ray on 127.0.0.1."
+    ),
+    replica_threads: int = typer.Option(1, "--replica-threads", help="Torch threads (and CPUs reserved) per replica."),
+    affinity: bool = typer.Option(
+        True, "--affinity/--no-affinity", help="Send a conversation's turns to the replica holding its drafter state."
+    ),
+    autoscale: Optional[str] = typer.Option(None, "--autoscale", help="MIN:MAX replicas, scaled on ongoing requests."),
 ) -> None:
     """Serve the OpenAI API (completions, chat completions, streaming) with speculative decoding."""
     from ..cli import _options
+    from ..errors import ParadecError
     from .launch import serve as run
 
+    cluster = None
+    if replicas is not None or ray_address or autoscale:
+        from .cluster.config import ClusterConfig, parse_autoscale
+
+        scale = parse_autoscale(autoscale)
+        n = replicas if replicas is not None else (scale[0] if scale else 1)
+        cluster = ClusterConfig(n, ray_address, replica_threads, affinity, scale)
+    elif replica_threads != 1 or not affinity:
+        raise ParadecError("--replica-threads and --no-affinity apply to --replicas (a Ray Serve deployment)")
     run(model=model, draft=draft_model, method=method, options=_options(opt), dtype=dtype, device=device, host=host,
-        port=port, max_queue=max_queue, max_active=max_active, timeout=timeout, served_name=served_name, batch=batch)
+        port=port, max_queue=max_queue, max_active=max_active, timeout=timeout, served_name=served_name, batch=batch,
+        cluster=cluster)

@@ -1,10 +1,32 @@
-"""``paradec serve``: load the model once, then run the app under uvicorn."""
+"""``paradec serve``: load the model once, then run the app under uvicorn (or, with
+``cluster``, deploy it on Ray Serve: ``server.cluster.launch``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..errors import ParadecError
+
+
+def check_args(port: int, max_queue: int, max_active: int, timeout: float, dtype: str, device: str) -> None:
+    from ..models.loader import parse_device, parse_dtype
+
+    parse_dtype(dtype), parse_device(device)  # fail fast, before loading anything
+    if not 0 < port < 65536:
+        raise ParadecError(f"--port must be in 1..65535, got {port}")
+    if max_queue < 1 or max_active < 1:
+        raise ParadecError("--max-queue and --max-active must be >= 1")
+    if timeout <= 0:
+        raise ParadecError(f"--timeout must be > 0 seconds, got {timeout}")
+
+
+def load_checked(model: str | None, draft: str | None, dtype: str, device: str, method: str, options: dict[str, Any] | None):
+    from ..engine import load
+    from ..proposers import make_proposer
+
+    engine = load(model, draft=draft, dtype=dtype, device=device)
+    make_proposer(method, engine.models, options)  # a bad --method / --opt fails here, not per request
+    return engine
 
 
 def serve(
@@ -22,25 +44,27 @@ def serve(
     served_name: str | None = None,
     batch: bool = True,
     log_level: str = "info",
+    cluster=None,
 ) -> None:
+    from .app import ServerConfig
+
+    check_args(port, max_queue, max_active, timeout, dtype, device)
+    config = ServerConfig(method, options, served_name, max_queue, max_active, timeout, batch)
+    if cluster is not None:
+        from .cluster.config import require_ray
+
+        cluster.check()
+        require_ray()
+        from .cluster.launch import serve_cluster
+
+        return serve_cluster(model, draft, dtype, device, host, port, config, cluster)
     import uvicorn
 
-    from ..engine import load
-    from ..models.loader import parse_device, parse_dtype
-    from ..proposers import make_proposer
-    from .app import ServerConfig, create_app
+    from .app import create_app
 
-    parse_dtype(dtype), parse_device(device)  # fail fast, before loading anything
-    if not 0 < port < 65536:
-        raise ParadecError(f"--port must be in 1..65535, got {port}")
-    if max_queue < 1 or max_active < 1:
-        raise ParadecError("--max-queue and --max-active must be >= 1")
-    if timeout <= 0:
-        raise ParadecError(f"--timeout must be > 0 seconds, got {timeout}")
-    engine = load(model, draft=draft, dtype=dtype, device=device)
-    make_proposer(method, engine.models, options)  # a bad --method / --opt fails here, not per request
+    engine = load_checked(model, draft, dtype, device, method, options)
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # no *_created series next to every counter in /metrics
-    app = create_app(engine, ServerConfig(method, options, served_name, max_queue, max_active, timeout, batch))
+    app = create_app(engine, config)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
