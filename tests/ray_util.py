@@ -27,7 +27,8 @@ def free_port() -> int:
 
 
 def env() -> dict[str, str]:
-    e = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
+    # RAY_AUTH_MODE: the test clusters are loopback-only and short-lived; no token files are written or read
+    e = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     e["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, e.get("PYTHONPATH")) if p)
     return e
 

@@ -127,8 +127,7 @@ def test_a_killed_replica_fails_cleanly_and_is_replaced(url, ref):
     with httpx.Client(base_url=url, timeout=30) as c:
         pids = replica_pids(c.get("/metrics").text)
         assert len(pids) == 2
-        failed_before = sum(metric(c.get("/metrics").text, "paradec_cluster_failed_requests_total", stage=s)
-                            for s in ("retried", "streaming"))
+        failed_before, retries_before = _failures(c)
         thread, box = _load_in_background(url, jobs, 8)
         time.sleep(1.5)  # mid-load
         victim, pid = sorted(pids.items())[0]
@@ -145,16 +144,23 @@ def test_a_killed_replica_fails_cleanly_and_is_replaced(url, ref):
             else:  # the explicit error: 503 (non-streaming) or an error event in the stream
                 errors += 1
                 assert getattr(r.error, "status_code", 503) == 503 or "replica" in str(r.error), r.error
-        failed_after = sum(metric(c.get("/metrics").text, "paradec_cluster_failed_requests_total", stage=s)
-                           for s in ("retried", "streaming"))
+        failed_after, retries_after = _failures(c)
         assert failed_after - failed_before == errors  # every failure is counted
+        retried = retries_after - retries_before
+        assert retried + errors > 0  # the kill did hit requests in flight
         health = wait_health(url, _Alive(), 2, timeout=180)  # Ray restarts the replica
         assert health["replicas"] == 2
         new = replica_pids(c.get("/metrics").text)
         assert victim not in new and len(new) == 2
     after, _ = run_load(url, mixed_jobs(50), 8)
     assert all(r.error is None for r in after.values()) and len(after) == 50
-    print(f"\nkilled replica {victim}: {errors} of {len(jobs)} requests ended with the explicit error")
+    print(f"\nkilled replica {victim}: {retried:g} requests retried, {errors} of {len(jobs)} ended with the explicit error")
+
+
+def _failures(c: httpx.Client) -> tuple[float, float]:
+    text = c.get("/metrics").text
+    failed = sum(metric(text, "paradec_cluster_failed_requests_total", stage=s) for s in ("retried", "streaming"))
+    return failed, metric(text, "paradec_cluster_retries_total")
 
 
 class _Alive:  # wait_health's process argument: the deployment's process is the fixture's
