@@ -3,6 +3,8 @@ and not, cycling through the methods), sent to any URL, and reported.
 
 Run it against a live server (``paradec serve ...``) to measure:
     python tests/load_util.py http://127.0.0.1:8000 --model smollm2-135m --requests 200 --clients 16
+or, with ``--mt-bench N``, N multi-turn MT-Bench conversations (each turn sends the history back;
+``--clients`` conversations at once), reporting tokens per forward by turn and tokens/s.
 """
 
 from __future__ import annotations
@@ -106,6 +108,53 @@ def summary(results: dict[int, Outcome], wall: float) -> str:
             f"mean {statistics.mean(lat) * 1000:.0f} ms, wall {wall:.2f} s")
 
 
+def run_conversations(url: str, conversations: list[tuple[str, ...]], clients: int, model: str, max_tokens: int,
+                      method: str | None = None) -> tuple[list[list[dict]], float]:
+    """Each conversation's turns in order (the answers sent back as history); the ``paradec``
+    stats of every turn, per conversation, and the wall seconds."""
+    import httpx
+
+    stats: list[list[dict]] = [[] for _ in conversations]
+    ext = {"paradec": {"method": method}} if method else {}
+
+    async def talk(client: httpx.AsyncClient, k: int) -> None:
+        msgs: list[dict] = []
+        for turn in conversations[k]:
+            msgs.append({"role": "user", "content": turn})
+            r = await client.post("/v1/chat/completions", json={"model": model, "messages": msgs, "max_tokens": max_tokens,
+                                                                "temperature": 0, **ext})
+            r.raise_for_status()
+            d = r.json()
+            msgs.append({"role": "assistant", "content": d["choices"][0]["message"]["content"]})
+            stats[k].append(d["paradec"])
+
+    async def main() -> float:
+        queue: asyncio.Queue = asyncio.Queue()
+        for k in range(len(conversations)):
+            queue.put_nowait(k)
+
+        async def worker() -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+                while not queue.empty():
+                    await talk(client, queue.get_nowait())
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return time.perf_counter() - t
+
+    return stats, asyncio.run(main())
+
+
+def conversation_summary(stats: list[list[dict]], wall: float) -> str:
+    turns = max(len(s) for s in stats)
+    parts = []
+    for t in range(turns):
+        rows = [s[t] for s in stats if len(s) > t]
+        parts.append(f"turn {t + 1}: {sum(r['committed'] for r in rows) / max(1, sum(r['forwards'] for r in rows)):.2f} tokens/forward")
+    tokens = sum(r["new_tokens"] for s in stats for r in s)
+    return f"{len(stats)} conversations, {', '.join(parts)}, {tokens / wall:.1f} tokens/s, wall {wall:.1f} s"
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("url")
@@ -113,6 +162,15 @@ if __name__ == "__main__":
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    ap.add_argument("--mt-bench", type=int, default=0, help="N multi-turn MT-Bench conversations instead")
+    ap.add_argument("--method", default=None, help="paradec.method of every request (default: the server's)")
     a = ap.parse_args()
+    if a.mt_bench:
+        from paradec.bench.suites import load_mt_bench
+
+        convs = [q.turns for q in load_mt_bench()[: a.mt_bench]]
+        st, wall = run_conversations(a.url, convs, a.clients, a.model, a.max_tokens, a.method)
+        print(conversation_summary(st, wall))
+        sys.exit(0)
     res, wall = run_load(a.url, mixed_jobs(a.requests), a.clients, a.model, a.max_tokens, timeout=600)
     print(summary(res, wall))
