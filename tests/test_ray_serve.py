@@ -102,13 +102,19 @@ def suffix_turns(url: str, user: str, turns: int = 3, max_tokens: int = 40) -> l
     return out
 
 
+def fresh_suffix(ref) -> float:
+    """Tokens per forward of one ``suffix_turns`` turn with a fresh drafter (the library's)."""
+    return ref.generate("1 2 3 4 5", method="suffix", chat=False, max_new_tokens=40).stats.mean_accepted
+
+
 def test_affinity_keeps_the_drafter_warm(url, ref):
     turns = suffix_turns(url, "warm-user")
     want = ref.generate("1 2 3 4 5", method="ar", chat=False, max_new_tokens=40).text
     assert [t for t, _ in turns] == [want] * len(turns)  # lossless
-    first, later = turns[0][1], [a for _, a in turns[1:]]
-    assert all(a > first for a in later), turns  # later turns draft from the earlier answers
-    # with --no-affinity every turn drafts from scratch: tests/test_ray_nodes.py checks the same turns
+    fresh = fresh_suffix(ref)
+    assert turns[0][1] == pytest.approx(fresh)
+    assert all(a > fresh for _, a in turns[1:]), (fresh, turns)  # later turns draft from the earlier answers
+    # with --no-affinity every turn is `fresh` (tests/test_ray_nodes.py)
 
 
 def _load_in_background(url: str, jobs, clients: int):
