@@ -20,7 +20,7 @@ from server_util import metric  # noqa: E402
 from test_server_load import MAX_TOKENS  # noqa: E402
 
 CLIENTS, REQUESTS = 16, 200
-KILL_TOKENS = 48  # longer answers: the kill lands mid-stream
+KILL_TOKENS = 200  # long answers (up to the context window or EOS): the kill lands mid-request
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +128,18 @@ def _load_in_background(url: str, jobs, clients: int):
 
 
 def test_a_killed_replica_fails_cleanly_and_is_replaced(url, ref):
-    jobs = mixed_jobs(160)
+    jobs = mixed_jobs(80)
     want = _want(ref, jobs, KILL_TOKENS)
     with httpx.Client(base_url=url, timeout=30) as c:
         pids = replica_pids(c.get("/metrics").text)
         assert len(pids) == 2
         failed_before, retries_before = _failures(c)
         thread, box = _load_in_background(url, jobs, 8)
-        time.sleep(1.5)  # mid-load
         victim, pid = sorted(pids.items())[0]
+        deadline = time.monotonic() + 60
+        while metric(c.get("/metrics").text, "paradec_active_requests", replica=victim) < 2:  # mid-load
+            assert time.monotonic() < deadline and thread.is_alive(), "the victim never got requests"
+            time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
         thread.join(180)
         assert not thread.is_alive(), "the load did not finish: a request hung"
