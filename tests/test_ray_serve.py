@@ -14,13 +14,14 @@ import pytest
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'paradec[ray]')")
 
 import paradec  # noqa: E402
-from load_util import mixed_jobs, run_load  # noqa: E402
+from load_util import Job, mixed_jobs, run_load  # noqa: E402
 from ray_util import deployment, replica_pids, replica_served, wait_health  # noqa: E402
 from server_util import metric  # noqa: E402
-from test_server_load import MAX_TOKENS  # noqa: E402
+from test_server_load import MAX_TOKENS, METHODS  # noqa: E402
 
 CLIENTS, REQUESTS = 16, 200
-KILL_TOKENS = 200  # long answers (up to the context window or EOS): the kill lands mid-request
+KILL_TOKENS = 200  # long answers: the kill lands mid-request
+LONG_PROMPTS = ["abc abc abc", "Once upon a time", "aaaa bbbb", "red green blue red"]  # 85-184 tokens before EOS
 
 
 @pytest.fixture(scope="module")
@@ -128,19 +129,26 @@ def _load_in_background(url: str, jobs, clients: int):
 
 
 def test_a_killed_replica_fails_cleanly_and_is_replaced(url, ref):
-    jobs = mixed_jobs(80)
+    # completions whose answers are long (100-200 tokens), streaming and not, several methods
+    jobs = [Job(i, LONG_PROMPTS[i % len(LONG_PROMPTS)], False, bool(i % 2), METHODS[(i // 2) % len(METHODS)]) for i in range(64)]
     want = _want(ref, jobs, KILL_TOKENS)
     with httpx.Client(base_url=url, timeout=30) as c:
         pids = replica_pids(c.get("/metrics").text)
         assert len(pids) == 2
         failed_before, retries_before = _failures(c)
         thread, box = _load_in_background(url, jobs, 8)
-        victim, pid = sorted(pids.items())[0]
         deadline = time.monotonic() + 60
-        while metric(c.get("/metrics").text, "paradec_active_requests", replica=victim) < 2:  # mid-load
-            assert time.monotonic() < deadline and thread.is_alive(), "the victim never got requests"
-            time.sleep(0.1)
+        while True:  # mid-load: kill the replica decoding the most requests
+            text = c.get("/metrics").text
+            active = {r: metric(text, "paradec_active_requests", replica=r) for r in pids}
+            victim = max(active, key=active.get)
+            if active[victim] >= 3:
+                break
+            assert time.monotonic() < deadline and thread.is_alive(), "the replicas never got busy"
+            time.sleep(0.05)
+        pid = pids[victim]
         os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
         thread.join(180)
         assert not thread.is_alive(), "the load did not finish: a request hung"
         results = box["results"]
@@ -156,7 +164,7 @@ def test_a_killed_replica_fails_cleanly_and_is_replaced(url, ref):
         failed_after, retries_after = _failures(c)
         assert failed_after - failed_before == errors  # every failure is counted
         retried = retries_after - retries_before
-        assert retried + errors > 0  # the kill did hit requests in flight
+        assert retried + errors > 0, (victim, pid, box["wall"], time.monotonic() - killed_at)  # the kill hit requests in flight
         health = wait_health(url, _Alive(), 2, timeout=180)  # Ray restarts the replica
         assert health["replicas"] == 2
         new = replica_pids(c.get("/metrics").text)
