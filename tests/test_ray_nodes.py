@@ -69,9 +69,16 @@ def two_nodes(tmp_path_factory):
                         "--ray-client-server-port", str(free_port()))
         stack.callback(stop_group, head, 30)
         _nodes_alive(address, 1)
-        worker = ray_node(base / "worker", "--address", address)
-        stack.callback(stop_group, worker, 30)  # the worker stops first, then the head
-        _nodes_alive(address, 2)
+        for attempt in range(2):  # a port taken meanwhile by another process: once more, on new ports
+            worker = ray_node(base / f"worker{attempt}", "--address", address)
+            stack.callback(stop_group, worker, 30)  # the worker stops first, then the head
+            try:
+                _nodes_alive(address, 2, timeout=90)
+                break
+            except subprocess.CalledProcessError:
+                if attempt:
+                    raise
+                stop_group(worker, 30)
         yield address
 
 
