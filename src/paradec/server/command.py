@@ -48,6 +48,17 @@ def serve(
     allow_path: Optional[List[str]] = typer.Option(
         None, "--allow-path", help="A folder whose heads / adapters / corpora requests may name (repeatable; default: shipped names only)."
     ),
+    replicas: Optional[int] = typer.Option(
+        None, "--replicas", help="Deploy N replicas (one model copy each) on Ray Serve; default: this one process, no Ray."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Join this Ray cluster (HOST:PORT or auto); default: start a local Ray on 127.0.0.1."
+    ),
+    replica_threads: int = typer.Option(1, "--replica-threads", help="Torch threads (and CPUs reserved) per replica."),
+    affinity: bool = typer.Option(
+        True, "--affinity/--no-affinity", help="Send a conversation's turns to the replica holding its drafter state."
+    ),
+    autoscale: Optional[str] = typer.Option(None, "--autoscale", help="MIN:MAX replicas, scaled on ongoing requests."),
 ) -> None:
     """Serve the OpenAI API (completions, chat completions, streaming) with speculative decoding."""
     from ..cli import _options
@@ -60,6 +71,15 @@ def serve(
     limits = TransportLimits(header_timeout=header_timeout, body_timeout=body_timeout, keep_alive=keep_alive,
                              max_connections=max_connections, max_body_bytes=max(1, int(max_body_mb * (1 << 20))))
     option_limits = Limits(max_draft_nodes, max_draft_depth, max_draft_width, max_pool, tuple(allow_path or ()))
+    cluster = None
+    if replicas is not None or ray_address or autoscale:
+        from .cluster.config import ClusterConfig, parse_autoscale
+
+        scale = parse_autoscale(autoscale)
+        n = replicas if replicas is not None else (scale[0] if scale else 1)
+        cluster = ClusterConfig(n, ray_address, replica_threads, affinity, scale)
+    elif replica_threads != 1 or not affinity:
+        raise ParadecError("--replica-threads and --no-affinity apply to --replicas (a Ray Serve deployment)")
     run(model=model, draft=draft_model, method=method, options=_options(opt), dtype=dtype, device=device, backend=backend, host=host,
         port=port, max_queue=max_queue, max_active=max_active, timeout=timeout, served_name=served_name, batch=batch,
-        limits=limits, option_limits=option_limits)
+        limits=limits, option_limits=option_limits, cluster=cluster)

@@ -39,6 +39,9 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
+    def __reduce__(self):  # picklable (a cluster's replicas send errors to the router)
+        return (APIError, (self.status, self.message, self.param, self.code, self.type))
+
     @classmethod
     def bad_request(cls, message: str, param: str | None = None, code: str | None = None) -> "APIError":
         return cls(400, message, param, code)

@@ -40,6 +40,7 @@ from ..interrupt import Interrupted, interruptible
 from ..stats import DecodeStats
 from .errors import APIError, from_paradec
 from .metrics import Metrics
+from .sessions import SessionDrafters
 
 log = logging.getLogger("paradec.server")
 
@@ -61,6 +62,7 @@ class GenParams:
     top_k: int = 0
     seed: int | None = None
     stop: Sequence[str] = ()
+    session: str | None = None  # a conversation id: its drafter state may be kept across requests
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Result:
     stats: DecodeStats
     finish_reason: str  # "stop" or "length"
     queue_s: float
+    replica: str = ""  # which replica of a cluster decoded it ("" for the single-process server)
 
 
 @dataclass(eq=False)
@@ -85,6 +88,7 @@ class Job:
     cancelled: str = ""  # set (to a reason) by the asyncio side; the worker drops the job
     # worker-side state
     stream: Stream | None = None
+    drafter: Any = None  # a session's kept drafter, checked out of SessionDrafters while decoding
     started: float = 0.0
     first_token: float = 0.0
 
@@ -165,7 +169,8 @@ def finish_reason(stats: DecodeStats) -> str:
 
 class Scheduler:
     def __init__(
-        self, engine: Engine, metrics: Metrics, max_queue: int = 64, max_active: int = 16, batch: bool = True
+        self, engine: Engine, metrics: Metrics, max_queue: int = 64, max_active: int = 16, batch: bool = True,
+        sessions: int = 0,
     ) -> None:
         if max_queue < 1 or max_active < 1:
             raise ParadecError("max_queue and max_active must be >= 1")
@@ -181,6 +186,7 @@ class Scheduler:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.rounds = 0
+        self.sessions = SessionDrafters(engine, sessions)  # worker-thread only
         metrics.bind(lambda: self._queued, lambda: len(self._active))
 
     # ---- asyncio side ------------------------------------------------------------------------
@@ -360,7 +366,7 @@ class Scheduler:
             return
         try:
             with interruptible(job.stopped):
-                job.stream = self._open(job)
+                job.stream, job.drafter = self._open(job)
         except Interrupted:  # the client left (or time ran out) while its drafter was being built
             self._dropped(job)
             self._dequeue(job)
@@ -372,7 +378,7 @@ class Scheduler:
         self._waiting.append(job)
         job.emit("ready", len(job.stream.prompt_ids))
 
-    def _open(self, job: Job) -> Stream:
+    def _open(self, job: Job) -> tuple[Stream, Any]:
         engine, p = self.engine, job.params
         ids = prompt_ids(engine, p)  # the server tokenized it already: only the cheap id checks here
         ctx = engine.target.max_context
@@ -387,10 +393,17 @@ class Scheduler:
             max_new = p.max_tokens
         else:
             max_new = min(p.default_max_tokens or room, room)
-        return engine.stream(
-            ids, method=p.method, max_new_tokens=max_new, temperature=p.temperature, top_p=p.top_p,
-            top_k=p.top_k, seed=p.seed, stop=list(p.stop), options=p.options,
-        )
+        drafter = self.sessions.checkout(p)
+        try:
+            stream = engine.stream(
+                ids, method=p.method, max_new_tokens=max_new, temperature=p.temperature, top_p=p.top_p,
+                top_k=p.top_k, seed=p.seed, stop=list(p.stop), options=p.options,
+                proposer=drafter.proposer if drafter else None,
+            )
+        except BaseException:
+            self.sessions.checkin(drafter)
+            raise
+        return stream, drafter
 
     def _dropped(self, job: Job) -> bool:
         """True (and the job ended) when it was cancelled or ran past its deadline."""
@@ -430,9 +443,11 @@ class Scheduler:
             self.metrics.ttft.observe(now - job.arrival)
         self.metrics.finished(s.stats, len(s.token_ids))
         self.metrics.latency.labels(job.endpoint).observe(now - job.arrival)
+        self._close(job)
         job.emit("done", Result(s.text, list(s.token_ids), len(s.prompt_ids), s.stats, finish_reason(s.stats), job.started - job.arrival))
 
-    @staticmethod
-    def _close(job: Job) -> None:
+    def _close(self, job: Job) -> None:
         if job.stream is not None:
             job.stream.decoder.close()
+        self.sessions.checkin(job.drafter)
+        job.drafter = None

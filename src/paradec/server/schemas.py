@@ -27,6 +27,9 @@ class ParadecOptions(BaseModel):
     options: Optional[dict[str, OptionValue]] = Field(
         None, description="Method options, as in `paradec generate --opt key=value`; default: the server's."
     )
+    session: Optional[Annotated[StrictStr, Field(min_length=1, max_length=256)]] = Field(
+        None, description="Conversation id (default: the request's `user`): its drafter state may be kept between its requests."
+    )
 
 
 class _Sampling(BaseModel):
