@@ -14,6 +14,7 @@ from .models.loader import Loaded, load_hf
 from .proposers import METHODS, Models, make_proposer
 from .sampling import SamplingParams
 from .stats import DecodeStats
+from .structured import Constraint, compile_constraint
 
 Messages = Sequence[dict[str, str]]
 
@@ -192,9 +193,15 @@ class Engine:
         stop: Sequence[str] | str | None = None,
         chat: bool | None = None,
         options: dict | None = None,
+        response_format: Any = None,
     ) -> Stream:
+        """``response_format`` constrains the output (structured output): a JSON Schema (dict or
+        pydantic model class), ``{"type": "json_object"}``, OpenAI's ``{"type": "json_schema",
+        "json_schema": {...}}``, ``{"type": "regex", "regex": ...}``, ``{"type": "grammar",
+        "grammar": ...}`` (llguidance's Lark-like syntax), or a compiled ``Constraint``."""
         sampling = SamplingParams(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=seed)
-        cfg = DecodeConfig(max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=self.eos_ids)
+        constraint = self.constraint(response_format)
+        cfg = DecodeConfig(max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=self.eos_ids, constraint=constraint)
         proposer = make_proposer(method, self.models, options)
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             ids = prompt
@@ -204,6 +211,12 @@ class Engine:
             ids = self.encode(prompt, chat)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         return Stream(self, ids, proposer, cfg, stops)
+
+    def constraint(self, response_format: Any) -> Constraint | None:
+        """Compile ``response_format`` for this model (None: unconstrained); ParadecError if bad."""
+        if response_format is None or isinstance(response_format, Constraint):
+            return response_format
+        return compile_constraint(response_format, self.tokenizer, self.target.vocab_size)
 
     def generate(self, prompt: str | Messages | list[int], method: str = "pld", **kwargs) -> Generation:
         s = self.stream(prompt, method=method, **kwargs)
