@@ -115,6 +115,7 @@ class Decoder:
         # structured output: shapes each draft, masks the verifier's rows, follows the output
         self.guide = None if cfg.constraint is None else Guide(cfg.constraint, cfg.eos_ids)
         self.stats.constrained = self.guide is not None
+        self._eos = cfg.eos_ids if self.guide is None else cfg.eos_ids | {self.guide.eos}
 
     def _start(self) -> None:
         self.cache = self.target.new_cache(capacity=self._limit + self.cfg.max_draft + 1)
@@ -194,7 +195,7 @@ class Decoder:
         for t in new:
             emitted.append(t)
             self.generated.append(t)
-            if t in self.cfg.eos_ids:
+            if t in self._eos:
                 stats.stop_reason = "eos"
             elif self.stop is not None and self.stop(self.generated):
                 stats.stop_reason = "stop"
