@@ -66,7 +66,7 @@ def run(target, proposer, prompt, c, n=40, sampling=SamplingParams()):
 
 # ---- sampling: a grammar over a few tokens, every continuation enumerated exactly -------------
 S_FORMAT = {"type": "regex", "regex": "(a|b|c)(a|b|ab)*c?"}
-S_PROMPT = [1, 30, 31, 32, 30, 31]
+S_PROMPT = [1, 24, 25, 26, 24, 25, 26, 24]  # "abcabca": lookups find allowed continuations
 S_LEN = 3
 
 
