@@ -56,6 +56,7 @@ class GenParams:
     top_k: int = 0
     seed: int | None = None
     stop: Sequence[str] = ()
+    response_format: Any = None  # a compiled structured-output constraint, or None
 
 
 @dataclass
@@ -322,7 +323,7 @@ class Scheduler:
             max_new = min(p.default_max_tokens or room, room)
         return engine.stream(
             ids, method=p.method, max_new_tokens=max_new, temperature=p.temperature, top_p=p.top_p,
-            top_k=p.top_k, seed=p.seed, stop=list(p.stop), options=p.options,
+            top_k=p.top_k, seed=p.seed, stop=list(p.stop), options=p.options, response_format=p.response_format,
         )
 
     def _dropped(self, job: Job) -> bool:

@@ -25,12 +25,24 @@ SCHEMA_TYPES = ("object", "array", "string", "number", "integer", "boolean", "nu
 
 
 def _schema_of(obj: Any) -> dict | bool | None:
-    """The JSON Schema of a pydantic model class, else None."""
+    """The JSON Schema of a pydantic model class, else None. Its objects are closed (no
+    properties besides the declared ones), as OpenAI's structured outputs make them."""
     if isinstance(obj, type):
         dump = getattr(obj, "model_json_schema", None)
         if callable(dump):
-            return dump()
+            return _closed(dump())
     return None
+
+
+def _closed(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _closed(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 def _json_schema_grammar(schema: Any) -> str:
@@ -92,3 +104,32 @@ def one_line(message: str) -> str:
     """An engine message (often several lines with a caret diagram) as one line."""
     parts = [p.strip() for p in message.splitlines() if p.strip() and set(p.strip()) != {"^"}]
     return " ".join(parts)[:400]
+
+
+def from_options(json_schema: str | None = None, json_object: bool = False, regex: str | None = None,
+                 grammar: str | None = None) -> dict | None:
+    """The ``response_format`` of the command line's ``--json-schema FILE``, ``--json-object``,
+    ``--regex R`` and ``--grammar FILE`` (at most one of them), or None."""
+    given = [n for n, v in (("--json-schema", json_schema), ("--json-object", json_object), ("--regex", regex),
+                            ("--grammar", grammar)) if v]
+    if len(given) > 1:
+        raise ParadecError(f"give at most one of {', '.join(given)}")
+    if json_object:
+        return {"type": "json_object"}
+    if regex is not None:
+        return {"type": "regex", "regex": _text(regex, "regex")}
+    path = json_schema or grammar
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ParadecError(f"cannot read {path}: {e.strerror or e}") from None
+    if grammar is not None:
+        return {"type": "grammar", "grammar": _text(text, "grammar")}
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ParadecError(f"{path} is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    return {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
