@@ -207,3 +207,19 @@ def test_server_bad_response_format_is_400(base, path, fmt, message):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert message in err["message"] and err["type"] == "invalid_request_error" and "\n" not in err["message"]
+
+
+# ---- the structured benchmark's machinery ----------------------------------------------------------
+def test_structured_bench_rows(json_model_dir, tmp_path):
+    from paradec.bench.structured import StructuredConfig, run_structured, table
+
+    out = tmp_path / "s.json"
+    cfg = StructuredConfig(model=json_model_dir, methods=("ar", "suffix"), peers=("hf",), max_new_tokens=12, limit=2,
+                           dtype="float64", json_path=str(out))
+    result = run_structured(cfg, log=lambda line: None)
+    rows = {r["row"]: r for r in result["rows"]}
+    assert set(rows) == {"ar", "suffix", "hf"} and result["schemas"] == 2
+    assert rows["suffix"]["identical_to_ar"] == "2/2" and rows["hf"]["identical_to_ar"] == "2/2"
+    for r in rows.values():
+        assert r["valid"] <= r["complete"] <= 2 and r["failed"] == 0
+    assert json.loads(out.read_text())["rows"] and "| suffix |" in table(result)

@@ -90,7 +90,10 @@ def _paradec(engine, method: str, item: dict, ids: list[int], cfg: StructuredCon
     t0 = time.perf_counter()
     g = engine.generate(list(ids), method=method, max_new_tokens=cfg.max_new_tokens, response_format=item["schema"])
     s = g.stats
-    return dict(token_ids=list(g.token_ids), text=g.text, tokens=s.new_tokens, seconds=time.perf_counter() - t0,
+    body = list(g.token_ids)
+    if body and body[-1] in engine.eos_ids | {engine.constraint(item["schema"]).eos}:
+        body = body[:-1]  # the EOS (counted in tokens, as for every row; compared without it)
+    return dict(token_ids=body, text=g.text, tokens=s.new_tokens, seconds=time.perf_counter() - t0,
                 forwards=s.forwards, committed=s.committed, forced_tokens=s.forced_tokens, forced_accepted=s.forced_accepted,
                 pruned_nodes=s.pruned_nodes, mask_s=s.mask_s, complete=not s.incomplete)
 
@@ -199,17 +202,24 @@ def run_structured(cfg: StructuredConfig, log=print) -> dict:
             row.items.append({"id": it["id"], "category": it.get("category", ""), **out})
         log(f"[{k + 1}/{len(items)}] {it['id']}: " + ", ".join(
             f"{r.name} {'ok' if r.items and r.items[-1].get('valid') else 'INVALID'}" for r in rows if not r.error))
+        result = _result(engine, cfg, items[: k + 1], rows)
+        if cfg.json_path:  # written after every schema: a stopped run keeps what it measured
+            with open(cfg.json_path, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=1)
     if llama is not None:
         llama.close()
+    return result
+
+
+def _result(engine, cfg: StructuredConfig, items: list[dict], rows: list[Row]) -> dict:
+    import torch
+
     result = {"suite": "structured", "model": engine.name, "max_new_tokens": cfg.max_new_tokens, "schemas": len(items),
               "threads": torch.get_num_threads(), "rows": [r.summary() for r in rows],
               "items": {r.name: r.items for r in rows}}
     ar = next(r for r in result["rows"] if r["row"] == "ar")
     for r in result["rows"]:
         r["speedup_vs_ar"] = r["tokens_per_s"] / ar["tokens_per_s"] if ar["tokens_per_s"] else None
-    if cfg.json_path:
-        with open(cfg.json_path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
     return result
 
 
