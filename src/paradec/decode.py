@@ -116,6 +116,7 @@ class Decoder:
         self.guide = None if cfg.constraint is None else Guide(cfg.constraint, cfg.eos_ids)
         self.stats.constrained = self.guide is not None
         self._eos = cfg.eos_ids if self.guide is None else cfg.eos_ids | {self.guide.eos}
+        self._forced = getattr(proposer, "drafts", True)  # ar, the baseline, takes no forced drafts
 
     def _start(self) -> None:
         self.cache = self.target.new_cache(capacity=self._limit + self.cfg.max_draft + 1)
@@ -143,7 +144,7 @@ class Decoder:
             ctx = ProposeContext(self.tokens, len(self.prompt), max_nodes, room - 1, self.cfg.sampling, self._draft_generator)
             draft = self.proposer.propose(ctx).limit_depth(room - 1).truncated(max_nodes)
         if self.guide is not None:  # prune what the grammar rejects, add what it forces
-            draft = self.guide.shape(draft, max(max_nodes, 0), room - 1)
+            draft = self.guide.shape(draft, max(max_nodes, 0) if self._forced else 0, room - 1)
             self.stats.pruned_nodes += self.guide.shaped.pruned
             self.stats.forced_tokens += self.guide.shaped.forced
         self._draft = draft

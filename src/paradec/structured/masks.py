@@ -3,9 +3,8 @@ token ``t`` is allowed), the engine's native format."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-
-_BITS = torch.arange(32, dtype=torch.int32)  # [32]
 
 
 def words(vocab: int) -> int:
@@ -37,7 +36,9 @@ def count(row: torch.Tensor) -> int:
 def unpack(rows: torch.Tensor, vocab: int) -> torch.Tensor:
     """Bitmask rows [r, words] -> bool [r, vocab] (tokens past the bitmask: not allowed)."""
     r = rows.shape[0]
-    bits = ((rows[:, :, None] >> _BITS) & 1).reshape(r, -1).bool()  # [r, words * 32]
+    # little-endian words: byte 0 holds tokens 0-7, lowest bit first
+    raw = rows.contiguous().numpy().astype("<i4", copy=False).view(np.uint8)  # [r, words * 4]
+    bits = torch.from_numpy(np.unpackbits(raw, axis=1, bitorder="little")).bool()  # [r, words * 32]
     if bits.shape[1] >= vocab:
         return bits[:, :vocab]
     return torch.cat([bits, bits.new_zeros(r, vocab - bits.shape[1])], 1)
