@@ -206,6 +206,8 @@ BAD = {
     "admits nothing": {"type": "integer", "minimum": 5, "maximum": 1},
     "admits nothing (required)": {"type": "object", "properties": {}, "required": ["x"], "additionalProperties": False},
     "false schema": False,
+    "recursion that never ends": {"$ref": "#"},
+    "grammar that admits nothing": {"type": "grammar", "grammar": "start: start"},
     "schema not a dict": {"type": "json_schema", "json_schema": {"name": "x"}},
     "not a format": 42,
 }

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ParadecError
+from . import masks
 from .formats import grammar_for, one_line
 
 _TOKENIZERS: "weakref.WeakKeyDictionary[Any, dict[int, Any]]" = weakref.WeakKeyDictionary()
@@ -69,6 +70,10 @@ def compile_constraint(response_format: Any, hf_tokenizer, vocab: int) -> Constr
         raise ParadecError(f"invalid {kind.replace('_', ' ')}: {one_line(messages[0] if messages else 'rejected')}")
     c = Constraint(grammar, kind, tok, vocab)
     m = c.matcher()
-    if m.is_stopped() and not m.is_accepting():
+    rows = masks.new_rows(1, vocab)
+    masks.fill(m, rows, 0)
+    first = masks.unpack(rows, vocab)[0]
+    first[c.eos] = False
+    if m.is_error() or (not m.is_accepting() and not bool(first.any())):
         raise ParadecError(f"the {kind.replace('_', ' ')} admits no output")
     return c
