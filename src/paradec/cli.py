@@ -49,11 +49,16 @@ def generate(
     raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="Method option key=value (repeatable), e.g. draft_len=10."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: text, token_ids, stats."),
+    json_schema: Optional[str] = typer.Option(None, "--json-schema", help="Constrain the output to the JSON Schema in FILE."),
+    json_object: bool = typer.Option(False, "--json-object", help="Constrain the output to a JSON object."),
+    regex: Optional[str] = typer.Option(None, "--regex", help="Constrain the output to match the regex R."),
+    grammar: Optional[str] = typer.Option(None, "--grammar", help="Constrain the output to the grammar in FILE (llguidance Lark syntax)."),
 ) -> None:
     """Generate text for PROMPT and print it (streamed), then the decoding stats."""
     from . import params
     from .engine import load
     from .models.loader import parse_device, parse_dtype
+    from .structured.formats import from_options
 
     parse_dtype(dtype), parse_device(device)  # fail fast, before loading anything
     params.prompt(prompt)
@@ -62,9 +67,12 @@ def generate(
     if max_new_tokens is not None:
         params.max_new_tokens(max_new_tokens)
     options = _options(opt)
+    response_format = from_options(json_schema, json_object, regex, grammar)
     from .diffusion.loaders import is_diffusion
 
     if is_diffusion(model):  # a diffusion LM (e.g. tiny-dllm): its own decoding loop and methods
+        if response_format is not None:
+            raise ParadecError("structured output (--json-schema, --json-object, --regex, --grammar) needs an AR model")
         from .diffusion.command import generate_dllm
 
         return generate_dllm(prompt, model, method, options, dtype, device, temperature, seed, as_json, max_new_tokens)
@@ -83,6 +91,7 @@ def generate(
         stop=stop,
         chat=False if raw else None,
         options=options,
+        response_format=response_format,
     )
     if as_json:
         for _ in stream:
@@ -110,7 +119,9 @@ def generate(
     s = stream.stats
     print(
         f"[{method}] {s.new_tokens} tokens in {s.total_s:.2f}s = {s.tokens_per_s:.1f} tok/s | "
-        f"{s.forwards} forwards, {s.mean_accepted:.2f} tokens/forward | stop: {s.stop_reason} | {s.backend}",
+        f"{s.forwards} forwards, {s.mean_accepted:.2f} tokens/forward | stop: {s.stop_reason} | {s.backend}"
+        + (f" | forced {s.forced_tokens}, pruned {s.pruned_nodes}" + (" | INCOMPLETE (not a full match)" if s.incomplete else "")
+           if s.constrained else ""),
         file=sys.stderr,
     )
 

@@ -25,6 +25,7 @@ from .models.adapter import CausalLM, backend_label
 from .proposers.base import ProposeContext, Proposer, StepResult
 from .sampling import SamplingParams, target_probs
 from .stats import DecodeStats
+from .structured import Constraint, Guide
 from .tree import DraftTree, attention_mask
 from .verify import verify_greedy, verify_sampling
 
@@ -35,6 +36,7 @@ class DecodeConfig:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     eos_ids: frozenset[int] = frozenset()
     max_draft: int = 64  # hard cap on draft nodes per forward
+    constraint: Constraint | None = None  # structured output: the grammar the output must match
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
@@ -111,6 +113,11 @@ class Decoder:
         self._fused = getattr(proposer, "fused_forward", None)
         # total sequence length cap
         self._limit = min(target.max_context, len(prompt) + cfg.max_new_tokens)
+        # structured output: shapes each draft, masks the verifier's rows, follows the output
+        self.guide = None if cfg.constraint is None else Guide(cfg.constraint, cfg.eos_ids)
+        self.stats.constrained = self.guide is not None
+        self._eos = cfg.eos_ids if self.guide is None else cfg.eos_ids | {self.guide.eos}
+        self._forced = getattr(proposer, "drafts", True)  # ar, the baseline, takes no forced drafts
 
     def _start(self) -> None:
         self.cache = self.target.new_cache(capacity=self._limit + self.cfg.max_draft + 1)
@@ -137,6 +144,10 @@ class Decoder:
         if max_nodes > 0:
             ctx = ProposeContext(self.tokens, len(self.prompt), max_nodes, room - 1, self.cfg.sampling, self._draft_generator)
             draft = self.proposer.propose(ctx).limit_depth(room - 1).truncated(max_nodes)
+        if self.guide is not None:  # prune what the grammar rejects, add what it forces
+            draft = self.guide.shape(draft, max(max_nodes, 0) if self._forced else 0, room - 1)
+            self.stats.pruned_nodes += self.guide.shaped.pruned
+            self.stats.forced_tokens += self.guide.shaped.forced
         self._draft = draft
         self._base = base = self.cache.seq_len  # == len(tokens) - 1; the root sits at position `base`
         step = ForwardInput(
@@ -161,10 +172,12 @@ class Decoder:
         draft, cache, stats = self._draft, self.cache, self.stats
         t0 = time.perf_counter()
         base = self._base
+        guide = self.guide
+        rows = logits if guide is None else guide.mask(logits)  # [n+1, V] the (constrained) target
         if self.cfg.sampling.greedy:
-            verdict = verify_greedy(draft, logits)
+            verdict = verify_greedy(draft, rows)
         else:
-            verdict = verify_sampling(draft, target_probs(logits, self.cfg.sampling), self._generator)
+            verdict = verify_sampling(draft, target_probs(rows, self.cfg.sampling), self._generator)
         if draft.is_chain:
             cache.truncate(base + 1 + len(verdict.accepted))
         else:
@@ -173,6 +186,9 @@ class Decoder:
         stats.verify_s += time.perf_counter() - t0
         stats.record_step(draft.depth, len(draft), len(verdict.accepted), verdict.bonus)
         new = verdict.tokens
+        if guide is not None:
+            stats.forced_accepted += guide.forced_accepted(verdict.accepted)
+            new = guide.advance(new)  # cut after a complete match
         self.tokens.extend(new)
         self.proposer.observe(StepResult(draft, verdict, self.tokens, logits))
 
@@ -181,13 +197,16 @@ class Decoder:
         for t in new:
             emitted.append(t)
             self.generated.append(t)
-            if t in self.cfg.eos_ids:
+            if t in self._eos:
                 stats.stop_reason = "eos"
             elif self.stop is not None and self.stop(self.generated):
                 stats.stop_reason = "stop"
             if stats.stop_reason:
                 self.close()
                 break
+        if guide is not None and not stats.stop_reason and guide.complete:
+            stats.stop_reason = "eos"  # the grammar is complete: nothing may follow
+            self.close()
         stats.new_tokens = len(self.generated)
         return emitted
 
@@ -203,3 +222,7 @@ class Decoder:
         if not self.done:
             self.done = True
             self.stats.total_s = time.perf_counter() - self._t_start
+            if self.guide is not None:
+                self.stats.mask_s = self.guide.mask_s
+                # ended before the grammar accepted (length, context, a stop string): not valid
+                self.stats.incomplete = not self.guide.accepting

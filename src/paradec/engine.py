@@ -15,6 +15,7 @@ from .models.loader import Loaded, load_hf
 from .proposers import METHODS, Models, make_proposer
 from . import params
 from .stats import DecodeStats
+from .structured import Constraint, compile_constraint
 
 Messages = Sequence[dict[str, str]]
 
@@ -203,17 +204,30 @@ class Engine:
         chat: bool | None = None,
         options: dict | None = None,
         proposer=None,
+        response_format: Any = None,
     ) -> Stream:
         """``proposer``: a drafter to reuse (one made with ``keep_state``, say) instead of a fresh one
-        for ``method``/``options``."""
+        for ``method``/``options``. ``response_format`` constrains the output (structured output): a
+        JSON Schema (dict or pydantic model class), ``{"type": "json_object"}``, OpenAI's
+        ``{"type": "json_schema", "json_schema": {...}}``, ``{"type": "regex", "regex": ...}``,
+        ``{"type": "grammar", "grammar": ...}`` (llguidance's Lark-like syntax), or a compiled
+        ``Constraint``."""
         if chat is not None and not isinstance(chat, bool):
             raise ParadecError(f"chat must be True, False or None, got {chat!r}")
         sampling = params.sampling(temperature, top_p, top_k, seed)
-        cfg = DecodeConfig(max_new_tokens=params.max_new_tokens(max_new_tokens), sampling=sampling, eos_ids=self.eos_ids)
+        constraint = self.constraint(response_format)
+        cfg = DecodeConfig(max_new_tokens=params.max_new_tokens(max_new_tokens), sampling=sampling, eos_ids=self.eos_ids,
+                           constraint=constraint)
         stops = params.stops(stop)
         ids = self.prompt_ids(prompt, chat)
         proposer = proposer if proposer is not None else make_proposer(method, self.models, options)
         return Stream(self, ids, proposer, cfg, stops)
+
+    def constraint(self, response_format: Any) -> Constraint | None:
+        """Compile ``response_format`` for this model (None: unconstrained); ParadecError if bad."""
+        if response_format is None or isinstance(response_format, Constraint):
+            return response_format
+        return compile_constraint(response_format, self.tokenizer, self.target.vocab_size)
 
     def generate(self, prompt: str | Messages | list[int], method: str = "pld", **kwargs) -> Generation:
         s = self.stream(prompt, method=method, **kwargs)

@@ -27,6 +27,15 @@ class DecodeStats:
     verify_s: float = 0.0
     total_s: float = 0.0
     stop_reason: str = ""  # "length", "eos", "stop", "context"
+    # structured output (a response_format): forced draft tokens the grammar added (and how many
+    # of them were accepted), proposer nodes it pruned, time in the grammar engine and masking,
+    # and whether generation ended before the grammar accepted (the output is then not valid)
+    constrained: bool = False
+    forced_tokens: int = 0
+    forced_accepted: int = 0
+    pruned_nodes: int = 0
+    mask_s: float = 0.0
+    incomplete: bool = False
 
     @property
     def mean_accepted(self) -> float:

@@ -13,7 +13,7 @@ from ..errors import ParadecError
 def bench(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Target: packaged name, model dir, .gguf file or cached hub id (default smollm2-135m)."),
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model (same tokenizer): enables method draft and peer hf-assisted."),
-    suite: str = typer.Option("all", "--suite", help="Comma list of mt_bench, humaneval, translation, summarization, qa, math, rag; or all."),
+    suite: str = typer.Option("all", "--suite", help="Comma list of mt_bench, humaneval, translation, summarization, qa, math, rag; or all; or structured (JSON Schemas, constrained; runs alone)."),
     methods: str = typer.Option("all", "--methods", help="Comma list of paradec methods, or all (ar always runs: it is the baseline)."),
     peers: str = typer.Option("all", "--peers", help="Comma list of hf, hf-pld, hf-assisted, llama.cpp, llama.cpp-pld; all or none."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (identity is checked); > 0 benchmarks sampling."),
@@ -39,6 +39,9 @@ def bench(
     from .config import BenchConfig
     from .report import print_tables
 
+    if "structured" in [x.strip() for x in suite.split(",")]:
+        return _structured(suite, model, draft_model, methods, peers, temperature, dtype, device, max_new_tokens,
+                           prompts_per_category, repeats, quick, json_path, report, threads, resume, from_path)
     if from_path is not None:
         given = {
             "--model": model is not None, "--draft-model": draft_model is not None, "--suite": suite != "all",
@@ -83,3 +86,35 @@ def _from_records(path: str, json_path: str | None, report: str | None) -> dict:
         check_writable_dir(report, "--report")
     write_outputs(result, json_path, report)
     return result
+
+
+def _structured(suite, model, draft_model, methods, peers, temperature, dtype, device, max_new_tokens,
+                prompts_per_category, repeats, quick, json_path, report, threads, resume, from_path) -> None:
+    """``--suite structured``: constrained generation on the suite's JSON Schemas (see structured.py)."""
+    from .structured import DEFAULT_METHODS, PEERS, StructuredConfig, run_structured, table
+
+    if suite.strip() != "structured":
+        raise ParadecError("suite structured runs alone: give --suite structured without other suites")
+    unsupported = {"--draft-model": draft_model, "--temperature": temperature != 0.0, "--repeats": repeats != 1,
+                   "--report": report, "--resume": resume, "--from": from_path}
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise ParadecError(f"suite structured does not take {', '.join(bad)} (it benchmarks greedy constrained decoding)")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    names = lambda spec, default: default if spec == "all" else (() if spec == "none" else  # noqa: E731
+                                                                   tuple(x.strip() for x in spec.split(",") if x.strip()))
+    limit = prompts_per_category or (8 if quick else None)
+    cfg = StructuredConfig(model=model, methods=names(methods, DEFAULT_METHODS), peers=names(peers, PEERS),
+                           max_new_tokens=max_new_tokens or (96 if quick else 256), limit=limit, dtype=dtype, device=device,
+                           threads=threads, json_path=json_path)
+    import sys
+
+    result = run_structured(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"suite structured: {result['schemas']} schemas, model {result['model']}, max_new_tokens {result['max_new_tokens']}, "
+          f"{result['threads']} threads")
+    print(table(result))
+    if json_path:
+        print(f"raw figures: {json_path}")

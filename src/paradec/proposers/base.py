@@ -53,6 +53,7 @@ class NoDraft:
     """``ar``: plain autoregressive decoding through the same loop (the baseline)."""
 
     name = "ar"
+    drafts = False  # the baseline drafts nothing, not even a grammar's forced tokens
 
     def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
         pass

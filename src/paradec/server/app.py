@@ -130,10 +130,15 @@ def build_app(backend: Backend, cfg: ServerConfig) -> FastAPI:
         if 0 < temperature < 1e-5:  # below float precision of the logits: the greedy limit
             temperature = 0.0
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        try:  # compiled with the prompt (scheduler.tokenized): a bad one is the request's 400
+            response_format = None if body.response_format is None else body.response_format.as_format()
+        except ParadecError as e:
+            raise APIError.bad_request(str(e), "response_format", "invalid_response_format") from None
         return GenParams(
             prompt=prompt, chat=chat, method=method, options=options, max_tokens=max_tokens, default_max_tokens=default_max,
             temperature=temperature, top_p=1.0 if body.top_p is None else float(body.top_p),
             top_k=body.top_k or 0, seed=body.seed, stop=stop, session=(ext.session if ext else None) or body.user,
+            response_format=response_format,
         )
 
     async def run(request: Request, params: GenParams, endpoint: str, stream: bool):

@@ -63,6 +63,7 @@ class GenParams:
     seed: int | None = None
     stop: Sequence[str] = ()
     session: str | None = None  # a conversation id: its drafter state may be kept across requests
+    response_format: Any = None  # a structured-output format (compiled by tokenized()), or None
 
 
 @dataclass
@@ -158,9 +159,15 @@ def tokenized(engine: Engine, p: GenParams) -> GenParams:
     """``p`` with its prompt tokenized: run by the request handler in a thread pool (never on the
     worker, which decodes for everyone), so the context-window check comes before queueing."""
     try:
-        return replace(p, prompt=prompt_ids(engine, p))
+        p = replace(p, prompt=prompt_ids(engine, p))
     except Exception as e:
         raise setup_error(e) from None
+    if p.response_format is not None:  # compiled for this model's tokenizer once, before queueing
+        try:
+            p = replace(p, response_format=engine.constraint(p.response_format))
+        except ParadecError as e:
+            raise APIError.bad_request(str(e), "response_format", "invalid_response_format") from None
+    return p
 
 
 def finish_reason(stats: DecodeStats) -> str:
@@ -398,7 +405,7 @@ class Scheduler:
             stream = engine.stream(
                 ids, method=p.method, max_new_tokens=max_new, temperature=p.temperature, top_p=p.top_p,
                 top_k=p.top_k, seed=p.seed, stop=list(p.stop), options=p.options,
-                proposer=drafter.proposer if drafter else None,
+                proposer=drafter.proposer if drafter else None, response_format=p.response_format,
             )
         except BaseException:
             self.sessions.checkin(drafter)

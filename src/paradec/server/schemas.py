@@ -32,6 +32,40 @@ class ParadecOptions(BaseModel):
     )
 
 
+class JSONSchemaFormat(BaseModel):
+    """OpenAI's ``response_format.json_schema``."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: StrictStr = Field(..., min_length=1, max_length=64)
+    description: Optional[StrictStr] = None
+    schema_: Union[dict[str, Any], StrictBool] = Field(..., alias="schema", description="The JSON Schema the output matches.")
+    strict: Optional[StrictBool] = Field(None, description="Accepted; the schema is always enforced.")
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: ``text``, ``json_object``, ``json_schema`` (OpenAI's), or the
+    extensions ``regex`` (field ``regex``) and ``grammar`` (field ``grammar``, llguidance syntax)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema", "regex", "grammar"]
+    json_schema: Optional[JSONSchemaFormat] = None
+    regex: Optional[StrictStr] = None
+    grammar: Optional[StrictStr] = None
+
+    def as_format(self) -> dict[str, Any]:
+        """The library's form (``Engine.generate(response_format=...)``)."""
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                return {"type": "json_schema"}  # the library names what is missing
+            return {"type": "json_schema", "json_schema": {"name": self.json_schema.name, "schema": self.json_schema.schema_}}
+        out: dict[str, Any] = {"type": self.type}
+        if self.type in ("regex", "grammar"):
+            out[self.type] = getattr(self, self.type)
+        return out
+
+
 class _Sampling(BaseModel):
     """Fields shared by completions and chat completions."""
 
@@ -51,6 +85,7 @@ class _Sampling(BaseModel):
     frequency_penalty: Optional[Finite] = None
     logit_bias: Optional[dict[str, Any]] = None
     user: Optional[StrictStr] = None
+    response_format: Optional[ResponseFormat] = None
     paradec: Optional[ParadecOptions] = None
 
 

@@ -1,0 +1,101 @@
+"""Shape a draft tree to a grammar, before the target forward.
+
+Walk the tree depth-first with one matcher (consume a node's token going down, roll it back
+coming up): a node whose token the grammar rejects after its parent's path is pruned with its
+subtree (it would take a verification slot and could never be accepted). Every kept node
+records its mask, the grammar state after its path, which verification applies to that node's
+logits row. Then, where the grammar forces the next tokens (its fast-forward tokens: the bytes
+it allows are fixed) and no kept child starts them, they are added as a chain of deterministic
+draft nodes: free drafts, verified like any other.
+
+Kept nodes keep their order and come first, so a tree the grammar allows whole is unchanged;
+forced nodes follow them. A kept sampled node's draft distribution is restricted to the tokens
+the grammar allows there and renormalized: a kept sample is a sample of that restricted
+distribution (the samples the grammar rejected were dropped), which keeps rejection sampling
+exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..tree import DraftTree
+from . import masks
+
+
+@dataclass(frozen=True)
+class Shaped:
+    tree: DraftTree
+    rows: torch.Tensor  # [n+1, words] int32: row 0 the root's state, row i+1 the state after node i
+    kept: int  # nodes of the proposer's draft kept (the first ``kept`` nodes of ``tree``)
+    pruned: int  # nodes of the proposer's draft dropped
+    forced: int  # forced nodes added (the last ``forced`` nodes of ``tree``)
+
+
+def shape_draft(matcher, draft: DraftTree, max_nodes: int, max_depth: int, vocab: int) -> Shaped:
+    """``matcher`` sits at the committed state (the step's root) and is left there."""
+    n = len(draft)
+    kids = draft.children()
+    rows = masks.new_rows(n + 1, vocab)  # by proposer index + 1 (0 = root)
+    masks.fill(matcher, rows, 0)
+    keep: list[int] = []
+    forks: list[tuple[int, int, list[int], object]] = []  # (proposer node or -1, depth, forced, matcher)
+
+    def visit(node: int, depth: int) -> None:  # the matcher is at ``node``'s state
+        row = rows[node + 1]
+        kept_tokens = set()
+        for c in kids[node + 1]:
+            t = draft.tokens[c]
+            if depth < max_depth and masks.allowed(row, t) and matcher.consume_token(t):
+                keep.append(c)
+                kept_tokens.add(t)
+                masks.fill(matcher, rows, c + 1)
+                visit(c, depth + 1)
+                matcher.rollback(1)
+        if depth < max_depth:
+            ff = matcher.compute_ff_tokens()
+            if ff and ff[0] not in kept_tokens:
+                forks.append((node, depth, list(ff), matcher.deep_copy()))
+
+    visit(-1, 0)
+    keep.sort()
+    keep = keep[:max_nodes]
+    index = {old: new for new, old in enumerate(keep)}
+    tokens = [draft.tokens[i] for i in keep]
+    parents = [-1 if draft.parents[i] < 0 else index[draft.parents[i]] for i in keep]
+    out_rows = [rows[0]] + [rows[i + 1] for i in keep]
+
+    # forced chains: the root's first, then in node order, while the budget lasts
+    room = max_nodes - len(keep)
+    forks.sort(key=lambda f: f[0])
+    for node, depth, ff, m in forks:
+        if room <= 0:
+            break
+        if node >= 0 and node not in index:
+            continue
+        parent = -1 if node < 0 else index[node]
+        for t in ff[: min(room, max_depth - depth)]:
+            if not m.consume_token(t):
+                break
+            tokens.append(int(t))
+            parents.append(parent)
+            parent = len(tokens) - 1
+            extra = masks.new_rows(1, vocab)
+            masks.fill(m, extra, 0)
+            out_rows.append(extra[0])
+            room -= 1
+    forced = len(tokens) - len(keep)
+
+    q = None
+    if draft.q is not None:
+        q = draft.q.new_zeros(len(tokens), draft.q.shape[1])
+        if keep:
+            parent_rows = torch.stack([out_rows[0 if p < 0 else p + 1] for p in parents[: len(keep)]])
+            allow = masks.unpack(parent_rows, draft.q.shape[1]).to(draft.q.device)  # [kept, V]
+            restricted = draft.q[keep] * allow
+            mass = restricted.sum(-1, keepdim=True)
+            q[: len(keep)] = torch.where(mass > 0, restricted / mass.clamp_min(1e-30), torch.zeros_like(restricted))
+    tree = DraftTree(tuple(tokens), tuple(parents), q)
+    return Shaped(tree, torch.stack(out_rows), len(keep), n - len(keep), forced)

@@ -1,0 +1,49 @@
+"""Token bitmasks: one int32 word per 32 tokens (bit ``t % 32`` of word ``t // 32`` set when
+token ``t`` is allowed), the engine's native format."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def words(vocab: int) -> int:
+    return (vocab + 31) // 32
+
+
+def new_rows(n: int, vocab: int) -> torch.Tensor:
+    """Zeroed bitmask rows: [n, words] int32."""
+    return torch.zeros(n, words(vocab), dtype=torch.int32)
+
+
+def fill(matcher, rows: torch.Tensor, i: int) -> None:
+    """Write ``matcher``'s mask (the tokens allowed next) into ``rows[i]``."""
+    row = rows[i]
+    matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+
+
+def allowed(row: torch.Tensor, token: int) -> bool:
+    """Whether bitmask ``row`` [words] allows ``token``."""
+    w = token >> 5
+    return 0 <= w < row.shape[0] and (int(row[w]) >> (token & 31)) & 1 == 1
+
+
+def count(row: torch.Tensor) -> int:
+    """How many tokens bitmask ``row`` allows."""
+    return int(unpack(row[None], row.shape[0] * 32).sum())
+
+
+def unpack(rows: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Bitmask rows [r, words] -> bool [r, vocab] (tokens past the bitmask: not allowed)."""
+    r = rows.shape[0]
+    # little-endian words: byte 0 holds tokens 0-7, lowest bit first
+    raw = rows.contiguous().numpy().astype("<i4", copy=False).view(np.uint8)  # [r, words * 4]
+    bits = torch.from_numpy(np.unpackbits(raw, axis=1, bitorder="little")).bool()  # [r, words * 32]
+    if bits.shape[1] >= vocab:
+        return bits[:, :vocab]
+    return torch.cat([bits, bits.new_zeros(r, vocab - bits.shape[1])], 1)
+
+
+def apply(logits: torch.Tensor, allow: torch.Tensor) -> torch.Tensor:
+    """logits [r, V] with every token ``allow`` [r, V] (bool) rules out set to -inf (a new tensor)."""
+    return logits.masked_fill(~allow.to(logits.device), float("-inf"))
