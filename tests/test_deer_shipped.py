@@ -43,8 +43,17 @@ def test_shipped_adapter_loads_by_name_as_a_dllm(engine):
     assert m.spec.mask_id not in r.tokens and r.stats.forwards <= 16
 
 
-@pytest.mark.parametrize("method", ["deer", "deer-fused"])
-def test_deer_greedy_identical_to_ar_on_the_default_model(engine, method):
+@pytest.fixture(scope="module")
+def torch_engine(engine):
+    import paradec
+
+    return paradec.load("smollm2-135m", backend="torch")
+
+
+# deer-fused drafts inside transformers' forward, so it runs on the torch backend only
+@pytest.mark.parametrize("method,backend", [("deer", "auto"), ("deer", "torch"), ("deer-fused", "torch")])
+def test_deer_greedy_identical_to_ar_on_the_default_model(request, method, backend):
+    engine = request.getfixturevalue("engine" if backend == "auto" else "torch_engine")
     accepted = 0
     for p in PROMPTS:
         ar = engine.generate(p, method="ar", max_new_tokens=64)

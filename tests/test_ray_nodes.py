@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import shutil
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -61,10 +63,13 @@ def _nodes_alive(address: str, want: int, timeout: float = 120) -> None:
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ray-nodes")
+    # a short folder of its own: Ray's socket paths under it must stay within AF_UNIX's 107 bytes,
+    # which pytest's numbered temp folders can exceed
+    base = Path(tempfile.mkdtemp(prefix="pdray-"))
     port = free_port()
     address = f"127.0.0.1:{port}"
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, base, True)  # last, after both nodes stopped
         head = ray_node(base / "head", "--head", "--port", str(port), "--include-dashboard", "false",
                         "--ray-client-server-port", str(free_port()))
         stack.callback(stop_group, head, 30)

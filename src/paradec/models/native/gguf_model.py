@@ -176,7 +176,9 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
     except FileNotFoundError:
         raise ParadecError(f"native backend: {path}: no such file") from None
     except Exception as e:  # noqa: BLE001 - GGUFReader raises ValueError, IndexError, struct errors...
-        raise _fail(path, f"not a readable GGUF file (truncated or corrupt: {str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ParadecError(f"cannot read GGUF file '{Path(path).name}' (damaged, truncated or unsupported; "
+                           f"not a readable GGUF file): {reason}") from None
     cfg = read_config(reader, path)
     tensors = {t.name: t for t in reader.tensors}
     size = os.path.getsize(path)

@@ -65,10 +65,13 @@ def load_native(src):
     path uses, so both backends see the same token ids."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    from ..loader import Loaded, _converted_dir, _quiet, load_hf
+    from ..cache_store import cache_root, writable_dir
+    from ..loader import Loaded, _converted_dir, _quiet, check_gguf, load_hf
     from .backend import NativeCausalLM
     from .gguf_model import read_gguf
 
+    check_gguf(src.path, src.name)  # the same one-line errors as the torch path, before any work
+    writable_dir(cache_root() / "converted")
     model = read_gguf(src.path)  # fails on a bad file before anything is converted or cached
     _quiet()
     d = _converted_dir(src)

@@ -72,7 +72,7 @@ def serve_cluster(
         quiet = {"log_level": "WARNING", "enable_access_log": False}
         serve.start(http_options=HTTPOptions(host=host, port=port, location="HeadOnly"), logging_config=quiet)
         try:
-            serve.run(build(model, draft, dtype, device, config, cluster, info), name=APP_NAME, route_prefix="/",
+            serve.run(build(model, draft, dtype, device, config, cluster, info, backend), name=APP_NAME, route_prefix="/",
                       logging_config=quiet)
         except Exception as e:
             raise ParadecError(f"the deployment failed: {_first_line(e)}") from None
@@ -92,7 +92,7 @@ def serve_cluster(
             shutil.rmtree(temp, ignore_errors=True)
 
 
-def build(model, draft, dtype: str, device: str, config: ServerConfig, cluster: ClusterConfig, info):
+def build(model, draft, dtype: str, device: str, config: ServerConfig, cluster: ClusterConfig, info, backend: str = "auto"):
     """The Serve application: Hub, the model replicas, and the Router in front."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
