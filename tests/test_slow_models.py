@@ -53,8 +53,11 @@ def default_engine():
 
 def test_warm_load_of_default_model_is_fast(default_engine):
     t = time.perf_counter()
-    paradec.load("smollm2-135m", dtype="float32")
+    paradec.load("smollm2-135m", dtype="float32", backend="torch")
     assert time.perf_counter() - t < 5.0  # converted weights come from the cache
+    t = time.perf_counter()
+    paradec.load("smollm2-135m", dtype="float32", backend="native")
+    assert time.perf_counter() - t < 20.0  # the native backend repacks the GGUF's blocks at every load (no cache yet)
 
 
 @pytest.fixture(scope="module")
