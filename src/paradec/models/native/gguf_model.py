@@ -104,7 +104,8 @@ def _field(reader, key: str, default=None):
         return default
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
+    """This machine's available memory in bytes (MemAvailable), or None when unknown."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -231,7 +232,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
 
     H, D, F = cfg.hidden, cfg.head_dim, cfg.ffn
     nq, nk = cfg.n_heads * D, cfg.n_kv_heads * D
-    avail = _available_memory()
+    avail = available_memory()
     kv_bytes = 2 * cfg.n_layers * nk * 4 * min(cfg.max_context, 4096)
     if avail is not None and size + kv_bytes > avail:
         raise _fail(path, f"too large for memory ({(size + kv_bytes) / 2**30:.1f} GiB needed, {avail / 2**30:.1f} GiB available)")

@@ -83,14 +83,9 @@ def replica_bytes(engine) -> int:
 
 def available_bytes() -> int:
     """This machine's available memory (MemAvailable), or 0 when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    from ...models.native.gguf_model import available_memory
+
+    return available_memory() or 0
 
 
 def check_memory(replicas: int, per_replica: int, available: int, where: str) -> None:
