@@ -15,7 +15,7 @@ def bench(
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model (same tokenizer): enables method draft and peer hf-assisted."),
     suite: str = typer.Option("all", "--suite", help="Comma list of mt_bench, humaneval, translation, summarization, qa, math, rag; or all; or structured (JSON Schemas, constrained; runs alone)."),
     methods: str = typer.Option("all", "--methods", help="Comma list of paradec methods, or all (ar always runs: it is the baseline)."),
-    peers: str = typer.Option("all", "--peers", help="Comma list of hf, hf-pld, hf-assisted, llama.cpp, llama.cpp-pld; all or none."),
+    peers: str = typer.Option("all", "--peers", help="Comma list of hf, hf-pld, hf-assisted, llama.cpp, llama.cpp-pld, torch-ar, torch-ar-bf16 (paradec ar on the torch backend beside a native target; not in all); all or none."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (identity is checked); > 0 benchmarks sampling."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (cuda when present)."),

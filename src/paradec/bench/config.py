@@ -79,13 +79,13 @@ def parse_methods(spec: str | None, has_draft: bool) -> list[str]:
 
 
 def parse_peers(spec: str | None, has_draft: bool) -> list[str]:
-    from .runners import PEERS
+    from .runners import OPT_IN_PEERS, PEERS
 
     names = _names("all" if spec is None else spec, "peers")
     if names == ["none"]:
         return []
     if names == ["all"]:
-        return [p for p in PEERS if has_draft or p != "hf-assisted"]
+        return [p for p in PEERS if (has_draft or p != "hf-assisted") and p not in OPT_IN_PEERS]
     for p in names:
         if p not in PEERS:
             raise ParadecError(f"unknown peer '{p}' (choose from {', '.join(PEERS)}, all or none)")

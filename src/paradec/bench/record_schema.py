@@ -45,7 +45,9 @@ SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
         **_WRITTEN, "name": ("str", True), "status": ("str", False), "error": ("str", False), "kind": ("str", False),
         "description": ("str", False), "rss_growth_mb": ("number", False), "quantization": ("str", False),
     },
-    "roofline": {**_WRITTEN, "prompt_tokens": ("int", True), "k": ("int_list", True), "seconds": ("number_list", True)},
+    "roofline": {**_WRITTEN, "prompt_tokens": ("int", True), "k": ("int_list", True), "seconds": ("number_list", True),
+                 "backend": ("str", False), "curves": ("dict", False), "bandwidth_gbs": ("number", False),
+                 "weight_bytes": ("int", False)},
     "skip": {**_WRITTEN, "prompt_id": ("str", True), "turn": ("int", True), "reason": ("str", True)},
     "sample": {
         **_WRITTEN, **_MEMORY,

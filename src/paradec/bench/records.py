@@ -450,6 +450,7 @@ def result_from_records(records: list[dict]) -> dict:
     for r in records:
         if r["type"] == "roofline":
             roofline = {"prompt_tokens": r["prompt_tokens"], "k": r["k"], "seconds": r["seconds"]}
+            roofline.update({f: r[f] for f in ("backend", "curves", "bandwidth_gbs", "weight_bytes") if r.get(f) is not None})
     if roofline:
         from .roofline import ideal_speedup
 

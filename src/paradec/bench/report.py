@@ -251,6 +251,7 @@ def markdown(result: dict, images: dict[str, str] | None = None) -> str:
                         _f(result["summary"][r["name"]][OVERALL]["speedup_vs_ar"], "{:.2f}x")] for r in result["rows"]]),
             "",
         ]
+        parts += _other_curves_md(rl)
         if "roofline" in images:
             parts += [f"![roofline]({images['roofline']})", ""]
     failed = [r for r in result["rows"] if r["status"] != "ok"]
@@ -327,11 +328,51 @@ def plot_accept_hist(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def bandwidth_limit_s(rl: dict) -> float | None:
+    """The physical limit of one forward: the GGUF's bytes read once over the measured read
+    bandwidth (seconds), or None where either is unknown."""
+    if rl.get("weight_bytes") and rl.get("bandwidth_gbs"):
+        return rl["weight_bytes"] / (rl["bandwidth_gbs"] * 1e9)
+    return None
+
+
+def _other_curves_md(rl: dict) -> list[str]:
+    curves = rl.get("curves") or {}
+    if not curves and not bandwidth_limit_s(rl):
+        return []
+    own = f"{rl.get('backend', 'target')} (rows above)"
+    head = ["k", own] + list(curves)
+    table = []
+    for i, k in enumerate(rl["k"]):
+        vals = [rl["seconds"][i]] + [c[i] if i < len(c) else None for c in curves.values()]
+        table.append([str(k)] + [f"{v * 1000:.2f}" if v else "-" for v in vals])
+    out = ["Every backend on the same prompt, forward ms for k new tokens (llama.cpp: one batched `eval`, "
+           "logits of every position):", "", _md_table(head, table), ""]
+    lim = bandwidth_limit_s(rl)
+    if lim:
+        out += [f"Memory limit: the GGUF's {rl['weight_bytes'] / 1e6:.0f} MB read once per forward at the measured "
+                f"{rl['bandwidth_gbs']:.1f} GB/s read bandwidth = **{lim * 1000:.2f} ms** a forward "
+                f"({1 / lim:.0f} forwards/s); the {rl.get('backend', 'target')} k=1 forward is at "
+                f"{lim / rl['seconds'][0]:.0%} of it.", ""]
+    return out
+
+
 def plot_roofline(result: dict, path: Path) -> None:
     plt = _plt()
     rl = result["roofline"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    a1.plot(rl["k"], [s * 1000 for s in rl["seconds"]], marker="o", color="black")
+    a1.plot(rl["k"], [s * 1000 for s in rl["seconds"]], marker="o", color="black", label=rl.get("backend", "target"))
+    for label, c in (rl.get("curves") or {}).items():
+        pts = [(k, v * 1000) for k, v in zip(rl["k"], c) if v]
+        if pts:
+            a1.plot(*zip(*pts), marker=".", label=label)
+    lim = bandwidth_limit_s(rl)
+    if lim:
+        a1.axhline(lim * 1000, color="gray", linestyle="--", linewidth=1,
+                   label=f"memory limit ({rl['weight_bytes'] / 1e6:.0f} MB at {rl['bandwidth_gbs']:.0f} GB/s)")
+    if rl.get("curves") or lim:
+        a1.set_yscale("log")
+        a1.legend(fontsize=7)
     a1.set_xscale("log", base=2)
     a1.set_xlabel("new tokens per forward (k)")
     a1.set_ylabel("forward time (ms)")

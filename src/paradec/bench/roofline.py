@@ -60,3 +60,49 @@ def ideal_speedup(curve: dict[int, float], mean_accepted: float | None, mean_for
     if not curve or not mean_accepted or not mean_forward_tokens:
         return None
     return mean_accepted * forward_time(curve, 1) / forward_time(curve, mean_forward_tokens)
+
+
+def probe_llama(llm, prompt_ids: list[int], ks=KS, repeats: int = 5) -> dict[int, float]:
+    """The same probe on a llama-cpp-python ``Llama``: fastest of ``repeats`` evaluations of k
+    new tokens after ``prompt_ids`` (its KV cache is cut back to the prompt before each)."""
+    ks = [k for k in ks if len(prompt_ids) + k < llm.n_ctx()]
+    llm.reset()
+    llm.eval(list(prompt_ids))
+    base = llm.n_tokens
+    filler = [int(prompt_ids[-1])]
+    best = {k: float("inf") for k in ks}
+    for r in range(repeats + 1):
+        for k in ks:
+            llm.n_tokens = base  # eval drops the cache past n_tokens before it appends
+            t0 = time.perf_counter()
+            llm.eval(filler * k)
+            if r:
+                best[k] = min(best[k], time.perf_counter() - t0)
+    llm.reset()
+    return best
+
+
+def read_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
+    """Memory read bandwidth in GB/s: the fastest of ``repeats`` sums over an ``mb`` MB float32
+    array (far larger than any cache), on torch's threads."""
+    x = torch.ones(mb * 2**20 // 4, dtype=torch.float32)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best / 1e9
+
+
+def torch_targets(engine, rows) -> dict[str, object]:
+    """{label: CausalLM} of the torch backend beside a native target, for the probe: the
+    torch rows' own targets where they run, else loaded here (float32 and bfloat16)."""
+    out: dict[str, object] = {}
+    have = {r.runner.dtype: r.runner.inner for r in rows if getattr(r.runner, "inner", None) is not None}
+    from ..engine import load
+
+    for dtype in ("float32", "bfloat16"):
+        eng = have.get(dtype) or load(engine.name, dtype=dtype, device="cpu", backend="torch")
+        out[f"torch {dtype}"] = eng.target
+    return out
