@@ -51,3 +51,15 @@ def test_demo_on_the_default_model_shows_llama_cpp():
     results, out = _run(DemoConfig(max_new_tokens=16))
     assert "llama.cpp" in results and results["llama.cpp"].get("tokens_per_s", 0) > 0, out
     assert "ar" in results and "auto" in results and "suffix" in results
+
+
+def test_demo_dtype_prefers_the_native_backend(tiny_model_dir, monkeypatch):
+    from paradec import demo
+    from paradec.models.native import select
+
+    monkeypatch.setattr(demo, "cpu_has_native_bf16", lambda: True)
+    # a model directory is not a GGUF: the native backend cannot run it, bf16 where the CPU has it
+    assert demo.demo_dtype(tiny_model_dir, "cpu") == "bfloat16"
+    assert demo.demo_dtype(tiny_model_dir, "cuda") == "float32"
+    monkeypatch.setattr(select, "native_unavailable", lambda kind, device, dtype: None)
+    assert demo.demo_dtype(tiny_model_dir, "cpu") == "float32"

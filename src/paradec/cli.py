@@ -165,7 +165,7 @@ def methods() -> None:
 @app.command()
 def demo(
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto = bfloat16 where the CPU supports it natively, else float32."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto = float32 where the native backend runs the model (the fastest CPU path), else bfloat16 where the CPU supports it natively, else float32."),
     device: str = typer.Option("cpu", "--device"),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", "-n", min=1, max=4096),
     all_methods: bool = typer.Option(False, "--all", help="Every method instead of ar, the fastest drafters and llama.cpp."),

@@ -42,7 +42,7 @@ WARMUP_TOKENS = 8
 @dataclass(frozen=True)
 class DemoConfig:
     model: str = "smollm2-135m"
-    dtype: str = "auto"  # bfloat16 where the CPU has native bf16, else float32
+    dtype: str = "auto"  # float32 on the native backend where it runs, else bfloat16 where the CPU has native bf16
     device: str = "cpu"
     max_new_tokens: int = 96
     all_methods: bool = False  # every method (but draft) instead of the fastest few
@@ -56,6 +56,24 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def demo_dtype(model: str, device: str) -> str:
+    """float32 where the native backend runs the model (a GGUF on a CPU: the fastest path, about
+    3x torch's bfloat16 plain decoding on a CPU with AMX, docs/benchmarks.md), else bfloat16 where
+    the CPU has native bf16, else float32."""
+    if device == "cpu":
+        import torch
+
+        from .models.loader import resolve
+        from .models.native.select import native_unavailable
+
+        try:
+            if native_unavailable(resolve(model).kind, torch.device("cpu"), torch.float32) is None:
+                return "float32"
+        except Exception:  # noqa: BLE001 - an unknown model is reported by load, not here
+            pass
+    return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
 
 
 def _methods(engine, dtype: str, all_methods: bool) -> list[str]:
@@ -85,7 +103,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     t_start = time.perf_counter()
     dtype = cfg.dtype
     if dtype == "auto":
-        dtype = "bfloat16" if cfg.device == "cpu" and cpu_has_native_bf16() else "float32"
+        dtype = demo_dtype(cfg.model, cfg.device)
     t = time.perf_counter()
     engine = load(cfg.model, dtype=dtype, device=cfg.device)
     console.print(f"loaded [bold]{escape(engine.name)}[/] ({dtype}, {cfg.device}) in {time.perf_counter() - t:.1f}s")

@@ -456,8 +456,8 @@ def result_from_records(records: list[dict]) -> dict:
 
         curve = dict(zip(roofline["k"], roofline["seconds"]))
         for row in rows:
-            if row["name"].startswith("llama.cpp"):
-                continue  # the curve is the transformers target's; llama.cpp's forwards cost differently
+            if row["name"].startswith(("llama.cpp", "torch-ar")):
+                continue  # the curve is the target's; llama.cpp's and the torch rows' forwards cost differently
             for s in summary[row["name"]].values():
                 s.ideal_speedup = ideal_speedup(curve, s.mean_accepted, s.mean_forward_tokens)
 

@@ -18,12 +18,6 @@ dllm_app = typer.Typer(
 )
 
 
-def _opts(pairs) -> dict:
-    from ..cli import _options  # one parser for --opt key=value everywhere
-
-    return _options(pairs)
-
-
 def _check_only(only: list[str] | None, configs) -> None:
     """Every ``--only`` value names a method or a label of the benchmark's configurations."""
     known = {m for _, m, _ in configs} | {label for label, _, _ in configs}

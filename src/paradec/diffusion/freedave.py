@@ -8,7 +8,7 @@ of them in ONE batched forward, and keeps the longest prefix of states that the 
 would have reached: state j+1 is kept only if the reference's choice on state j (from state j's
 own logits) is exactly draft j+1. The kept state's logits are already computed, so the next
 round drafts from them. Every round keeps at least one token, and the output equals the
-reference's token for token (tests/test_diffusion_freedave.py). The price is compute: each
+reference's token for token (tests/test_diffusion_loop.py). The price is compute: each
 forward call evaluates up to ``depth`` sequences per input sequence (stats.rows).
 """
 
