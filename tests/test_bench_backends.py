@@ -79,3 +79,24 @@ def test_roofline_record_with_curves_passes_the_schema():
            "backend": "native", "curves": {"llama.cpp": [0.1, 0.3]}, "bandwidth_gbs": 12.5, "weight_bytes": 10}
     assert problem(rec) is None
     assert problem({**rec, "weight_bytes": "10"}) is not None
+
+
+def test_ideal_speedup_only_for_rows_that_run_the_probed_forward():
+    """The roofline curve is the target's forward: beside a native target only paradec's rows get
+    an ideal speedup from it (transformers, llama.cpp and the torch-ar rows run other forwards);
+    on a torch target the transformers peers run the same model and keep theirs."""
+    from pathlib import Path
+
+    from paradec.bench.metrics import OVERALL
+    from paradec.bench.records import read_records, result_from_records
+
+    docs = Path(__file__).parents[1] / "docs/bench"
+    native = result_from_records(read_records(docs / "smollm2-cpu-native/records.jsonl", "--from").records)
+    assert native["roofline"]["backend"] == "native"
+    ideal = {r["name"]: native["summary"][r["name"]][OVERALL]["ideal_speedup"] for r in native["rows"]}
+    assert all(ideal[n] for n in ("ar", "suffix", "auto"))
+    assert all(ideal[n] is None for n in ("hf", "torch-ar", "llama.cpp", "llama.cpp-pld"))
+    torch_run = result_from_records(read_records(docs / "smollm2-cpu/records.jsonl", "--from").records)
+    assert "backend" not in torch_run["roofline"]  # recorded before the field: a torch target
+    assert torch_run["summary"]["hf"][OVERALL]["ideal_speedup"]
+    assert torch_run["summary"]["llama.cpp"][OVERALL]["ideal_speedup"] is None

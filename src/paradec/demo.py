@@ -16,6 +16,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .errors import ParadecError
+
 DEMO_PROMPTS = [
     "Rewrite the following text so that every sentence is in the past tense:\n\n"
     "The team meets every Monday. Maria opens the meeting and reads the agenda. Tom presents the "
@@ -71,7 +73,7 @@ def demo_dtype(model: str, device: str) -> str:
         try:
             if native_unavailable(resolve(model).kind, torch.device("cpu"), torch.float32) is None:
                 return "float32"
-        except Exception:  # noqa: BLE001 - an unknown model is reported by load, not here
+        except ParadecError:  # an unknown model: load reports it, not here
             pass
     return "bfloat16" if device == "cpu" and cpu_has_native_bf16() else "float32"
 

@@ -453,11 +453,17 @@ def result_from_records(records: list[dict]) -> dict:
             roofline.update({f: r[f] for f in ("backend", "curves", "bandwidth_gbs", "weight_bytes") if r.get(f) is not None})
     if roofline:
         from .roofline import ideal_speedup
+        from .runners.hf import HFRunner
+
+        HF_PEERS = HFRunner.MODES
 
         curve = dict(zip(roofline["k"], roofline["seconds"]))
+        on_torch = roofline.get("backend", "torch") == "torch"  # records before the field: torch targets
         for row in rows:
-            if row["name"].startswith(("llama.cpp", "torch-ar")):
-                continue  # the curve is the target's; llama.cpp's and the torch rows' forwards cost differently
+            # the curve is the target's forward: paradec's rows run it, the transformers peers run
+            # the same model only on a torch target; llama.cpp and the torch-ar rows cost differently
+            if not (row["kind"] == "paradec" or (on_torch and row["name"] in HF_PEERS)):
+                continue
             for s in summary[row["name"]].values():
                 s.ideal_speedup = ideal_speedup(curve, s.mean_accepted, s.mean_forward_tokens)
 

@@ -8,6 +8,8 @@ against ``1 / t(1)`` for plain decoding, so its ideal speedup is ``a * t(1) / t(
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import torch
@@ -95,14 +97,39 @@ def read_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
     return x.numel() * 4 / best / 1e9
 
 
-def torch_targets(engine, rows) -> dict[str, object]:
-    """{label: CausalLM} of the torch backend beside a native target, for the probe: the
-    torch rows' own targets where they run, else loaded here (float32 and bfloat16)."""
-    out: dict[str, object] = {}
-    have = {r.runner.dtype: r.runner.inner for r in rows if getattr(r.runner, "inner", None) is not None}
+def _torch_targets(engine, rows) -> dict[str, object]:
+    """{label: CausalLM} of the torch backend beside a native target: the torch rows' own
+    targets where they run, else loaded here (float32 and bfloat16)."""
     from ..engine import load
 
-    for dtype in ("float32", "bfloat16"):
-        eng = have.get(dtype) or load(engine.name, dtype=dtype, device="cpu", backend="torch")
-        out[f"torch {dtype}"] = eng.target
+    have = {r.runner.dtype: r.runner.inner for r in rows if getattr(r.runner, "inner", None) is not None}
+    return {f"torch {dtype}": (have.get(dtype) or load(engine.name, dtype=dtype, device="cpu", backend="torch")).target
+            for dtype in ("float32", "bfloat16")}
+
+
+def backend_curves(engine, rows, prompt_ids: list[int], ks: list[int], repeats: int) -> dict:
+    """Beside a native target: the same probe on the torch backend (float32, bfloat16) and on
+    llama.cpp (the same GGUF; the bench's llama.cpp rows' ``Llama``), the measured read
+    bandwidth and the GGUF's bytes, so that one plot shows every backend against the memory
+    limit. Empty for any other target; a backend that fails leaves a one-line note."""
+    if engine.backend != "native":
+        return {}
+    curves: dict[str, list[float | None]] = {}
+    try:
+        for label, target in _torch_targets(engine, rows).items():
+            c = probe(target, prompt_ids, ks=ks, repeats=repeats)
+            curves[label] = [c.get(k) for k in ks]
+    except Exception as e:  # noqa: BLE001 - a missing curve is reported, not fatal
+        print(f"paradec: note: no torch curve in the roofline ({e})", file=sys.stderr)
+    llamas = {r.name: r.runner.llm for r in rows if r.status == "ok" and getattr(r.runner, "llm", None) is not None}
+    llm = llamas.get("llama.cpp-pld") or llamas.get("llama.cpp")  # -pld keeps every position's logits
+    if llm is not None:
+        try:
+            c = probe_llama(llm, prompt_ids, ks=ks, repeats=repeats)
+            curves["llama.cpp"] = [c.get(k) for k in ks]
+        except Exception as e:  # noqa: BLE001
+            print(f"paradec: note: no llama.cpp curve in the roofline ({e})", file=sys.stderr)
+    out: dict = {"curves": curves, "bandwidth_gbs": read_bandwidth_gbs()}
+    if engine.models.gguf_path:
+        out["weight_bytes"] = os.path.getsize(engine.models.gguf_path)
     return out

@@ -72,35 +72,6 @@ class Prompter:
         return self.engine.encode(text + f"Question: {p.turns[turn]}\nAnswer:", chat=False)
 
 
-def _other_curves(engine, rows: list[RowState], probe_ids: list[int], ks: list[int], repeats: int) -> dict:
-    """Beside a native target on the CPU: the same probe on the torch backend (float32,
-    bfloat16) and on llama.cpp (the same GGUF), the measured read bandwidth and the GGUF's
-    bytes, so that one plot shows every backend against the memory limit."""
-    if engine.backend != "native":
-        return {}
-    from .roofline import probe, probe_llama, read_bandwidth_gbs, torch_targets
-
-    curves: dict[str, list[float]] = {}
-    try:
-        for label, target in torch_targets(engine, rows).items():
-            c = probe(target, probe_ids, ks=ks, repeats=repeats)
-            curves[label] = [c.get(k) for k in ks]
-    except Exception as e:  # noqa: BLE001 - a missing curve is reported, not fatal
-        print(f"paradec: note: no torch curve in the roofline ({e})", file=sys.stderr)
-    llamas = {r.name: r.runner.llm for r in rows if r.status == "ok" and getattr(r.runner, "llm", None) is not None}
-    llm = llamas.get("llama.cpp-pld") or llamas.get("llama.cpp")  # -pld keeps every position's logits
-    if llm is not None:
-        try:
-            c = probe_llama(llm, probe_ids, ks=ks, repeats=repeats)
-            curves["llama.cpp"] = [c.get(k) for k in ks]
-        except Exception as e:  # noqa: BLE001
-            print(f"paradec: note: no llama.cpp curve in the roofline ({e})", file=sys.stderr)
-    out: dict = {"curves": curves, "bandwidth_gbs": read_bandwidth_gbs()}
-    if engine.models.gguf_path:
-        out["weight_bytes"] = os.path.getsize(engine.models.gguf_path)
-    return out
-
-
 def build_rows(engine, cfg: BenchConfig, n_ctx: int) -> list[RowState]:
     from .runners import ParadecRunner, make_peer
 
@@ -310,14 +281,14 @@ def _run(cfg, store, fp, prompts, console, progress, t_start, load_start, bar_pa
 
             # ---- roofline probe on a median-length prompt (once per records file) --------------------
             if cfg.roofline and store.roofline is None and need:
-                from .roofline import probe
+                from .roofline import backend_curves, probe
 
                 probe_ids = sorted((ids for _, ids in first), key=len)[len(first) // 2]
                 task = bar.add_task("roofline probe", total=None)
                 curve = probe(engine.target, probe_ids, repeats=5 if cfg.quick else 10)
                 rec = {"type": "roofline", "prompt_tokens": len(probe_ids), "k": list(curve),
                        "seconds": list(curve.values()), "backend": engine.backend}
-                rec.update(_other_curves(engine, rows, probe_ids, list(curve), 3 if cfg.quick else 5))
+                rec.update(backend_curves(engine, rows, probe_ids, list(curve), 3 if cfg.quick else 5))
                 store.add(rec)
                 bar.remove_task(task)
 

@@ -4,9 +4,8 @@ It shows what the native backend gains over the path paradec took before it."""
 
 from __future__ import annotations
 
-import time
-
 from .base import RunOutput, Runner
+from .paradec_runner import ParadecRunner
 
 
 class TorchARRunner(Runner):
@@ -19,7 +18,8 @@ class TorchARRunner(Runner):
         self.engine, self.name = engine, name
         self.description = self.MODES[name]
         self.dtype = "bfloat16" if name.endswith("-bf16") else "float32"
-        self.inner = None
+        self.inner = None  # the torch-backend Engine, once prepared
+        self._ar: ParadecRunner | None = None
 
     def prepare(self) -> None:
         if self.engine.backend != "native":
@@ -27,15 +27,10 @@ class TorchARRunner(Runner):
         from ...engine import load
 
         self.inner = load(self.engine.name, dtype=self.dtype, device="cpu", backend="torch")
+        self._ar = ParadecRunner(self.inner, "ar")
 
     def run(self, prompt_ids, max_new_tokens, temperature, seed) -> RunOutput:
-        t0 = time.perf_counter()
-        g = self.inner.generate(list(prompt_ids), method="ar", max_new_tokens=max_new_tokens, temperature=temperature,
-                                seed=seed if temperature > 0 else None)
-        s = g.stats
-        return RunOutput(token_ids=list(g.token_ids), seconds=time.perf_counter() - t0, forwards=s.forwards,
-                         forward_tokens=s.forwards + s.drafted, committed=s.committed,
-                         accept_lengths=list(s.accept_lengths), prefill_s=s.prefill_s)
+        return self._ar.run(prompt_ids, max_new_tokens, temperature, seed)
 
     def close(self) -> None:
-        self.inner = None
+        self.inner = self._ar = None
