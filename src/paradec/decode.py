@@ -27,7 +27,7 @@ from .sampling import SamplingParams, target_probs
 from .stats import DecodeStats
 from .structured import Constraint, Guide
 from .tree import DraftTree, attention_mask
-from .verify import verify_greedy, verify_sampling
+from .verify import verify_greedy, verify_greedy_best, verify_sampling
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,8 @@ class Decoder:
         max_nodes = min(self.cfg.max_draft, room - 1)
         draft = DraftTree()
         if max_nodes > 0:
-            ctx = ProposeContext(self.tokens, len(self.prompt), max_nodes, room - 1, self.cfg.sampling, self._draft_generator)
+            forced = None if self.guide is None else (self.guide.forced() if self._forced else ())
+            ctx = ProposeContext(self.tokens, len(self.prompt), max_nodes, room - 1, self.cfg.sampling, self._draft_generator, forced)
             draft = self.proposer.propose(ctx).limit_depth(room - 1).truncated(max_nodes)
         if self.guide is not None:  # prune what the grammar rejects, add what it forces
             draft = self.guide.shape(draft, max(max_nodes, 0) if self._forced else 0, room - 1)
@@ -173,10 +174,13 @@ class Decoder:
         t0 = time.perf_counter()
         base = self._base
         guide = self.guide
-        rows = logits if guide is None else guide.mask(logits)  # [n+1, V] the (constrained) target
         if self.cfg.sampling.greedy:
-            verdict = verify_greedy(draft, rows)
+            if guide is None:
+                verdict = verify_greedy(draft, logits)
+            else:  # the argmax of the constrained target's rows, masking only rows that need it
+                verdict = verify_greedy_best(draft, guide.greedy_best(logits))
         else:
+            rows = logits if guide is None else guide.mask(logits)  # [n+1, V] the (constrained) target
             verdict = verify_sampling(draft, target_probs(rows, self.cfg.sampling), self._generator)
         if draft.is_chain:
             cache.truncate(base + 1 + len(verdict.accepted))

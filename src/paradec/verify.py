@@ -38,7 +38,12 @@ class Verdict:
 
 def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> Verdict:
     """logits: [n+1, V] target logits at the root and at each node (input order)."""
-    best = logits.argmax(-1).tolist()  # [n+1]
+    return verify_greedy_best(tree, logits.argmax(-1).tolist())
+
+
+def verify_greedy_best(tree: DraftTree, best: list[int]) -> Verdict:
+    """``verify_greedy`` given the target's argmax at the root and at each node (``best``, n+1
+    token ids in input order) instead of the logits."""
     children = tree.children()
     node, path = -1, []
     while True:

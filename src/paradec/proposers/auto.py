@@ -232,12 +232,14 @@ class AutoDrafter:
         known = [k for (b, k), v in self.lookup_accept.items() if b == bucket and k < size and v.value is not None]
         return self.lookup_accept[(bucket, max(known))].value if known else 1.0
 
-    def best_lookup_size(self, tree: DraftTree, bucket: int, draft_s: float) -> tuple[int, float]:
-        """The tree size with the highest expected tokens/s, and that rate."""
+    def best_lookup_size(self, tree: DraftTree, bucket: int, draft_s: float, forced: int = 0) -> tuple[int, float]:
+        """The tree size with the highest expected tokens/s, and that rate. ``forced``: tokens
+        the grammar forces after the root, drafted anyway (free accepted tokens, at most that
+        many more nodes in the forward)."""
         best, best_rate = 0, 0.0
         for n in self.sizes(len(tree)):
-            accepted = min(self.lookup_acceptance(bucket, n), tree.truncated(n).depth)
-            r = self._rate(accepted, draft_s, n)
+            accepted = max(min(self.lookup_acceptance(bucket, n), tree.truncated(n).depth), forced)
+            r = self._rate(accepted, draft_s, n + forced)
             if r > best_rate * 1.0001:  # ties go to the smaller tree
                 best, best_rate = n, r
         return best, best_rate
@@ -286,15 +288,22 @@ class AutoDrafter:
         self._lookup_tree = tree
         self._bucket = _match_bucket(self.lookup.last_match)
 
-        best, best_rate = "none", 1.0 / max(self.forward_time(1), 1e-6)
+        # under a grammar its forced tokens are drafted for free whatever auto sends: "none" is
+        # then those tokens alone, and the lookup pays only where it spells more than they do
+        forced = len(ctx.forced or ())
+        best, best_rate = "none", (forced + 1.0) / max(self.forward_time(forced + 1), 1e-6)
         size = 0
         if len(tree):
-            size, r = self.best_lookup_size(tree, self._bucket, self.lookup_cost.get(0.0))
+            size, r = self.best_lookup_size(tree, self._bucket, self.lookup_cost.get(0.0), forced)
             if r > best_rate:
                 best, best_rate = "lookup", r
         # tokens the model drafter must read first
         pending = 0 if self._rides_forward else len(ctx.tokens) - self._model_seen
-        if self.model is not None:
+        # Under a grammar the model drafter runs only when it has nothing to catch up on (it
+        # rides the verifying forward): constrained answers are short (20-80 tokens on the
+        # structured suite), the grammar's forced tokens and the lookup carry their predictable
+        # part, and reading the prompt into the model drafter's cache is seldom paid back.
+        if self.model is not None and (ctx.forced is None or self._rides_forward):
             catch_s = self.catch_up_time(pending)
             if self._since_model >= c.explore_every and catch_s <= c.explore_share * (t0 - self._t_model):
                 best = "model"

@@ -24,6 +24,9 @@ class ProposeContext:
     max_depth: int  # no use drafting past the remaining token budget
     sampling: SamplingParams
     generator: torch.Generator | None = None  # for drafters that sample their tokens
+    # structured output: the tokens the grammar forces after the root (the loop adds them to the
+    # draft for free; () when it forces none); None when the output is not constrained
+    forced: tuple[int, ...] | None = None
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from ..tree import DraftTree
@@ -21,6 +22,7 @@ class Guide:
         self.eos = constraint.eos
         # the model's other end-of-sequence tokens follow the grammar's own EOS
         self.other_eos = sorted(e for e in eos_ids if e != self.eos and 0 <= e < self.vocab)
+        self._other_eos = frozenset(self.other_eos)
         self.shaped: Shaped | None = None
         self.mask_s = 0.0  # time in the grammar engine and in masking
 
@@ -34,6 +36,13 @@ class Guide:
         """The output is a complete match and nothing may follow it."""
         return self.matcher.is_stopped() and self.matcher.is_accepting()
 
+    def forced(self) -> tuple[int, ...]:
+        """The tokens the grammar forces next (its fast-forward tokens; () when none)."""
+        t0 = time.perf_counter()
+        ff = tuple(int(t) for t in self.matcher.compute_ff_tokens())
+        self.mask_s += time.perf_counter() - t0
+        return ff
+
     def shape(self, draft: DraftTree, max_nodes: int, max_depth: int) -> DraftTree:
         """The draft to verify: ``draft`` pruned to what the grammar allows, plus forced tokens."""
         t0 = time.perf_counter()
@@ -41,19 +50,55 @@ class Guide:
         self.mask_s += time.perf_counter() - t0
         return self.shaped.tree
 
-    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+    def mask(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """logits [n+1, V] of the shaped draft -> the same with every token the grammar rules
-        out at that node set to -inf (the constrained target, before sampling parameters)."""
+        out at that node set to -inf (the constrained target, before sampling parameters).
+        ``rows``: the bitmask rows of ``logits``' rows (default all the shaped draft's)."""
         t0 = time.perf_counter()
-        allow = masks.unpack(self.shaped.rows, logits.shape[-1])  # [n+1, V]
+        allow = masks.unpack(self.shaped.rows if rows is None else rows, logits.shape[-1])  # [r, V]
         if self.other_eos and self.eos < allow.shape[1]:
-            allow[:, self.other_eos] = allow[:, self.eos : self.eos + 1]
+            allow[:, self.other_eos] = allow[:, self.eos : self.eos + 1].clone()  # (a copy: same memory)
         dead = ~allow.any(-1)  # an error state (never expected): let the request end there
         if bool(dead.any()):
             allow[dead, self.eos] = True
         out = masks.apply(logits, allow)
         self.mask_s += time.perf_counter() - t0
         return out
+
+    def greedy_best(self, logits: torch.Tensor) -> list[int]:
+        """The argmax of every row of ``mask(logits)`` (greedy verification's input), without
+        masking a whole row where it is not needed: where a row's own argmax is a token the
+        grammar allows there, it is also the argmax of the masked row (the first maximum among
+        the allowed tokens: every token before it is smaller), so only the other rows are
+        masked. Same tokens as ``mask(logits).argmax(-1)``, ties included."""
+        t0 = time.perf_counter()
+        x = logits.detach()
+        on_numpy = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.float16)
+        # numpy's argmax, like torch's, gives the first maximum (and is faster on a CPU)
+        best = x.numpy().argmax(-1).tolist() if on_numpy else x.argmax(-1).tolist()
+        bits = self.shaped.rows.numpy()  # [n+1, words] int32
+        width = 32 * bits.shape[1]
+        need = []
+        for i, t in enumerate(best):
+            u = self.eos if t in self._other_eos else t  # the other EOS tokens follow the grammar's
+            if not (u < width and (int(bits[i, u >> 5]) >> (u & 31)) & 1):
+                need.append(i)
+        if need and on_numpy:  # these rows masked in full, as mask() does, in numpy
+            allow = masks.unpack_numpy(bits[need], x.shape[-1])  # [r, V] bool
+            if self.other_eos and self.eos < allow.shape[1]:
+                allow[:, self.other_eos] = allow[:, self.eos : self.eos + 1]
+            dead = ~allow.any(-1)
+            allow[dead, self.eos] = True
+            vals = np.where(allow, x.numpy()[need], -np.inf)
+            for i, t in zip(need, vals.argmax(-1).tolist()):
+                best[i] = t
+            need = []
+        self.mask_s += time.perf_counter() - t0
+        if need:  # masked in full (and timed) by mask()
+            fixed = self.mask(logits[need], self.shaped.rows[need]).argmax(-1).tolist()
+            for i, t in zip(need, fixed):
+                best[i] = t
+        return best
 
     def advance(self, tokens: list[int]) -> list[int]:
         """Feed the committed ``tokens``; returns them, cut after the one that completes the

@@ -33,6 +33,15 @@ def count(row: torch.Tensor) -> int:
     return int(unpack(row[None], row.shape[0] * 32).sum())
 
 
+def unpack_numpy(rows: np.ndarray, vocab: int) -> np.ndarray:
+    """``unpack`` in numpy: bitmask rows [r, words] int32 -> bool [r, vocab] (a new array)."""
+    raw = np.ascontiguousarray(rows).astype("<i4", copy=False).view(np.uint8)  # [r, words * 4]
+    bits = np.unpackbits(raw, axis=1, bitorder="little").view(np.bool_)  # [r, words * 32], 0/1 bytes
+    if bits.shape[1] >= vocab:
+        return bits[:, :vocab]
+    return np.concatenate([bits, np.zeros((bits.shape[0], vocab - bits.shape[1]), np.bool_)], 1)
+
+
 def unpack(rows: torch.Tensor, vocab: int) -> torch.Tensor:
     """Bitmask rows [r, words] -> bool [r, vocab] (tokens past the bitmask: not allowed)."""
     r = rows.shape[0]

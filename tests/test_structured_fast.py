@@ -1,0 +1,142 @@
+"""The decode loop's fast paths under a constraint: greedy verification masks only the rows
+whose own argmax the grammar rules out (same tokens as masking every row), and ``auto`` under a
+grammar drafts with the lookup plus the grammar's forced tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from structured_util import EOS, FORMATS, VOCAB, constraint
+
+from paradec.structured import Guide, masks
+from paradec.tree import DraftTree
+
+PAD = 3  # a second end-of-sequence token of the model (follows the grammar's EOS)
+
+
+@pytest.fixture(scope="module")
+def constraints():
+    return {k: constraint(f) for k, f in FORMATS.items()}
+
+
+def test_greedy_best_equals_argmax_of_every_masked_row(constraints):
+    g = torch.Generator().manual_seed(0)
+    fast = slow = other_eos = 0
+    for k, c in constraints.items():
+        guide = Guide(c, frozenset({EOS, PAD}))
+        for _ in range(16):
+            tokens = torch.randint(4, VOCAB, (6,), generator=g).tolist()
+            guide.shape(DraftTree(tuple(tokens), (-1, 0, 1, -1, 3, 0)), 16, 16)
+            n = len(guide.shaped.tree) + 1
+            logits = torch.randn(n, VOCAB, generator=g, dtype=torch.float32)
+            allow = masks.unpack(guide.shaped.rows, VOCAB)
+            for i in range(n):
+                ok = allow[i].nonzero().flatten().tolist()
+                r = float(torch.rand((), generator=g))
+                if r < 0.35 and ok:  # the row's own argmax is allowed
+                    logits[i, ok[int(torch.randint(len(ok), (), generator=g))]] = 9.0
+                elif r < 0.5:  # the model's other EOS on top
+                    logits[i, PAD] = 9.0
+                elif r < 0.65 and ok:  # a tie between a ruled-out token and an allowed one after it
+                    bad = [t for t in range(VOCAB) if t not in ok and t < ok[-1]]
+                    if bad:
+                        logits[i, bad[0]] = logits[i, ok[-1]] = 9.0
+            want = guide.mask(logits).argmax(-1).tolist()
+            got = guide.greedy_best(logits)
+            assert got == want, f"{k}: fast greedy rows differ from masked rows"
+            raw = logits.argmax(-1).tolist()
+            fast += sum(1 for a, b in zip(raw, want) if a == b)
+            slow += sum(1 for a, b in zip(raw, want) if a != b)
+            other_eos += sum(1 for a in raw if a == PAD)
+            step = [want[0]]
+            guide.advance(step)
+            if guide.complete or step[0] in (EOS, PAD):
+                guide = Guide(c, frozenset({EOS, PAD}))
+    # both paths ran: rows kept unmasked, and rows whose raw argmax the grammar rules out
+    assert fast > 20 and slow > 20 and other_eos > 5, (fast, slow, other_eos)
+
+
+def test_greedy_best_on_bfloat16_and_wide_logits(constraints):
+    """Rows wider than the bitmask (tokens past it are never allowed) and a dtype numpy lacks."""
+    c = constraints["schema-record"]
+    guide = Guide(c, frozenset({EOS}))
+    guide.shape(DraftTree(), 8, 8)
+    width = 32 * guide.shaped.rows.shape[1] + 5
+    for dtype in (torch.bfloat16, torch.float64):
+        logits = torch.randn(len(guide.shaped.tree) + 1, width, generator=torch.Generator().manual_seed(1)).to(dtype)
+        logits[:, width - 1] = 50.0  # past the bitmask: must never win
+        assert guide.greedy_best(logits) == guide.mask(logits).argmax(-1).tolist()
+        assert width - 1 not in guide.greedy_best(logits)
+
+
+# ---- auto under a grammar ------------------------------------------------------------------
+class CountingModel:
+    """A model drafter stand-in that proposes a fixed chain and counts its calls."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def begin(self, prompt, sampling):
+        pass
+
+    def propose(self, ctx):
+        self.calls += 1
+        return DraftTree.chain([10, 11, 12])
+
+    def observe(self, result):
+        pass
+
+
+def _auto_choice(forced, accept=None):
+    from paradec.proposers.auto import AutoDrafter, _Ema
+    from paradec.proposers.base import ProposeContext
+    from paradec.sampling import SamplingParams
+
+    prompt = [5, 6, 7, 8, 9] * 4 + [5, 6]
+    auto = AutoDrafter()
+    auto.begin(prompt, SamplingParams())
+    auto.forward_time = lambda k: 0.040 + 0.004 * k  # a CPU-like roofline
+    for b in range(13):
+        for n, a in (accept or {}).items():
+            e = _Ema(1.0)
+            e.add(a)
+            auto.lookup_accept[(b, n)] = e
+    draft = auto.propose(ProposeContext(list(prompt), 10, 16, 16, SamplingParams(), None, forced))
+    assert len(auto._lookup_tree) > 0  # the lookup had a draft to offer
+    (choice,) = [k for k, v in auto.choices.items() if v]
+    return choice, draft
+
+
+def test_auto_counts_forced_tokens_as_free_drafts():
+    # unconstrained, or constrained with nothing forced: the lookup (1 token expected) pays
+    assert _auto_choice(None)[0] == "lookup"
+    assert _auto_choice(())[0] == "lookup"
+    # four forced tokens come for free: a lookup expected to spell fewer adds only cost
+    choice, draft = _auto_choice((40, 41, 42, 43))
+    assert choice == "none" and len(draft) == 0
+    # a lookup expected to go beyond the forced run is still sent
+    assert _auto_choice((40, 41), accept={1: 1.0, 2: 2.0, 4: 4.0, 8: 7.0, 16: 7.5})[0] == "lookup"
+
+
+def test_auto_under_a_grammar_skips_a_model_drafter_it_would_catch_up(constraints):
+    from conftest import tiny_llama
+    from structured_util import PROMPTS, run
+
+    from paradec.models.adapter import HFCausalLM
+    from paradec.proposers.auto import AutoDrafter
+    from paradec.proposers.base import NoDraft
+
+    jt = HFCausalLM(tiny_llama(0, vocab=VOCAB))
+    c = constraints["schema-record"]
+    for p in PROMPTS:
+        model = CountingModel()
+        out, st = run(jt, AutoDrafter(model), p, c)
+        assert out == run(jt, NoDraft(), p, c)[0]  # still constrained ar's output
+        assert model.calls == 0
+        assert st.forced_accepted > 0  # the grammar's forced tokens were drafted
+    # the control: unconstrained, the same auto explores the model drafter at once
+    model = CountingModel()
+    run(jt, AutoDrafter(model), PROMPTS[0], None)
+    assert model.calls > 0
