@@ -140,3 +140,25 @@ def test_auto_under_a_grammar_skips_a_model_drafter_it_would_catch_up(constraint
     model = CountingModel()
     run(jt, AutoDrafter(model), PROMPTS[0], None)
     assert model.calls > 0
+
+
+def test_a_lazy_model_drafter_is_loaded_only_when_auto_runs_it(constraints):
+    from conftest import tiny_llama
+    from structured_util import PROMPTS, run
+
+    from paradec.models.adapter import HFCausalLM
+    from paradec.proposers.auto import AutoDrafter, LazyModel
+    from paradec.proposers.base import NoDraft
+
+    jt = HFCausalLM(tiny_llama(0, vocab=VOCAB))
+    built = []
+    make = lambda: built.append(CountingModel()) or built[-1]  # noqa: E731
+    lazy = LazyModel(make, "counting")
+    c = constraints["schema-list"]
+    out, _ = run(jt, AutoDrafter(lazy), PROMPTS[1], c)
+    assert out == run(jt, NoDraft(), PROMPTS[1], c)[0]
+    assert built == [] and not lazy.built  # under a grammar: never loaded
+    ref, _ = run(jt, NoDraft(), PROMPTS[1], None)
+    out, _ = run(jt, AutoDrafter(lazy), PROMPTS[1], None)
+    assert out == ref
+    assert len(built) == 1 and built[0].calls > 0  # unconstrained: loaded once, then drafts

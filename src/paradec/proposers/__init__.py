@@ -11,7 +11,7 @@ from ..models.adapter import CausalLM
 from .base import NoDraft, ProposeContext, Proposer, StepResult
 from .draft_model import DraftModelConfig, DraftModelProposer
 from .aded import ADED, ADEDConfig
-from .auto import AutoConfig, AutoDrafter, AutoMemory
+from .auto import AutoConfig, AutoDrafter, AutoMemory, LazyModel
 from .deer import DeerConfig, DeerProposer
 from .deer_fused import FusedDeer, FusedDeerConfig
 from .head import HeadConfig, HeadProposer
@@ -143,8 +143,8 @@ def _auto(models: Models, vocab: int, cfg: AutoConfig) -> Proposer:
         if models.draft is None:
             raise ParadecError("auto model=draft needs a draft model (--draft-model)")
         model = DraftModelProposer(models.draft, vocab, DraftModelConfig())
-    elif which == "qdraft":
-        model = _qdraft(models, vocab, QDraftConfig())
+    elif which == "qdraft":  # loaded on first use: auto may never run it (under a grammar)
+        model = LazyModel(lambda: _qdraft(models, vocab, QDraftConfig()), "qdraft")
     elif which == "head":
         # the head with its lookup branch: auto still weighs it against the lookup alone
         model = _head(models, HeadConfig())

@@ -147,6 +147,45 @@ class AutoMemory:
         return self._accept[greedy]
 
 
+class LazyModel:
+    """A model drafter built on first use (loading one, the target's GGUF through llama.cpp,
+    takes seconds; ``auto`` under a grammar, or on a long prompt, may never run it). Until then
+    it only remembers ``begin``; afterwards it is the drafter itself."""
+
+    def __init__(self, make, name: str = "model") -> None:
+        self._make, self._inner, self._begun, self.name = make, None, None, name
+
+    @property
+    def built(self) -> bool:
+        return self._inner is not None
+
+    def build(self) -> Proposer:
+        if self._inner is None:
+            self._inner = self._make()
+            if self._begun is not None:  # the request it joins: it catches up on the rest itself
+                self._inner.begin(*self._begun)
+        return self._inner
+
+    def begin(self, prompt: list[int], sampling: SamplingParams) -> None:
+        if self._inner is None:
+            self._begun = (list(prompt), sampling)
+        else:
+            self._inner.begin(prompt, sampling)
+
+    def propose(self, ctx: ProposeContext) -> DraftTree:
+        return self.build().propose(ctx)
+
+    def observe(self, result: StepResult) -> None:
+        if self._inner is not None:
+            self._inner.observe(result)
+
+    def __getattr__(self, key: str):  # the built drafter's attributes (``last_times``)
+        inner = self.__dict__.get("_inner")
+        if inner is None or key.startswith("_"):
+            raise AttributeError(key)
+        return getattr(inner, key)
+
+
 class AutoDrafter:
     name = "auto"
 
@@ -316,6 +355,8 @@ class AutoDrafter:
         self.choices[best] += 1
         if best == "model":
             self._since_model = 0
+            if (build := getattr(self.model, "build", None)) is not None:
+                build()  # a lazy drafter's loading is no drafting cost (see LazyModel)
             t1 = time.perf_counter()
             draft = self.model.propose(ctx)
             self._t_model = time.perf_counter()
