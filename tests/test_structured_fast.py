@@ -162,3 +162,19 @@ def test_a_lazy_model_drafter_is_loaded_only_when_auto_runs_it(constraints):
     out, _ = run(jt, AutoDrafter(lazy), PROMPTS[1], None)
     assert out == ref
     assert len(built) == 1 and built[0].calls > 0  # unconstrained: loaded once, then drafts
+
+
+def test_compiled_constraints_are_reused_and_errors_are_not_cached():
+    from structured_util import TOKENIZER
+
+    from paradec.errors import ParadecError
+    from paradec.structured import compile_constraint
+
+    fmt = {"type": "regex", "regex": "[ab]{2,6}-[0-9]{1,3}"}
+    a = compile_constraint(fmt, TOKENIZER, VOCAB)
+    assert compile_constraint(dict(fmt), TOKENIZER, VOCAB) is a  # the same grammar: not re-checked
+    assert compile_constraint(fmt, TOKENIZER, VOCAB + 8) is not a  # another vocabulary size
+    assert compile_constraint({"type": "regex", "regex": "[ab]{2,7}"}, TOKENIZER, VOCAB) is not a
+    for _ in range(2):  # a bad one raises every time
+        with pytest.raises(ParadecError):
+            compile_constraint({"type": "regex", "regex": "[ab"}, TOKENIZER, VOCAB)

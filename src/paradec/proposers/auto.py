@@ -52,8 +52,18 @@ trees where verification is nearly free (a flat roofline), small ones where ever
 costs. Every ``explore_every`` lookup steps it sends the whole tree, so the acceptance of big
 trees is not underestimated forever by censoring.
 
-The choice depends only on past steps, never on the verifier's coins, so verification stays
-exactly lossless, greedy and sampled alike.
+Under a grammar (structured output) the loop adds the grammar's forced tokens to whatever is
+drafted, so they are free accepted draft: with F forced tokens after the root, plain decoding
+is rated ``(F + 1) / f(F + 1)`` and a lookup tree of n nodes ``(max(a(n), F) + 1) / (d +
+f(n + F + 1))``, so the lookup is sent only where it is expected to spell more than the grammar
+already does. A model drafter that must catch up (a draft model, ``qdraft``) does not run under
+a grammar: constrained answers are short and the prompt it would have to read first is seldom
+paid back (measured: ``auto`` with it was slower than ``suffix`` on the structured suite); one
+that rides the verifying forward (a head) is weighed as usual. ``qdraft`` is loaded on first
+use (``LazyModel``), so a request that never runs it does not pay its loading either.
+
+The choice depends only on past steps (and the grammar's state after the committed tokens),
+never on the verifier's coins, so verification stays exactly lossless, greedy and sampled alike.
 
 Bounded state: the lookup's index holds at most ``max_tokens`` tokens (``suffix``'s eviction);
 the cost model (``AutoMemory``) is a handful of moving averages per size and match-length bucket

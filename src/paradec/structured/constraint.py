@@ -7,6 +7,7 @@ vocabulary size and cached.
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from . import masks
 from .formats import grammar_for, one_line
 
 _TOKENIZERS: "weakref.WeakKeyDictionary[Any, dict[int, Any]]" = weakref.WeakKeyDictionary()
+_COMPILED: "weakref.WeakKeyDictionary[Any, OrderedDict]" = weakref.WeakKeyDictionary()  # tokenizer -> LRU of (grammar, kind, vocab) -> Constraint
 
 
 def grammar_tokenizer(hf_tokenizer, vocab: int):
@@ -55,16 +57,33 @@ class Constraint:
         return m
 
 
+_COMPILED_MAX = 64  # compiled constraints kept per tokenizer (a request repeats its schema)
+
+
 def compile_constraint(response_format: Any, hf_tokenizer, vocab: int) -> Constraint | None:
     """Compile ``response_format`` (see ``formats``) for ``hf_tokenizer``; None when it does not
-    constrain. Any problem with it raises ``ParadecError`` (one line)."""
-    from llguidance import LLMatcher
-
+    constrain. Any problem with it raises ``ParadecError`` (one line). The last checked grammars
+    are kept: the same one again (every request of a client with one schema) is not re-checked."""
     found = grammar_for(response_format)
     if found is None:
         return None
     grammar, kind = found
     tok = grammar_tokenizer(hf_tokenizer, vocab)
+    done = _COMPILED.setdefault(hf_tokenizer, OrderedDict())
+    key = (grammar, kind, vocab)
+    if key in done:
+        done.move_to_end(key)
+        return done[key]
+    c = _check(grammar, kind, tok, vocab)
+    done[key] = c
+    while len(done) > _COMPILED_MAX:
+        done.popitem(last=False)
+    return c
+
+
+def _check(grammar: str, kind: str, tok, vocab: int) -> Constraint:
+    from llguidance import LLMatcher
+
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tok)
     if is_error:
         raise ParadecError(f"invalid {kind.replace('_', ' ')}: {one_line(messages[0] if messages else 'rejected')}")
@@ -72,7 +91,7 @@ def compile_constraint(response_format: Any, hf_tokenizer, vocab: int) -> Constr
     m = c.matcher()
     rows = masks.new_rows(1, vocab)
     masks.fill(m, rows, 0)
-    first = masks.unpack(rows, vocab)[0]
+    first = masks.unpack_numpy(rows.numpy(), vocab)[0]
     first[c.eos] = False
     if m.is_error() or (not m.is_accepting() and not bool(first.any())):
         raise ParadecError(f"the {kind.replace('_', ' ')} admits no output")
