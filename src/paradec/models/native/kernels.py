@@ -34,7 +34,7 @@ import torch
 from ...errors import ParadecError
 from . import build, quants
 
-PATH_BITS = {"avx2": 1, "avx512vnni": 2}  # csrc/qgemm.h PD_PATH_*, in order of preference
+PATH_BITS = {"avx2": 1, "avx512vnni": 2, "amx": 4}  # csrc/qgemm.h PD_PATH_*, in order of preference
 KIND_Q4, KIND_Q8 = 0, 1
 _KIND = {"Q4_0": KIND_Q4, "Q4_1": KIND_Q4, "Q4_K": KIND_Q4, "Q8_0": KIND_Q8, "Q5_K": KIND_Q8, "Q6_K": KIND_Q8}
 _ERRORS = {-1: "path not available on this CPU", -2: "bad arguments", -3: "out of memory"}

@@ -45,6 +45,35 @@ void pd_rmsnorm(const float *x, const float *w, float *out, int64_t rows, int64_
     }
 }
 
+/* cos and sin of each row's angles (rows x rot/2 each): cs = cos(p * inv_freq[i]) * attn_scale. */
+static void rope_table(int64_t rows, int64_t half, const int64_t *pos, const float *inv_freq, float attn_scale, float *cs,
+                       float *sn) {
+    for (int64_t r = 0; r < rows; r++) {
+        float p = (float)pos[r];
+        for (int64_t i = 0; i < half; i++) {
+            float a = p * inv_freq[i];
+            cs[r * half + i] = cosf(a) * attn_scale;
+            sn[r * half + i] = sinf(a) * attn_scale;
+        }
+    }
+}
+
+static void rope_apply(float *x, int64_t rows, int64_t heads, int64_t dim, int64_t rot, int64_t stride, const float *cs,
+                       const float *sn, int neox) {
+    int64_t half = rot / 2;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t h = 0; h < heads; h++) {
+            float *v = x + r * stride + h * dim;
+            const float *c = cs + r * half, *s = sn + r * half;
+            for (int64_t i = 0; i < half; i++) {
+                int64_t i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+                float x0 = v[i0], x1 = v[i1];
+                v[i0] = x0 * c[i] - x1 * s[i];
+                v[i1] = x1 * c[i] + x0 * s[i];
+            }
+        }
+}
+
 /* Rotary in place on x [rows, heads, dim] (row r at x + r * stride) at positions pos[rows]. inv_freq [rot/2] (the
  * scaling already folded in), attn_scale multiplies cos and sin (1 unless the scaling says).
  * neox = 1: pairs (i, i + rot/2) (rotate-half); neox = 0: adjacent pairs (2i, 2i + 1). */
@@ -54,35 +83,38 @@ void pd_rope(float *x, int64_t rows, int64_t heads, int64_t dim, int64_t rot, in
     float cs[512], sn[512];
     if (half > 512) return;
     for (int64_t r = 0; r < rows; r++) {
-        float p = (float)pos[r];
-        for (int64_t i = 0; i < half; i++) {
-            float a = p * inv_freq[i];
-            cs[i] = cosf(a) * attn_scale;
-            sn[i] = sinf(a) * attn_scale;
-        }
-        for (int64_t h = 0; h < heads; h++) {
-            float *v = x + r * stride + h * dim;
-            for (int64_t i = 0; i < half; i++) {
-                int64_t i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
-                float x0 = v[i0], x1 = v[i1];
-                v[i0] = x0 * cs[i] - x1 * sn[i];
-                v[i1] = x1 * cs[i] + x0 * sn[i];
-            }
-        }
+        rope_table(1, half, pos + r, inv_freq, attn_scale, cs, sn);
+        rope_apply(x + r * stride, 1, heads, dim, rot, stride, cs, sn, neox);
     }
 }
 
+static inline __m256 exp8(__m256 x);
+
 /* out[r, i] = silu(gate[r, i]) * up[r, i], rows x n; gate and up rows are `stride` apart
- * (2n when they sit side by side in one [rows, 2n] product). gelu = 1: the tanh GELU instead
- * of SiLU (Gemma). */
+ * (2n when they sit side by side in one [rows, 2n] product). silu(a) = a / (1 + e^-a) with
+ * exp8's e^x, element by element (the same value wherever the element sits). gelu = 1: the
+ * tanh GELU instead of SiLU (Gemma). */
 void pd_act_mul(const float *gate, const float *up, float *out, int64_t rows, int64_t n, int64_t stride, int gelu) {
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     for (int64_t r = 0; r < rows; r++) {
         const float *g = gate + r * stride, *u = up + r * stride;
         float *o = out + r * n;
-        for (int64_t i = 0; i < n; i++) {
+        int64_t i = 0;
+        if (!gelu)
+            for (; i + 8 <= n; i += 8) {
+                const __m256 a = _mm256_loadu_ps(g + i);
+                const __m256 act = _mm256_div_ps(a, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, a))));
+                _mm256_storeu_ps(o + i, _mm256_mul_ps(act, _mm256_loadu_ps(u + i)));
+            }
+        for (; i < n; i++) {
             float a = g[i], act;
-            if (gelu) act = 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a)));
-            else act = a / (1.0f + expf(-a));
+            if (gelu) {
+                act = 0.5f * a * (1.0f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a)));
+            } else {
+                float tmp[8] = {-a};
+                _mm256_storeu_ps(tmp, exp8(_mm256_loadu_ps(tmp)));
+                act = a / (1.0f + tmp[0]);
+            }
             o[i] = act * u[i];
         }
     }
@@ -222,16 +254,114 @@ static void attend_one(const attn_job *j, int64_t r, int64_t h, float *scores, i
     }
 }
 
+/* Rows of one attention item: up to ATT_ROWS rows of a tree for one head. */
+#define ATT_ROWS 16
+
+/* One head h for the rows [ra, rb), which share one cache: each allowed key is read once for
+ * all the rows (its score for every row while it sits in registers); then each row sums its
+ * weighted values in slot order with its accumulator in registers. Each row's arithmetic is
+ * attend_one's, step for step: its own fma chain per score, its maximum, the same
+ * exponentials, its total in slot order and its weighted values in slot order; the other rows
+ * only share the loads. NV (= dim / 8) is a constant in each instantiation. */
+static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job *j, int64_t ra, int64_t rb, int64_t h, float *scores, const int NV) {
+    const int64_t dim = 8 * NV, kvh = j->kvh, g = h / (j->heads / kvh), nr = rb - ra;
+    const int64_t stride = j->max_keys > 0 ? j->max_keys : 1;
+    const float *K = (const float *)(intptr_t)j->kptr[ra], *V = (const float *)(intptr_t)j->vptr[ra];
+    const float *Kg = K + (j->layer * kvh + g) * j->cap[ra] * dim;
+    const float *Vg = V + (j->layer * kvh + g) * j->cap[ra] * dim;
+    int64_t cnt[ATT_ROWS], n = 0;
+    float mx[ATT_ROWS];
+    const uint8_t *mrow[ATT_ROWS];
+    for (int64_t r = 0; r < nr; r++) {
+        cnt[r] = 0;
+        mx[r] = -INFINITY;
+        mrow[r] = j->mask + (ra + r) * j->mask_stride;
+        if (j->nkeys[ra + r] > n) n = j->nkeys[ra + r];
+    }
+    for (int64_t s = 0; s < n; s++) {
+        const float *ks = Kg + s * dim;
+        __m256 kv[NV];
+        for (int i = 0; i < NV; i++) kv[i] = _mm256_loadu_ps(ks + 8 * i);
+        for (int64_t r = 0; r < nr; r++) {
+            if (s >= j->nkeys[ra + r] || !mrow[r][s]) continue;
+            const float *qh = j->q + (ra + r) * j->qstride + h * dim;
+            __m256 a = _mm256_setzero_ps();
+            for (int i = 0; i < NV; i++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * i), kv[i], a);
+            const float sc = hsum8(a) * j->scale;
+            scores[r * stride + cnt[r]++] = sc;
+            if (sc > mx[r]) mx[r] = sc;
+        }
+    }
+    for (int64_t r = 0; r < nr; r++) {
+        float *sr = scores + r * stride, *o = j->out + ((ra + r) * j->heads + h) * dim;
+        const int64_t cr = cnt[r], nk = j->nkeys[ra + r];
+        if (cr == 0) { /* no allowed key: zeros (the decode loop never asks this) */
+            for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
+            continue;
+        }
+        int64_t c = 0;
+        __m256 vmx = _mm256_set1_ps(mx[r]);
+        for (; c + 8 <= cr; c += 8) _mm256_storeu_ps(sr + c, exp8(_mm256_sub_ps(_mm256_loadu_ps(sr + c), vmx)));
+        if (c < cr) {
+            float tmp[8] = {0};
+            for (int64_t t = c; t < cr; t++) tmp[t - c] = sr[t] - mx[r];
+            _mm256_storeu_ps(tmp, exp8(_mm256_loadu_ps(tmp)));
+            for (int64_t t = c; t < cr; t++) sr[t] = tmp[t - c];
+        }
+        float total = 0.0f;
+        for (c = 0; c < cr; c++) total += sr[c];
+        __m256 acc[NV];
+        for (int i = 0; i < NV; i++) acc[i] = _mm256_setzero_ps();
+        c = 0;
+        for (int64_t s = 0; s < nk; s++) {
+            if (!mrow[r][s]) continue;
+            const float *vs = Vg + s * dim;
+            const __m256 p = _mm256_set1_ps(sr[c++]);
+            for (int i = 0; i < NV; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vs + 8 * i), acc[i]);
+        }
+        const __m256 inv = _mm256_set1_ps(1.0f / total);
+        for (int i = 0; i < NV; i++) _mm256_storeu_ps(o + 8 * i, _mm256_mul_ps(acc[i], inv));
+    }
+}
+
+/* the head sizes the models use get their own unrolled copy; other multiples of 8 up to
+ * PD_MAX_DIM share a general one (the same arithmetic) */
+static void attend_rows(const attn_job *j, int64_t ra, int64_t rb, int64_t h, float *scores) {
+    switch (j->dim) {
+    case 64: attend_rows_nv(j, ra, rb, h, scores, 8); break;
+    case 128: attend_rows_nv(j, ra, rb, h, scores, 16); break;
+    case 256: attend_rows_nv(j, ra, rb, h, scores, 32); break;
+    default: attend_rows_nv(j, ra, rb, h, scores, (int)(j->dim / 8)); break;
+    }
+}
+
+/* Items: (block of up to ATT_ROWS consecutive rows on one cache, head), dealt round robin so that
+ * a causal prefill's long and short rows spread evenly over the threads. */
+static int64_t row_block_end(const attn_job *j, int64_t ra) {
+    int64_t rb = ra + 1;
+    while (rb < j->rows && rb - ra < ATT_ROWS && j->kptr[rb] == j->kptr[ra] && j->vptr[rb] == j->vptr[ra] && j->cap[rb] == j->cap[ra]) rb++;
+    return rb;
+}
+
 static void attn_task(void *arg, int tid, int nth) {
     const attn_job *j = (const attn_job *)arg;
-    int64_t items = j->rows * j->heads;
-    int64_t lo = items * tid / nth, hi = items * (tid + 1) / nth;
-    if (lo >= hi) return;
+    const int vec = j->dim % 8 == 0 && j->dim <= PD_MAX_DIM;
     size_t n = (size_t)(j->max_keys > 0 ? j->max_keys : 1);
-    float *scores = (float *)malloc(sizeof(float) * n);
+    float *scores = (float *)malloc(sizeof(float) * n * (vec ? ATT_ROWS : 1));
     int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * n);
-    if (scores && idx)
-        for (int64_t it = lo; it < hi; it++) attend_one(j, it / j->heads, it % j->heads, scores, idx);
+    if (scores && idx) {
+        int64_t item = 0;
+        for (int64_t ra = 0, rb; ra < j->rows; ra = rb) {
+            rb = vec ? row_block_end(j, ra) : ra + 1;
+            for (int64_t h = 0; h < j->heads; h++, item++) {
+                if (item % nth != tid) continue;
+                if (vec)
+                    attend_rows(j, ra, rb, h, scores);
+                else
+                    attend_one(j, ra, h, scores, idx);
+            }
+        }
+    }
     free(scores); /* out of memory: these rows stay as they were (never seen in practice) */
     free(idx);
 }
@@ -279,27 +409,34 @@ int pd_decoder(const pd_model *m, const pd_layer *layers, float *h, int64_t t, c
     const int64_t H = m->hidden, d = m->head_dim, F = m->ffn, hq = m->heads, hkv = m->kv_heads;
     const int64_t nq = hq * d, nk = hkv * d, stride = nq + 2 * nk;
     const int path = (int)m->path, T = (int)t;
+    const int64_t half = m->rope_dim / 2;
+    float *cs = (float *)malloc(sizeof(float) * (size_t)(t * half > 0 ? t * half : 1) * 2);
+    if (!cs) return -3;
+    float *sn = cs + t * half;
+    rope_table(t, half, pos, m->inv_freq, 1.0f, cs, sn); /* the same angles in every layer */
+    int rc = 0;
     for (int64_t li = 0; li < m->n_layers; li++) {
         const pd_layer *L = layers + li;
-        int rc = 0;
         pd_rmsnorm(h, L->attn_norm, x, t, H, m->eps, 0.0f);
         for (int64_t i = 0, off = 0; i < L->n_in; off += L->in[i]->n, i++)
-            if ((rc = pd_qgemm_desc(path, L->in[i], x, T, (int)H, qkv + off, (int)stride))) return rc;
+            if ((rc = pd_qgemm_desc(path, L->in[i], x, T, (int)H, qkv + off, (int)stride))) goto done;
         if (L->qkv_bias)
             for (int64_t r = 0; r < t; r++)
                 for (int64_t i = 0; i < stride; i++) qkv[r * stride + i] += L->qkv_bias[i];
-        pd_rope(qkv, t, hq, d, m->rope_dim, stride, pos, m->inv_freq, 1.0f, (int)m->neox);
-        pd_rope(qkv + nq, t, hkv, d, m->rope_dim, stride, pos, m->inv_freq, 1.0f, (int)m->neox);
+        rope_apply(qkv, t, hq, d, m->rope_dim, stride, cs, sn, (int)m->neox);
+        rope_apply(qkv + nq, t, hkv, d, m->rope_dim, stride, cs, sn, (int)m->neox);
         pd_kv_write(qkv + nq, qkv + nq + nk, t, hkv, d, stride, kptr, vptr, cap, slot, li);
         pd_attention(qkv, stride, attn, t, hq, hkv, d, kptr, vptr, cap, mask, mask_stride, nkeys, li, m->scale);
-        if ((rc = pd_qgemm_desc(path, L->o, attn, T, (int)nq, proj, (int)H))) return rc;
+        if ((rc = pd_qgemm_desc(path, L->o, attn, T, (int)nq, proj, (int)H))) goto done;
         for (int64_t i = 0; i < t * H; i++) h[i] += proj[i];
         pd_rmsnorm(h, L->ffn_norm, x, t, H, m->eps, 0.0f);
         for (int64_t i = 0, off = 0; i < L->n_gu; off += L->gu[i]->n, i++)
-            if ((rc = pd_qgemm_desc(path, L->gu[i], x, T, (int)H, gu + off, (int)(2 * F)))) return rc;
+            if ((rc = pd_qgemm_desc(path, L->gu[i], x, T, (int)H, gu + off, (int)(2 * F)))) goto done;
         pd_act_mul(gu, gu + F, act, t, F, 2 * F, 0);
-        if ((rc = pd_qgemm_desc(path, L->down, act, T, (int)F, proj, (int)H))) return rc;
+        if ((rc = pd_qgemm_desc(path, L->down, act, T, (int)F, proj, (int)H))) goto done;
         for (int64_t i = 0; i < t * H; i++) h[i] += proj[i];
     }
-    return 0;
+done:
+    free(cs);
+    return rc;
 }

@@ -18,6 +18,7 @@ int pd_paths(void) {
     if ((p & PD_PATH_AVX2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni"))
         p |= PD_PATH_AVX512VNNI;
+    if ((p & PD_PATH_AVX512VNNI) && pd_amx_ok()) p |= PD_PATH_AMX;
     return p;
 }
 
@@ -159,13 +160,15 @@ typedef struct {
     const pd_qweight *w;
     const pd_qact *x;
     float *y;
-    int ldy, path;
+    int ldy, path, block;
 } qgemm_job;
 
 static void qgemm_task(void *p, int tile, int unused) {
     (void)unused;
     const qgemm_job *j = (const qgemm_job *)p;
-    if (j->path == PD_PATH_AVX512VNNI)
+    if (j->path == PD_PATH_AMX)
+        pd_cols_amx(j->w, j->x, j->block, j->y, j->ldy, tile, tile + 1);
+    else if (j->path == PD_PATH_AVX512VNNI)
         pd_cols_avx512vnni(j->w, j->x, j->y, j->ldy, tile, tile + 1);
     else
         pd_cols_avx2(j->w, j->x, j->y, j->ldy, tile, tile + 1);
@@ -177,14 +180,25 @@ static __thread size_t scratch_size = 0;
 
 int pd_qgemm_desc(int path, const pd_wdesc *wd, const float *x, int m, int ldx, float *y, int ldy) {
     const int n = wd->n, k = wd->k, kp = wd->kp;
-    if (!(pd_paths() & path) || (path != PD_PATH_AVX2 && path != PD_PATH_AVX512VNNI)) return -1;
+    if (!(pd_paths() & path) || (path != PD_PATH_AVX2 && path != PD_PATH_AVX512VNNI && path != PD_PATH_AMX)) return -1;
     if (m < 0 || n < 0 || k < 0 || kp % 32 || kp < k || kp - k >= 32 || ldx < k || ldy < n) return -2;
     if ((wd->kind != PD_KIND_Q4 && wd->kind != PD_KIND_Q8) || (wd->group != 32 && wd->group != 16) ||
         (wd->kind == PD_KIND_Q4 && (wd->group != 32 || wd->biased)) || (wd->biased && wd->off))
         return -2;
     if (m == 0 || n == 0) return 0;
     const int nb = kp / 32;
-    const size_t qbytes = ((size_t)m * kp + 63) / 64 * 64, fbytes = (size_t)m * nb * 4 * sizeof(float);
+    /* AMX: blocks of at most 16 rows, as even as possible (the least padding) */
+    int block = 0, mpad = m;
+    if (path == PD_PATH_AMX) {
+        if (m >= PD_AMX_MIN_ROWS) {
+            const int nblk = (m + 15) / 16;
+            block = (m + nblk - 1) / nblk;
+            mpad = block * nblk;
+        } else {
+            path = PD_PATH_AVX512VNNI;
+        }
+    }
+    const size_t qbytes = ((size_t)mpad * kp + 63) / 64 * 64, fbytes = (size_t)mpad * nb * 4 * sizeof(float);
     if (scratch_size < qbytes + fbytes) {
         free(scratch);
         scratch = 0;
@@ -193,12 +207,19 @@ int pd_qgemm_desc(int path, const pd_wdesc *wd, const float *x, int m, int ldx, 
         scratch_size = qbytes + fbytes;
     }
     int8_t *xq = (int8_t *)scratch;
-    float *xd = (float *)((char *)scratch + qbytes), *xs = xd + (size_t)m * nb;
-    int32_t *x16 = (int32_t *)(xs + (size_t)m * nb);
+    float *xd = (float *)((char *)scratch + qbytes), *xs = xd + (size_t)mpad * nb;
+    int32_t *x16 = (int32_t *)(xs + (size_t)mpad * nb);
     pd_quantize_rows(x, m, k, ldx, kp, xq, xd, xs, x16);
+    if (mpad > m) { /* padding rows: zeros (computed by the AMX path, never stored) */
+        const size_t pr = (size_t)(mpad - m);
+        memset(xq + (size_t)m * kp, 0, pr * kp);
+        memset(xd + (size_t)m * nb, 0, pr * nb * sizeof(float));
+        memset(xs + (size_t)m * nb, 0, pr * nb * sizeof(float));
+        memset(x16 + (size_t)m * 2 * nb, 0, pr * 2 * nb * sizeof(int32_t));
+    }
     const pd_qweight w = {wd->kind, n, kp, wd->group, wd->half != 0, wd->biased != 0, wd->q, wd->a, wd->off};
     const pd_qact act = {m, kp, nb, xq, xd, xs, x16};
-    qgemm_job job = {&w, &act, y, ldy, path};
+    qgemm_job job = {&w, &act, y, ldy, path, block};
     pd_parallel_chunks(qgemm_task, &job, (n + PD_TILE_COLS - 1) / PD_TILE_COLS, 0);
     return 0;
 }

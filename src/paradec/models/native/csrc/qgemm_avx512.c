@@ -31,21 +31,31 @@ PD_INLINE void tile16(const pd_qweight *w, const pd_qact *x, int t, int r0, int 
                 ilo[r] = ihi[r] = _mm512_setzero_si512();
             }
         }
-        for (int j = 0; j < 8; j++) {
-            __m512i wv;
-            if (kind == PD_KIND_Q4) {
-                __m512i raw = _mm512_loadu_si512(w->q + (tb * 4 + (j & 3)) * 64);
-                wv = j < 4 ? _mm512_and_si512(raw, m4) : _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
-            } else {
-                wv = _mm512_loadu_si512(w->q + (tb * 8 + j) * 64);
+        if (kind == PD_KIND_Q4) { /* chunk j in the low nibbles, chunk j + 4 in the high ones */
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const __m512i raw = _mm512_loadu_si512(w->q + (tb * 4 + j) * 64);
+                const __m512i lo = _mm512_and_si512(raw, m4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+#pragma GCC unroll 8
+                for (int r = 0; r < mt; r++) {
+                    const int8_t *xq = x->q + (size_t)(r0 + r) * kp + 32 * b;
+                    ilo[r] = _mm512_dpbusd_epi32(ilo[r], lo, _mm512_set1_epi32(pd_load4b(xq + 4 * j)));
+                    ilo[r] = _mm512_dpbusd_epi32(ilo[r], hi, _mm512_set1_epi32(pd_load4b(xq + 16 + 4 * j)));
+                }
             }
-            for (int r = 0; r < mt; r++) {
-                const int8_t *xq = x->q + (size_t)(r0 + r) * kp + 32 * b;
-                __m512i xb = _mm512_set1_epi32(pd_load4b(xq + 4 * j));
-                if (g16 && j >= 4)
-                    ihi[r] = _mm512_dpbusd_epi32(ihi[r], wv, xb);
-                else
-                    ilo[r] = _mm512_dpbusd_epi32(ilo[r], wv, xb);
+        } else {
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                const __m512i wv = _mm512_loadu_si512(w->q + (tb * 8 + j) * 64);
+#pragma GCC unroll 8
+                for (int r = 0; r < mt; r++) {
+                    const int8_t *xq = x->q + (size_t)(r0 + r) * kp + 32 * b;
+                    const __m512i xb = _mm512_set1_epi32(pd_load4b(xq + 4 * j));
+                    if (g16 && j >= 4)
+                        ihi[r] = _mm512_dpbusd_epi32(ihi[r], wv, xb);
+                    else
+                        ilo[r] = _mm512_dpbusd_epi32(ilo[r], wv, xb);
+                }
             }
         }
         const size_t ab = tb * G * 16;
