@@ -335,3 +335,30 @@ def test_default_model_weights():
         assert all(torch.equal(ys[0], y) for y in ys), t.name
         assert np.all(np.abs(ys[0].numpy() - x.double().numpy() @ w64.T) <= _bound(x.double().numpy(), w64)), t.name
         assert torch.equal(torch.cat([kernels.qmatmul(x[i : i + 1], w) for i in range(8)]), ys[0]), t.name
+
+
+@needs_native
+def test_amx_rows_in_a_forked_child(weights):
+    """A forked child (a server worker) runs the tile path after its parent did: the child's
+    tile configuration is set up again, and the rows come out the same."""
+    if "amx" not in kernels.paths():
+        pytest.skip(f"this CPU has no amx path (it runs {', '.join(kernels.paths()) or 'none'})")
+    import multiprocessing as mp
+
+    _, qw = weights["Q4_1"]
+    x = _x(40, qw.k, seed=11)  # 40 rows: three tile blocks of 14, 13 and 13 rows
+    parent = kernels.qmatmul(x, qw, path="amx")
+    _FORKED[:] = [x, qw]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:  # the child inherits _FORKED; only the result crosses back
+        child = torch.from_numpy(pool.apply(_child_qmatmul))
+    assert torch.equal(child, parent)
+    assert torch.equal(parent, kernels.qmatmul(x, qw, path="avx2"))
+
+
+_FORKED: list = []
+
+
+def _child_qmatmul():
+    x, qw = _FORKED
+    return kernels.qmatmul(x, qw, path="amx").numpy()

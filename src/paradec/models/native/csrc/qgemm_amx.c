@@ -16,6 +16,7 @@
  * asks once and reports whether the path may run. Each thread loads its tile configuration the
  * first time it runs a block size. */
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")
+#include <pthread.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -49,6 +50,10 @@ typedef struct {
  * 16-weight groups (g16): tiles 0..3 the two halves of two blocks; 4, 5 activations R x 16
  * bytes; 6, 7 weights 4 x 64 bytes (half a block). */
 static __thread int cfg_key = 0;
+
+/* A forked child configures its tiles again before its first tile op (whatever the kernel kept). */
+static void forget_config(void) { cfg_key = 0; }
+__attribute__((constructor)) static void amx_init(void) { pthread_atfork(0, 0, forget_config); }
 
 static void configure(int rows, int g16) {
     const int key = rows * 2 + g16 + 1;
