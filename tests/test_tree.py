@@ -78,3 +78,9 @@ def test_match_length_follows_the_best_matching_path():
     assert t.match_length([5]) == 1
     assert t.match_length([7, 1]) == 0
     assert DraftTree().match_length([1]) == 0
+
+
+def test_chain_ancestor_mask_is_the_lower_triangle_for_every_length():
+    for k in range(0, 20):
+        m = DraftTree.chain(list(range(5, 5 + k))).ancestor_mask()
+        assert m.dtype == torch.bool and torch.equal(m, torch.ones(k + 1, k + 1, dtype=torch.bool).tril())

@@ -156,8 +156,9 @@ class DraftTree:
         """Bool [n+1, n+1]: entry (i, j) is True when input j is input i or one of its ancestors
         (input 0 is the root)."""
         n = len(self.tokens) + 1
-        if self.is_chain:
-            return torch.ones(n, n, dtype=torch.bool, device=device).tril_()
+        if self.is_chain:  # lower triangle; not tril_(), which opens a parallel region (ms on a busy CPU)
+            idx = torch.arange(n, device=device)
+            return idx[:, None] >= idx[None, :]
         rows = [[False] * n for _ in range(n)]
         rows[0][0] = True
         for i, p in enumerate(self.parents):
