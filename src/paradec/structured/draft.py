@@ -54,7 +54,7 @@ def shape_draft(matcher, draft: DraftTree, max_nodes: int, max_depth: int, vocab
                 masks.fill(matcher, rows, c + 1)
                 visit(c, depth + 1)
                 matcher.rollback(1)
-        if depth < max_depth:
+        if depth < max_depth and max_nodes > 0:  # (no room for forced tokens: ar, the baseline)
             ff = matcher.compute_ff_tokens()
             if ff and ff[0] not in kept_tokens:
                 forks.append((node, depth, list(ff), matcher.deep_copy()))
