@@ -160,14 +160,14 @@ typedef struct {
     const pd_qweight *w;
     const pd_qact *x;
     float *y;
-    int ldy, path, block;
+    int ldy, path;
 } qgemm_job;
 
 static void qgemm_task(void *p, int tile, int unused) {
     (void)unused;
     const qgemm_job *j = (const qgemm_job *)p;
     if (j->path == PD_PATH_AMX)
-        pd_cols_amx(j->w, j->x, j->block, j->y, j->ldy, tile, tile + 1);
+        pd_cols_amx(j->w, j->x, j->y, j->ldy, tile, tile + 1);
     else if (j->path == PD_PATH_AVX512VNNI)
         pd_cols_avx512vnni(j->w, j->x, j->y, j->ldy, tile, tile + 1);
     else
@@ -187,13 +187,11 @@ int pd_qgemm_desc(int path, const pd_wdesc *wd, const float *x, int m, int ldx, 
         return -2;
     if (m == 0 || n == 0) return 0;
     const int nb = kp / 32;
-    /* AMX: blocks of at most 16 rows, as even as possible (the least padding) */
-    int block = 0, mpad = m;
+    /* AMX: blocks of 16 rows, the last one padded with zero rows */
+    int mpad = m;
     if (path == PD_PATH_AMX) {
         if (m >= PD_AMX_MIN_ROWS) {
-            const int nblk = (m + 15) / 16;
-            block = (m + nblk - 1) / nblk;
-            mpad = block * nblk;
+            mpad = (m + 15) / 16 * 16;
         } else {
             path = PD_PATH_AVX512VNNI;
         }
@@ -219,7 +217,7 @@ int pd_qgemm_desc(int path, const pd_wdesc *wd, const float *x, int m, int ldx, 
     }
     const pd_qweight w = {wd->kind, n, kp, wd->group, wd->half != 0, wd->biased != 0, wd->q, wd->a, wd->off};
     const pd_qact act = {m, kp, nb, xq, xd, xs, x16};
-    qgemm_job job = {&w, &act, y, ldy, path, block};
+    qgemm_job job = {&w, &act, y, ldy, path};
     pd_parallel_chunks(qgemm_task, &job, (n + PD_TILE_COLS - 1) / PD_TILE_COLS, 0);
     return 0;
 }

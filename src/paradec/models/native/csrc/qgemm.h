@@ -63,8 +63,8 @@ typedef struct {
 /* Column tiles [t0, t1) of y (row stride ldy) for all m rows of x. */
 void pd_cols_avx2(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t0, int t1);
 void pd_cols_avx512vnni(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t0, int t1);
-/* The AMX path: rows in blocks of `block` (<= 16) rows; x->q padded to whole blocks. */
-void pd_cols_amx(const pd_qweight *w, const pd_qact *x, int block, float *y, int ldy, int t0, int t1);
+/* The AMX path: rows in blocks of 16; x->q, d, s, x16 padded to whole blocks with zero rows. */
+void pd_cols_amx(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t0, int t1);
 int pd_amx_ok(void); /* the CPU has AMX-INT8 and the OS lets this process use it */
 /* Quantize m rows of x (row stride ldx, k values) into the buffers (kp = k rounded up to 32). */
 void pd_quantize_rows(const float *x, int m, int k, int ldx, int kp, int8_t *q, float *d, float *s, int32_t *x16);

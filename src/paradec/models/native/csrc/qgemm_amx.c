@@ -7,10 +7,13 @@
  * are widened to bytes first (low nibbles = chunks 0..3, high nibbles = chunks 4..7). Types with
  * a scale per 16 weights (Q6_K) take two half-depth products, one a scale group.
  *
- * Rows are processed in blocks of R <= 16 rows (R chosen per call so that padding is smallest;
- * the quantized activations are padded to whole blocks by the caller). A block's product is
- * stored to a small buffer and scaled per row exactly as the VNNI path does. Few rows make the
- * tile work pointless, so rows below PD_AMX_MIN_ROWS go to the AVX512-VNNI path (same bits).
+ * Rows are processed in blocks of 16 (the quantized activations are padded to whole blocks with
+ * zero rows by the caller). The float steps run over all 16 rows with their accumulators in
+ * registers; only the real rows are stored. A block's product is
+ * stored to a small buffer and scaled per row exactly as the VNNI path does. Measured on a Xeon
+ * with AMX (docs/benchmarks.md): the tile product itself is cheap, but storing each block's
+ * int32 results and scaling them in float costs about what 8 rows of VNNI dot products cost, so
+ * below PD_AMX_MIN_ROWS rows the AVX512-VNNI path runs instead (same bits).
  *
  * Linux hands out the tile registers only on request (arch_prctl ARCH_REQ_XCOMP_PERM); pd_amx_ok
  * asks once and reports whether the path may run. Each thread loads its tile configuration the
@@ -101,11 +104,13 @@ PD_INLINE void widen(const pd_qweight *w, int t, int nb, int b0, int count, uint
  * `rows` are padding: computed, never stored). */
 PD_INLINE void tile_rows(const pd_qweight *w, const pd_qact *x, int t, int r0, int rows, int kind, int g16, int half,
                          int biased, float *y, int ldy) {
+    enum { R = 16 }; /* rows computed (the block, padding rows included); `rows` of them stored */
     const int nb = x->nb, kp = x->kp, G = g16 ? 2 : 1, step = g16 ? 2 : GB;
     __attribute__((aligned(64))) int32_t cbuf[2][GB][16][16]; /* results: this group's, the last one's */
     __attribute__((aligned(64))) uint8_t wq[2][GB][512]; /* Q4 widened: this group's, the next one's */
     __m512 acc[16];
-    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     const int8_t *xa = x->q + (size_t)r0 * kp;
     if (kind == PD_KIND_Q4) widen(w, t, nb, 0, step, wq[0]);
     for (int b0 = 0, grp = 0; b0 < nb + step; b0 += step, grp ^= 1) {
@@ -161,7 +166,8 @@ PD_INLINE void tile_rows(const pd_qweight *w, const pd_qact *x, int t, int r0, i
             const int32_t *clo = g16 ? c[2 * i][0] : c[i][0], *chi = g16 ? c[2 * i + 1][0] : 0;
             const __m512 a0 = load16(w->a, ab, half), a1 = g16 ? load16(w->a, ab + 16, half) : a0;
             const __m512 ov = w->off ? load16(w->off, tb * 16, half) : a0;
-            for (int r = 0; r < rows; r++) {
+#pragma GCC unroll 16
+            for (int r = 0; r < R; r++) { /* every row of the block (padding rows are zeros) */
                 __m512i ilo = _mm512_load_si512(clo + 16 * r), ihi = _mm512_setzero_si512();
                 if (g16) ihi = _mm512_load_si512(chi + 16 * r);
                 if (biased) { /* stored q + 128: the dot is sum((q + 128) x) - 128 sum(x) */
@@ -186,13 +192,13 @@ PD_INLINE void tile_rows(const pd_qweight *w, const pd_qact *x, int t, int r0, i
     for (int r = 0; r < rows; r++) _mm512_mask_storeu_ps(y + (size_t)(r0 + r) * ldy + n0, keep, acc[r]);
 }
 
-/* x->m rows in blocks of `block` rows; x->q holds whole blocks (padding rows included). */
-void pd_cols_amx(const pd_qweight *w, const pd_qact *x, int block, float *y, int ldy, int t0, int t1) {
+/* x->m rows in blocks of 16 rows; x->q, d, s and x16 hold whole blocks (the padding rows zeros). */
+void pd_cols_amx(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t0, int t1) {
     const int g16 = w->kind == PD_KIND_Q8 && w->group == 16;
-    configure(block, g16);
+    configure(16, g16);
     for (int t = t0; t < t1; t++)
-        for (int r0 = 0; r0 < x->m; r0 += block) {
-            const int rows = x->m - r0 < block ? x->m - r0 : block;
+        for (int r0 = 0; r0 < x->m; r0 += 16) {
+            const int rows = x->m - r0 < 16 ? x->m - r0 : 16;
             if (w->kind == PD_KIND_Q4)
                 tile_rows(w, x, t, r0, rows, PD_KIND_Q4, 0, w->half, 0, y, ldy);
             else if (w->biased && g16)
