@@ -106,3 +106,20 @@ def test_target_probs_top_k_top_p():
     assert torch.allclose(p[:2], full[:2] / full[:2].sum())
     p = target_probs(logits, SamplingParams(temperature=1.0, top_p=0.5))
     assert p[0] == 1.0
+
+
+def test_argmax_rows_matches_torch_first_maximum():
+    """The CPU argmax (numpy, one thread) picks the same index as torch's: the first maximum,
+    ties and a NaN included, for every dtype it takes."""
+    from paradec.verify import argmax_rows
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 4096, generator=g)
+    x[1, 7] = x[1, 3000] = x[1].max() + 1  # a tie: the first one wins
+    x[2, :] = 0.5  # all equal
+    x[3, 11] = float("inf")
+    x[4, 5] = float("nan")
+    for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        y = x.to(dt)
+        assert argmax_rows(y) == y.argmax(-1).tolist(), dt
+    assert argmax_rows(x)[1] == 7 and argmax_rows(x)[2] == 0

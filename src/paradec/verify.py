@@ -38,7 +38,16 @@ class Verdict:
 
 def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> Verdict:
     """logits: [n+1, V] target logits at the root and at each node (input order)."""
-    return verify_greedy_best(tree, logits.argmax(-1).tolist())
+    return verify_greedy_best(tree, argmax_rows(logits))
+
+
+def argmax_rows(logits: torch.Tensor) -> list[int]:
+    """The first maximal index of each row of [n, V] logits. On a CPU, numpy's (one thread, the
+    same index: both take the first maximum): torch's reduction over a 49k vocabulary opens a
+    parallel region, whose threads then spin on the cores the next forward needs."""
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64, torch.float16):
+        return logits.detach().numpy().argmax(-1).tolist()
+    return logits.argmax(-1).tolist()
 
 
 def verify_greedy_best(tree: DraftTree, best: list[int]) -> Verdict:

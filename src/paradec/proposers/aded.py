@@ -35,6 +35,7 @@ from typing import Sequence
 from ..interrupt import checkpoint
 from ..sampling import SamplingParams
 from ..tree import DraftTree
+from ..verify import argmax_rows
 from .base import ProposeContext, StepResult
 
 
@@ -239,7 +240,7 @@ class ADED:
         draft, verdict = result.draft, result.verdict
         root = len(result.tokens) - len(verdict.tokens) - 1  # index of the step's root token
         if c.learn_from_logits and result.logits is not None and len(draft) and c.logit_weight > 0:
-            best = result.logits[1 : len(draft) + 1].argmax(-1).tolist()
+            best = argmax_rows(result.logits[1 : len(draft) + 1])
             accepted = set(verdict.accepted)
             prefix = result.tokens[max(0, root + 1 - (c.n - 1)) : root + 1]
             for i in range(len(draft)):

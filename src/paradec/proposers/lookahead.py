@@ -39,6 +39,7 @@ from typing import Sequence
 from ..interrupt import checkpoint
 from ..sampling import SamplingParams
 from ..tree import DraftTree
+from ..verify import argmax_rows
 from .base import ProposeContext, StepResult
 
 
@@ -207,7 +208,7 @@ class Lookahead:
         n_new = len(result.verdict.tokens)
         root = len(result.tokens) - n_new - 1  # index of the step's root token
         evaluated = self._evaluated(result.draft)
-        best: list[int] = [] if result.logits is None else result.logits.argmax(-1).tolist()
+        best: list[int] = [] if result.logits is None else argmax_rows(result.logits)
         context = result.tokens
         # the node-cap may leave chains out; their guesses are carried over unchanged
         for chain, path in zip(self.chains, self._paths or [[] for _ in self.chains]):
