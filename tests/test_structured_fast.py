@@ -89,7 +89,7 @@ class CountingModel:
         pass
 
 
-def _auto_choice(forced, accept=None):
+def _auto_choice(forced, accept=None, forward_time=lambda k: 0.040 + 0.004 * k):
     from paradec.proposers.auto import AutoDrafter, _Ema
     from paradec.proposers.base import ProposeContext
     from paradec.sampling import SamplingParams
@@ -97,27 +97,41 @@ def _auto_choice(forced, accept=None):
     prompt = [5, 6, 7, 8, 9] * 4 + [5, 6]
     auto = AutoDrafter()
     auto.begin(prompt, SamplingParams())
-    auto.forward_time = lambda k: 0.040 + 0.004 * k  # a CPU-like roofline
+    auto.forward_time = forward_time
     for b in range(13):
         for n, a in (accept or {}).items():
             e = _Ema(1.0)
             e.add(a)
             auto.lookup_accept[(b, n)] = e
     draft = auto.propose(ProposeContext(list(prompt), 10, 16, 16, SamplingParams(), None, forced))
-    assert len(auto._lookup_tree) > 0  # the lookup had a draft to offer
+    assert len(auto._lookup_tree) > 1  # the lookup had a tree to offer
     (choice,) = [k for k, v in auto.choices.items() if v]
-    return choice, draft
+    return choice, draft, auto
 
 
-def test_auto_counts_forced_tokens_as_free_drafts():
-    # unconstrained, or constrained with nothing forced: the lookup (1 token expected) pays
-    assert _auto_choice(None)[0] == "lookup"
-    assert _auto_choice(())[0] == "lookup"
-    # four forced tokens come for free: a lookup expected to spell fewer adds only cost
-    choice, draft = _auto_choice((40, 41, 42, 43))
-    assert choice == "none" and len(draft) == 0
-    # a lookup expected to go beyond the forced run is still sent
-    assert _auto_choice((40, 41), accept={1: 1.0, 2: 2.0, 4: 4.0, 8: 7.0, 16: 7.5})[0] == "lookup"
+LOW = {1: 0.2, 2: 0.2, 4: 0.2, 8: 0.2, 16: 0.2}  # a lookup that seldom pays
+STEEP = lambda k: 0.010 * k  # noqa: E731 - every input token costs as much as the first
+
+
+def test_auto_under_a_grammar_sends_the_whole_lookup_tree():
+    # unconstrained, on a steep roofline, a lookup that seldom pays is not sent
+    assert _auto_choice(None, LOW, STEEP)[0] == "none"
+    # under a grammar the same lookup goes whole, forced tokens at the root or not
+    for forced in ((), (40, 41, 42, 43)):
+        choice, draft, auto = _auto_choice(forced, LOW, STEEP)
+        assert choice == "lookup" and draft == auto._lookup_tree
+
+
+def test_auto_rates_count_forced_tokens_as_free_drafts():
+    from paradec.proposers.auto import AutoDrafter
+
+    auto = AutoDrafter()
+    auto.forward_time = lambda k: 0.040 + 0.004 * k
+    tree = DraftTree.chain([1, 2, 3, 4])
+    # prior acceptance 1 per size; four forced tokens: max(1, 4) accepted, 4 more nodes
+    n, r = auto.best_lookup_size(tree, 3, 0.0, forced=4)
+    assert r == pytest.approx((4 + 1) / auto.forward_time(n + 4 + 1))
+    assert auto.best_lookup_size(tree, 3, 0.0, forced=0, sizes=[4]) == (4, pytest.approx(2 / auto.forward_time(5)))
 
 
 def test_auto_under_a_grammar_skips_a_model_drafter_it_would_catch_up(constraints):
