@@ -223,3 +223,14 @@ def test_structured_bench_rows(json_model_dir, tmp_path):
     for r in rows.values():
         assert r["valid"] <= r["complete"] <= 2 and r["failed"] == 0
     assert json.loads(out.read_text())["rows"] and "| suffix |" in table(result)
+    # the report: a table per row and per category, and a PNG of every row's tokens/s
+    from paradec.bench.structured import per_category, write_report
+
+    cats = per_category(result)
+    assert cats and all(set(v) <= {"suffix", "hf"} and all(x > 0 for x in v.values()) for v in cats.values())
+    files = write_report(result, str(tmp_path / "rep"), command="paradec bench --suite structured")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| suffix |" in md and "per category" in md and "paradec bench --suite structured" in md
+    assert (tmp_path / "rep" / "structured.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(files) == 2
+    with pytest.raises(ParadecError, match="cannot create"):
+        write_report(result, str(out / "sub"))  # under a file

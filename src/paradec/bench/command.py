@@ -91,12 +91,12 @@ def _from_records(path: str, json_path: str | None, report: str | None) -> dict:
 def _structured(suite, model, draft_model, methods, peers, temperature, dtype, device, max_new_tokens,
                 prompts_per_category, repeats, quick, json_path, report, threads, resume, from_path) -> None:
     """``--suite structured``: constrained generation on the suite's JSON Schemas (see structured.py)."""
-    from .structured import DEFAULT_METHODS, PEERS, StructuredConfig, run_structured, table
+    from .structured import DEFAULT_METHODS, PEERS, StructuredConfig, run_structured, table, write_report
 
     if suite.strip() != "structured":
         raise ParadecError("suite structured runs alone: give --suite structured without other suites")
     unsupported = {"--draft-model": draft_model, "--temperature": temperature != 0.0, "--repeats": repeats != 1,
-                   "--report": report, "--resume": resume, "--from": from_path}
+                   "--resume": resume, "--from": from_path}
     bad = [k for k, v in unsupported.items() if v]
     if bad:
         raise ParadecError(f"suite structured does not take {', '.join(bad)} (it benchmarks greedy constrained decoding)")
@@ -118,3 +118,6 @@ def _structured(suite, model, draft_model, methods, peers, temperature, dtype, d
     print(table(result))
     if json_path:
         print(f"raw figures: {json_path}")
+    if report:
+        write_report(result, report, command="paradec " + " ".join(sys.argv[1:]))
+        print(f"report: {report}/report.md")

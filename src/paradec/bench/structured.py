@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import ParadecError
@@ -237,3 +238,79 @@ def table(result: dict) -> str:
             f(r["tokens_per_forward"], ".2f"), forced, f(r["pruned_nodes"], "d"), f(r["mask_us_per_token"], ".0f"),
             r["identical_to_ar"] or "", note]) + " |")
     return "\n".join(lines)
+
+
+def write_report(result: dict, out_dir: str, command: str = "") -> list[str]:
+    """``report.md`` (the table, per category, the command) and ``structured.png`` (tokens/s of
+    every row with its speedup over constrained ``ar`` and its validity; per category, each
+    paradec method's speedup over ``ar``) in ``out_dir``. Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ParadecError(f"--report {out_dir}: cannot create the folder ({e.strerror})") from None
+    rows = [r for r in result["rows"] if not r["error"]]
+    cats = per_category(result)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1, 1.4]})
+    names = [r["row"] for r in rows]
+    colors = ["tab:blue" if r["kind"] == "paradec" else "tab:gray" for r in rows]
+    bars = a1.bar(names, [r["tokens_per_s"] for r in rows], color=colors)
+    for b, r in zip(bars, rows):
+        n = r["schemas"] - r["failed"]
+        x = "" if r["speedup_vs_ar"] is None else f"{r['speedup_vs_ar']:.2f}x\n"
+        a1.annotate(f"{x}{r['valid']}/{n} valid", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                    va="bottom", fontsize=8)
+    a1.set_ylabel("tokens/s (prefill included)")
+    a1.set_title(f"{result['schemas']} schemas, greedy, constrained")
+    a1.margins(y=0.22)
+    a1.tick_params(axis="x", rotation=20)
+    methods = [r["row"] for r in rows if r["kind"] == "paradec" and r["row"] != "ar"]
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        a2.bar([j + i * width for j in range(len(cats))], [cats[c].get(m, 0.0) for c in cats], width, label=m)
+    a2.axhline(1.0, color="k", lw=0.8, ls="--")
+    a2.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(cats))], list(cats), rotation=20, fontsize=8)
+    a2.set_ylabel("x constrained ar")
+    a2.set_title("per category")
+    a2.legend(fontsize=8)
+    fig.suptitle(f"structured output, {result['model']}")
+    fig.tight_layout()
+    png = out / "structured.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    lines = [f"# Structured output: {result['schemas']} schemas, {result['model']}", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [table(result), "", "Speedup over constrained `ar` per category (tokens/s ratio):", ""]
+    lines += ["| category | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    lines += [f"| {c} | " + " | ".join(f"{v.get(m, 0.0):.2f}" for m in methods) + " |" for c, v in cats.items()]
+    lines += ["", "![structured](structured.png)", ""]
+    md = out / "report.md"
+    md.write_text("\n".join(lines), encoding="utf-8")
+    return [str(md), str(png)]
+
+
+def per_category(result: dict) -> dict[str, dict[str, float]]:
+    """{category: {method: tokens/s over constrained ar's on that category's schemas}}."""
+    items = result["items"]
+    rate = {}
+    for name, its in items.items():
+        for it in its:
+            if "error" in it:
+                continue
+            t = rate.setdefault(name, {}).setdefault(it.get("category", ""), [0, 0.0])
+            t[0] += it["tokens"]
+            t[1] += it["seconds"]
+    ar = rate.get("ar", {})
+    out: dict[str, dict[str, float]] = {}
+    for cat in sorted(ar):
+        base = ar[cat][0] / ar[cat][1] if ar[cat][1] else 0.0
+        for name, by in rate.items():
+            if name != "ar" and cat in by and by[cat][1] and base:
+                out.setdefault(cat, {})[name] = by[cat][0] / by[cat][1] / base
+    return out
