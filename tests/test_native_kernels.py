@@ -362,3 +362,32 @@ _FORKED: list = []
 def _child_qmatmul():
     x, qw = _FORKED
     return kernels.qmatmul(x, qw, path="amx").numpy()
+
+
+_CLOBBER = """
+import ctypes, torch, numpy as np
+from paradec.models.native import kernels, quants
+lib = kernels.library()
+rng = np.random.default_rng(0)
+qw = kernels.QuantWeight.from_gguf(quants.quantize(rng.standard_normal((80, 96)).astype(np.float32), "Q4_1"), "Q4_1", (80, 96))
+x = torch.from_numpy(rng.standard_normal((40, 96)).astype(np.float32))
+ref = kernels.qmatmul(x, qw, path="avx2")
+for mode in (0, 1, 0, 1):
+    lib.pd_amx_test_clobber(mode)  # what llama.cpp or oneDNN may leave on this thread
+    assert torch.equal(kernels.qmatmul(x, qw, path="amx"), ref)
+print("ok")
+"""
+
+
+@needs_native
+def test_amx_survives_other_tile_users_on_the_calling_thread():
+    """Other code on the calling thread (llama.cpp's AMX kernels, oneDNN) may release the tiles
+    or load its own configuration between two products: the tile path must configure its own
+    each call (else the CPU faults: run in a child process so that a fault fails the test)."""
+    if "amx" not in kernels.paths():
+        pytest.skip(f"this CPU has no amx path (it runs {', '.join(kernels.paths()) or 'none'})")
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _CLOBBER], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])

@@ -218,6 +218,9 @@ int pd_qgemm_desc(int path, const pd_wdesc *wd, const float *x, int m, int ldx, 
     const pd_qweight w = {wd->kind, n, kp, wd->group, wd->half != 0, wd->biased != 0, wd->q, wd->a, wd->off};
     const pd_qact act = {m, kp, nb, xq, xd, xs, x16};
     qgemm_job job = {&w, &act, y, ldy, path};
+    pd_tilecfg saved;
+    if (path == PD_PATH_AMX) pd_amx_enter(&saved);
     pd_parallel_chunks(qgemm_task, &job, (n + PD_TILE_COLS - 1) / PD_TILE_COLS, 0);
+    if (path == PD_PATH_AMX) pd_amx_leave(&saved);
     return 0;
 }

@@ -66,6 +66,11 @@ void pd_cols_avx512vnni(const pd_qweight *w, const pd_qact *x, float *y, int ldy
 /* The AMX path: rows in blocks of 16; x->q, d, s, x16 padded to whole blocks with zero rows. */
 void pd_cols_amx(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t0, int t1);
 int pd_amx_ok(void); /* the CPU has AMX-INT8 and the OS lets this process use it */
+typedef struct {
+    unsigned char b[64];
+} __attribute__((aligned(64))) pd_tilecfg;
+void pd_amx_enter(pd_tilecfg *saved);       /* the caller's tile configuration kept aside */
+void pd_amx_leave(const pd_tilecfg *saved); /* and put back */
 /* Quantize m rows of x (row stride ldx, k values) into the buffers (kp = k rounded up to 32). */
 void pd_quantize_rows(const float *x, int m, int k, int ldx, int kp, int8_t *q, float *d, float *s, int32_t *x16);
 

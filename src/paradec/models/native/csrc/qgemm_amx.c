@@ -45,6 +45,7 @@ typedef struct {
     uint16_t colsb[16];
     uint8_t rows[16];
 } tilecfg;
+_Static_assert(sizeof(tilecfg) == sizeof(pd_tilecfg), "tile configuration is 64 bytes");
 
 /* Four products are kept in flight (tiles do not rename: a block's tile must be stored before
  * the tile is reused, so one block at a time would wait on every product's latency).
@@ -54,6 +55,39 @@ typedef struct {
  * bytes; 6, 7 weights 4 x 64 bytes (half a block). */
 static __thread int cfg_key = 0;
 
+/* The calling thread may also run other code that uses the tiles (llama.cpp's AMX kernels,
+ * oneDNN inside torch), which configures them its own way or releases them. So the caller
+ * saves its tile configuration before a product, has ours loaded for the call, and gets its own
+ * back after (pd_amx_enter / pd_amx_leave); pool workers run only these kernels and keep ours. */
+void pd_amx_enter(pd_tilecfg *saved) {
+    _tile_storeconfig(saved);
+    cfg_key = 0;
+}
+
+void pd_amx_leave(const pd_tilecfg *saved) {
+    if (saved->b[0]) /* palette 0: there was no configuration */
+        _tile_loadconfig(saved);
+    else
+        _tile_release();
+    cfg_key = 0;
+}
+
+/* Tests: what foreign code may do to this thread's tiles between two products (mode 0: release
+ * them; 1: load another configuration). */
+void pd_amx_test_clobber(int mode) {
+    if (!pd_amx_ok()) return;
+    if (mode == 0) {
+        _tile_release();
+        return;
+    }
+    tilecfg cfg __attribute__((aligned(64)));
+    __builtin_memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    cfg.rows[0] = 2;
+    cfg.colsb[0] = 8;
+    _tile_loadconfig(&cfg);
+}
+
 /* A forked child configures its tiles again before its first tile op (whatever the kernel kept). */
 static void forget_config(void) { cfg_key = 0; }
 __attribute__((constructor)) static void amx_init(void) { pthread_atfork(0, 0, forget_config); }
@@ -61,7 +95,7 @@ __attribute__((constructor)) static void amx_init(void) { pthread_atfork(0, 0, f
 static void configure(int rows, int g16) {
     const int key = rows * 2 + g16 + 1;
     if (cfg_key == key) return;
-    tilecfg cfg;
+    tilecfg cfg __attribute__((aligned(64)));
     __builtin_memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (int i = 0; i < 4; i++) {
