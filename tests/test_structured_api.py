@@ -234,3 +234,22 @@ def test_structured_bench_rows(json_model_dir, tmp_path):
     assert (tmp_path / "rep" / "structured.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(files) == 2
     with pytest.raises(ParadecError, match="cannot create"):
         write_report(result, str(out / "sub"))  # under a file
+
+
+def test_llama_grammar_check_flags_schemas_llama_cpp_cannot_run():
+    """The structured bench asks a child process which schemas llama.cpp can run: a grammar its
+    own parser rejects would crash the bench process (an escaped dot in a pattern), a converter
+    failure is named too, and a plain schema passes."""
+    pytest.importorskip("llama_cpp")
+    from paradec.bench.llama_grammar_check import REASONS, check
+    from paradec.models.loader import resolve
+
+    src = resolve("smollm2-135m")
+    gguf = src.path
+    semver = {"type": "object", "properties": {"v": {"type": "string", "pattern": "^[0-9]{1,3}\\.[0-9]{1,3}$"}}, "required": ["v"]}
+    plain = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    recursive = {"$defs": {"node": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
+                 "$ref": "#/$defs/node"}
+    bad = check(gguf, [("semver", semver), ("plain", plain), ("recursive", recursive)])
+    assert bad == {"semver": REASONS["parse"], "recursive": REASONS["convert"]}
+    assert "did not get to" in check("/nonexistent.gguf", [("plain", plain)])["plain"]

@@ -122,7 +122,7 @@ def _hf(engine, item: dict, ids: list[int], cfg: StructuredConfig) -> dict:
 
 
 class _LlamaCpp:
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, items: list[dict]) -> None:
         import torch
 
         from ..models.llamacpp import open_llama
@@ -133,9 +133,15 @@ class _LlamaCpp:
             import llama_cpp  # noqa: F401
         except ImportError:
             raise RuntimeError("llama-cpp-python is not installed (pip install llama-cpp-python)") from None
+        from .llama_grammar_check import check
+
+        # schemas whose grammar llama.cpp cannot build or parse (a parse failure crashes it)
+        self.cannot = check(engine.models.gguf_path, [(it["id"], it["schema"]) for it in items])
         self.llm = open_llama(engine.models.gguf_path, n_ctx=4096, n_batch=512, n_threads=torch.get_num_threads(), verbose=False)
 
     def __call__(self, item: dict, cfg: StructuredConfig) -> dict:
+        if item["id"] in self.cannot:
+            raise RuntimeError(self.cannot[item["id"]])
         t0 = time.perf_counter()
         r = self.llm.create_chat_completion(
             messages=[{"role": "user", "content": item["prompt"]}], max_tokens=cfg.max_new_tokens, temperature=0.0, top_k=1,
@@ -176,7 +182,7 @@ def run_structured(cfg: StructuredConfig, log=print) -> dict:
     llama = None
     if "llama.cpp" in cfg.peers:
         try:
-            llama = _LlamaCpp(engine)
+            llama = _LlamaCpp(engine, items)
         except Exception as e:  # noqa: BLE001 - recorded in the row
             next(r for r in rows if r.name == "llama.cpp").error = str(e)
     ref: dict[str, list[int]] = {}
