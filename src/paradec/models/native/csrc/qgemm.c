@@ -174,6 +174,27 @@ static void qgemm_task(void *p, int tile, int unused) {
         pd_cols_avx2(j->w, j->x, j->y, j->ldy, tile, tile + 1);
 }
 
+/* Quantizing the activations: rows are independent (each row's blocks are a fixed function of
+ * the row), so several rows are shared among the pool's threads, a chunk of rows each. */
+typedef struct {
+    const float *x;
+    int m, k, ldx, kp, nb, rows;
+    int8_t *q;
+    float *d, *s;
+    int32_t *x16;
+} quant_job;
+
+static void quant_task(void *p, int c, int unused) {
+    (void)unused;
+    const quant_job *j = (const quant_job *)p;
+    const int r0 = c * j->rows, r1 = r0 + j->rows < j->m ? r0 + j->rows : j->m;
+    if (r0 >= r1) return;
+    pd_quantize_rows(j->x + (size_t)r0 * j->ldx, r1 - r0, j->k, j->ldx, j->kp, j->q + (size_t)r0 * j->kp, j->d + (size_t)r0 * j->nb,
+                     j->s + (size_t)r0 * j->nb, j->x16 + (size_t)r0 * 2 * j->nb);
+}
+
+#define PD_QUANT_ROWS 4 /* rows a chunk (up to 4 rows the caller quantizes them alone) */
+
 /* Scratch for the quantized activations of the calling thread. */
 static __thread void *scratch = 0;
 static __thread size_t scratch_size = 0;
@@ -207,7 +228,8 @@ int pd_qgemm_desc(int path, const pd_wdesc *wd, const float *x, int m, int ldx, 
     int8_t *xq = (int8_t *)scratch;
     float *xd = (float *)((char *)scratch + qbytes), *xs = xd + (size_t)mpad * nb;
     int32_t *x16 = (int32_t *)(xs + (size_t)mpad * nb);
-    pd_quantize_rows(x, m, k, ldx, kp, xq, xd, xs, x16);
+    const quant_job qj = {x, m, k, ldx, kp, nb, PD_QUANT_ROWS, xq, xd, xs, x16};
+    pd_parallel_chunks(quant_task, (void *)&qj, (m + PD_QUANT_ROWS - 1) / PD_QUANT_ROWS, 0);
     if (mpad > m) { /* padding rows: zeros (computed by the AMX path, never stored) */
         const size_t pr = (size_t)(mpad - m);
         memset(xq + (size_t)m * kp, 0, pr * kp);
