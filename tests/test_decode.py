@@ -282,3 +282,43 @@ def test_hf_drafter_score_matches_one_token_feeding(drafter_model):
     assert torch.allclose(scored, torch.stack(stepwise), atol=1e-9)
     a.truncate(len(tokens) + 1)  # keep tokens + chain[:1]
     assert torch.allclose(a.feed(chain[1]), stepwise[2], atol=1e-9)
+
+
+class _NativeFlagged:
+    """The tiny target, flagged as running on its own thread pool (as the native backend is)."""
+
+    native = True
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_sampling_runs_torch_single_threaded_beside_a_native_target(target, monkeypatch):
+    """Beside a native target the sampling step runs torch on one thread (its parallel regions'
+    spinning threads would take the native pool's cores), restores the count after, and draws
+    the same samples; beside any other target the thread count is left alone."""
+    import paradec.decode as decode_mod
+
+    seen = []
+    real = decode_mod.verify_sampling
+
+    def spy(*a, **kw):
+        seen.append(torch.get_num_threads())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(decode_mod, "verify_sampling", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        s = SamplingParams(temperature=0.9, seed=3)
+        plain, _ = run(target, NoDraft(), PROMPTS[0], n=12, sampling=s)
+        assert seen and set(seen) == {2}
+        seen.clear()
+        flagged, _ = run(_NativeFlagged(target), NoDraft(), PROMPTS[0], n=12, sampling=s)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2 and flagged == plain
+    finally:
+        torch.set_num_threads(before)
