@@ -378,8 +378,8 @@ class AutoDrafter:
         self.choices[best] += 1
         if best == "model":
             self._since_model = 0
-            if (build := getattr(self.model, "build", None)) is not None:
-                build()  # a lazy drafter's loading is no drafting cost (see LazyModel)
+            if isinstance(self.model, LazyModel):
+                self.model.build()  # its loading is no drafting cost
             t1 = time.perf_counter()
             draft = self.model.propose(ctx)
             self._t_model = time.perf_counter()

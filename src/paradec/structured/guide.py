@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..tree import DraftTree
+from ..verify import argmax_rows
 from . import masks
 from .constraint import Constraint
 from .draft import Shaped, shape_draft
@@ -55,15 +56,20 @@ class Guide:
         out at that node set to -inf (the constrained target, before sampling parameters).
         ``rows``: the bitmask rows of ``logits``' rows (default all the shaped draft's)."""
         t0 = time.perf_counter()
-        allow = masks.unpack(self.shaped.rows if rows is None else rows, logits.shape[-1])  # [r, V]
-        if self.other_eos and self.eos < allow.shape[1]:
-            allow[:, self.other_eos] = allow[:, self.eos : self.eos + 1].clone()  # (a copy: same memory)
-        dead = ~allow.any(-1)  # an error state (never expected): let the request end there
-        if bool(dead.any()):
-            allow[dead, self.eos] = True
-        out = masks.apply(logits, allow)
+        bits = (self.shaped.rows if rows is None else rows).numpy()
+        out = masks.apply(logits, torch.from_numpy(self._allow(bits, logits.shape[-1])))
         self.mask_s += time.perf_counter() - t0
         return out
+
+    def _allow(self, bits: np.ndarray, vocab: int) -> np.ndarray:
+        """Bitmask rows [r, words] -> bool [r, vocab]: the tokens the grammar allows at each node,
+        the model's other EOS tokens following the grammar's EOS; a row that allows nothing (an
+        error state, never expected) allows EOS, so that the request ends there."""
+        allow = masks.unpack_numpy(bits, vocab)
+        if self.other_eos and self.eos < allow.shape[1]:
+            allow[:, self.other_eos] = allow[:, self.eos : self.eos + 1]
+        allow[~allow.any(-1), self.eos] = True
+        return allow
 
     def greedy_best(self, logits: torch.Tensor) -> list[int]:
         """The argmax of every row of ``mask(logits)`` (greedy verification's input), without
@@ -74,8 +80,7 @@ class Guide:
         t0 = time.perf_counter()
         x = logits.detach()
         on_numpy = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.float16)
-        # numpy's argmax, like torch's, gives the first maximum (and is faster on a CPU)
-        best = x.numpy().argmax(-1).tolist() if on_numpy else x.argmax(-1).tolist()
+        best = argmax_rows(x)
         bits = self.shaped.rows.numpy()  # [n+1, words] int32
         width = 32 * bits.shape[1]
         need = []
@@ -84,12 +89,7 @@ class Guide:
             if not (u < width and (int(bits[i, u >> 5]) >> (u & 31)) & 1):
                 need.append(i)
         if need and on_numpy:  # these rows masked in full, as mask() does, in numpy
-            allow = masks.unpack_numpy(bits[need], x.shape[-1])  # [r, V] bool
-            if self.other_eos and self.eos < allow.shape[1]:
-                allow[:, self.other_eos] = allow[:, self.eos : self.eos + 1]
-            dead = ~allow.any(-1)
-            allow[dead, self.eos] = True
-            vals = np.where(allow, x.numpy()[need], -np.inf)
+            vals = np.where(self._allow(bits[need], x.shape[-1]), x.numpy()[need], -np.inf)
             for i, t in zip(need, vals.argmax(-1).tolist()):
                 best[i] = t
             need = []

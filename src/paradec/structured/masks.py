@@ -44,13 +44,8 @@ def unpack_numpy(rows: np.ndarray, vocab: int) -> np.ndarray:
 
 def unpack(rows: torch.Tensor, vocab: int) -> torch.Tensor:
     """Bitmask rows [r, words] -> bool [r, vocab] (tokens past the bitmask: not allowed)."""
-    r = rows.shape[0]
     # little-endian words: byte 0 holds tokens 0-7, lowest bit first
-    raw = rows.contiguous().numpy().astype("<i4", copy=False).view(np.uint8)  # [r, words * 4]
-    bits = torch.from_numpy(np.unpackbits(raw, axis=1, bitorder="little")).bool()  # [r, words * 32]
-    if bits.shape[1] >= vocab:
-        return bits[:, :vocab]
-    return torch.cat([bits, bits.new_zeros(r, vocab - bits.shape[1])], 1)
+    return torch.from_numpy(np.ascontiguousarray(unpack_numpy(rows.contiguous().numpy(), vocab)))
 
 
 def apply(logits: torch.Tensor, allow: torch.Tensor) -> torch.Tensor:

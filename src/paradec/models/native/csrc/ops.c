@@ -173,8 +173,9 @@ static inline float hsum8(__m256 v) { /* ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)) *
 
 #define PD_MAX_DIM 256
 
-/* One (row, head): the allowed slots gathered in order, their scores (one fma chain over the
- * head dimension each), weights exp(score - max), and the weighted sum of values in slot order. */
+/* One (row, head) for the head sizes attend_rows does not take (not a multiple of 8, or above
+ * PD_MAX_DIM): the allowed slots gathered in order, their scores (dot_fixed each), weights
+ * exp(score - max), and the weighted sum of values in slot order. */
 static void attend_one(const attn_job *j, int64_t r, int64_t h, float *scores, int32_t *idx) {
     int64_t dim = j->dim, kvh = j->kvh, g = h / (j->heads / kvh);
     const float *K = (const float *)(intptr_t)j->kptr[r], *V = (const float *)(intptr_t)j->vptr[r];
@@ -188,37 +189,9 @@ static void attend_one(const attn_job *j, int64_t r, int64_t h, float *scores, i
         if (m[s]) idx[cnt++] = (int32_t)s;
     for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
     if (cnt == 0) return; /* no allowed key: zeros (the decode loop never asks this) */
-    const int vec = dim % 8 == 0 && dim <= PD_MAX_DIM;
     float mx = -INFINITY;
-    int64_t c0 = 0;
-    if (vec) /* four keys at a time: four independent fma chains (each score its own chain) */
-        for (; c0 + 4 <= cnt; c0 += 4) {
-            const float *k0 = Kg + (int64_t)idx[c0] * dim, *k1 = Kg + (int64_t)idx[c0 + 1] * dim;
-            const float *k2 = Kg + (int64_t)idx[c0 + 2] * dim, *k3 = Kg + (int64_t)idx[c0 + 3] * dim;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int64_t i = 0; i < dim; i += 8) {
-                __m256 qv = _mm256_loadu_ps(qh + i);
-                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
-                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
-                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
-                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
-            }
-            float s4[4] = {hsum8(a0) * j->scale, hsum8(a1) * j->scale, hsum8(a2) * j->scale, hsum8(a3) * j->scale};
-            for (int t = 0; t < 4; t++) {
-                scores[c0 + t] = s4[t];
-                if (s4[t] > mx) mx = s4[t];
-            }
-        }
-    for (int64_t c = c0; c < cnt; c++) {
-        const float *ks = Kg + (int64_t)idx[c] * dim;
-        float sc;
-        if (vec) {
-            __m256 acc = _mm256_setzero_ps();
-            for (int64_t i = 0; i < dim; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qh + i), _mm256_loadu_ps(ks + i), acc);
-            sc = hsum8(acc) * j->scale;
-        } else {
-            sc = dot_fixed(qh, ks, dim) * j->scale;
-        }
+    for (int64_t c = 0; c < cnt; c++) {
+        const float sc = dot_fixed(qh, Kg + (int64_t)idx[c] * dim, dim) * j->scale;
         scores[c] = sc;
         if (sc > mx) mx = sc;
     }
@@ -233,25 +206,12 @@ static void attend_one(const attn_job *j, int64_t r, int64_t h, float *scores, i
     }
     float total = 0.0f;
     for (c = 0; c < cnt; c++) total += scores[c];
-    if (vec) {
-        __m256 acc[PD_MAX_DIM / 8];
-        const int64_t nv = dim / 8;
-        for (int64_t v = 0; v < nv; v++) acc[v] = _mm256_setzero_ps();
-        for (c = 0; c < cnt; c++) {
-            const float *vs = Vg + (int64_t)idx[c] * dim;
-            __m256 p = _mm256_set1_ps(scores[c]);
-            for (int64_t v = 0; v < nv; v++) acc[v] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vs + 8 * v), acc[v]);
-        }
-        __m256 inv = _mm256_set1_ps(1.0f / total);
-        for (int64_t v = 0; v < nv; v++) _mm256_storeu_ps(o + 8 * v, _mm256_mul_ps(acc[v], inv));
-    } else {
-        for (c = 0; c < cnt; c++) {
-            const float *vs = Vg + (int64_t)idx[c] * dim;
-            for (int64_t i = 0; i < dim; i++) o[i] += scores[c] * vs[i];
-        }
-        float inv = 1.0f / total;
-        for (int64_t i = 0; i < dim; i++) o[i] *= inv;
+    for (c = 0; c < cnt; c++) {
+        const float *vs = Vg + (int64_t)idx[c] * dim;
+        for (int64_t i = 0; i < dim; i++) o[i] += scores[c] * vs[i];
     }
+    float inv = 1.0f / total;
+    for (int64_t i = 0; i < dim; i++) o[i] *= inv;
 }
 
 /* Rows of one attention item: up to ATT_ROWS rows of a tree for one head. */
@@ -259,10 +219,9 @@ static void attend_one(const attn_job *j, int64_t r, int64_t h, float *scores, i
 
 /* One head h for the rows [ra, rb), which share one cache: each allowed key is read once for
  * all the rows (its score for every row while it sits in registers); then each row sums its
- * weighted values in slot order with its accumulator in registers. Each row's arithmetic is
- * attend_one's, step for step: its own fma chain per score, its maximum, the same
- * exponentials, its total in slot order and its weighted values in slot order; the other rows
- * only share the loads. NV (= dim / 8) is a constant in each instantiation. */
+ * weighted values in slot order with its accumulator in registers. Each row's arithmetic is its
+ * own and fixed: one fma chain per score, its maximum, exp8 of each score, its total in slot
+ * order and its weighted values in slot order; the other rows only share the loads. NV (= dim / 8) is a constant in each instantiation. */
 static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job *j, int64_t ra, int64_t rb, int64_t h, float *scores, const int NV) {
     const int64_t dim = 8 * NV, kvh = j->kvh, g = h / (j->heads / kvh), nr = rb - ra;
     const int64_t stride = j->max_keys > 0 ? j->max_keys : 1;

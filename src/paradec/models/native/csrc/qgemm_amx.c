@@ -17,7 +17,7 @@
  *
  * Linux hands out the tile registers only on request (arch_prctl ARCH_REQ_XCOMP_PERM); pd_amx_ok
  * asks once and reports whether the path may run. Each thread loads its tile configuration the
- * first time it runs a block size. */
+ * first time it runs a weight type of the other group size. */
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")
 #include <pthread.h>
 #include <sys/syscall.h>
@@ -31,7 +31,6 @@
 int pd_amx_ok(void) {
     static int state = 0; /* 0 unknown, 1 usable, -1 not */
     if (state == 0) {
-        __builtin_cpu_init();
         unsigned a, b, c, d;
         __asm__ __volatile__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
         const int has = (d >> 24 & 1) && (d >> 25 & 1); /* AMX-TILE, AMX-INT8 */
@@ -49,10 +48,11 @@ _Static_assert(sizeof(tilecfg) == sizeof(pd_tilecfg), "tile configuration is 64 
 
 /* Four products are kept in flight (tiles do not rename: a block's tile must be stored before
  * the tile is reused, so one block at a time would wait on every product's latency).
- * 32-weight groups: tiles 0..3 int32 results of four blocks (R x 16); 4, 5 activations
- * R x 32 bytes; 6, 7 weights 8 x 64 bytes (a whole block).
- * 16-weight groups (g16): tiles 0..3 the two halves of two blocks; 4, 5 activations R x 16
- * bytes; 6, 7 weights 4 x 64 bytes (half a block). */
+ * 32-weight groups: tiles 0..3 int32 results of four blocks (16 x 16); 4, 5 activations
+ * 16 x 32 bytes; 6, 7 weights 8 x 64 bytes (a whole block).
+ * 16-weight groups (g16): tiles 0..3 the two halves of two blocks; 4, 5 activations 16 x 16
+ * bytes; 6, 7 weights 4 x 64 bytes (half a block).
+ * cfg_key: which of the two this thread has loaded (0: none, or unknown). */
 static __thread int cfg_key = 0;
 
 /* The calling thread may also run other code that uses the tiles (llama.cpp's AMX kernels,
@@ -92,18 +92,18 @@ void pd_amx_test_clobber(int mode) {
 static void forget_config(void) { cfg_key = 0; }
 __attribute__((constructor)) static void amx_init(void) { pthread_atfork(0, 0, forget_config); }
 
-static void configure(int rows, int g16) {
-    const int key = rows * 2 + g16 + 1;
+static void configure(int g16) {
+    const int key = g16 + 1;
     if (cfg_key == key) return;
     tilecfg cfg __attribute__((aligned(64)));
     __builtin_memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (int i = 0; i < 4; i++) {
-        cfg.rows[i] = (uint8_t)rows;
+        cfg.rows[i] = 16;
         cfg.colsb[i] = 64;
     }
     for (int i = 4; i < 6; i++) {
-        cfg.rows[i] = (uint8_t)rows;
+        cfg.rows[i] = 16;
         cfg.colsb[i] = g16 ? 16 : 32;
     }
     for (int i = 6; i < 8; i++) {
@@ -114,9 +114,6 @@ static void configure(int rows, int g16) {
     cfg_key = key;
 }
 
-PD_INLINE __m512 load16(const void *p, size_t i, int half) {
-    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i))) : _mm512_loadu_ps((const float *)p + i);
-}
 
 #define GB 4 /* tile products in flight */
 
@@ -132,6 +129,44 @@ PD_INLINE void widen(const pd_qweight *w, int t, int nb, int b0, int count, uint
             _mm512_store_si512(out[i] + 64 * (j + 4), _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4));
         }
     }
+}
+
+/* The tile products of one group: nbk (1..4) whole blocks, or (g16) nbk (1..2) blocks as two
+ * half-depth products each, of the activations at xa (row stride kp) with the weights wb[i];
+ * their int32 results stored into c[0..3]. */
+PD_INLINE void products(const int8_t *xa, int kp, const uint8_t *const *wb, int nbk, int g16, int32_t (*c)[16][16]) {
+    if (g16) {
+#define HALF(C, A, B, i, h)                                   \
+    _tile_zero(C);                                            \
+    _tile_loadd(A, xa + 32 * i + 16 * h, kp);                 \
+    _tile_loadd(B, wb[i] + 256 * h, 64);                      \
+    _tile_dpbsud(C, A, B);
+        HALF(0, 4, 6, 0, 0)
+        HALF(1, 5, 7, 0, 1)
+        if (nbk > 1) { HALF(2, 4, 6, 1, 0) HALF(3, 5, 7, 1, 1) }
+#undef HALF
+        _tile_stored(0, c[0], 64);
+        _tile_stored(1, c[1], 64);
+        if (nbk > 1) {
+            _tile_stored(2, c[2], 64);
+            _tile_stored(3, c[3], 64);
+        }
+        return;
+    }
+#define WHOLE(C, A, B)                                        \
+    _tile_zero(C);                                            \
+    _tile_loadd(A, xa + 32 * C, kp);                          \
+    _tile_loadd(B, wb[C], 64);                                \
+    _tile_dpbsud(C, A, B);
+    WHOLE(0, 4, 6)
+    if (nbk > 1) { WHOLE(1, 5, 7) }
+    if (nbk > 2) { WHOLE(2, 4, 6) }
+    if (nbk > 3) { WHOLE(3, 5, 7) }
+#undef WHOLE
+    _tile_stored(0, c[0], 64);
+    if (nbk > 1) _tile_stored(1, c[1], 64);
+    if (nbk > 2) _tile_stored(2, c[2], 64);
+    if (nbk > 3) _tile_stored(3, c[3], 64);
 }
 
 /* Column tile t for the rows [r0, r0 + rows) of a block of R rows (rows <= R; the rows past
@@ -151,45 +186,13 @@ PD_INLINE void tile_rows(const pd_qweight *w, const pd_qact *x, int t, int r0, i
         /* the products of group b0 (if any), then the float steps of the group before it, whose
          * results were stored a group ago (reading them at once would wait on the stores) */
         if (b0 < nb) {
-        int32_t (*c)[16][16] = cbuf[grp];
-        const int nbk = nb - b0 < step ? nb - b0 : step;
-        const uint8_t *wb[GB];
-        for (int i = 0; i < nbk; i++) wb[i] = kind == PD_KIND_Q4 ? wq[grp][i] : w->q + ((size_t)t * nb + b0 + i) * 512;
-        if (g16) {
-#define HALF(C, A, B, i, h)                                   \
-    _tile_zero(C);                                            \
-    _tile_loadd(A, xa + 32 * (b0 + i) + 16 * h, kp);          \
-    _tile_loadd(B, wb[i] + 256 * h, 64);                      \
-    _tile_dpbsud(C, A, B);
-            HALF(0, 4, 6, 0, 0)
-            HALF(1, 5, 7, 0, 1)
-            if (nbk > 1) { HALF(2, 4, 6, 1, 0) HALF(3, 5, 7, 1, 1) }
-            _tile_stored(0, c[0], 64);
-            _tile_stored(1, c[1], 64);
-            if (nbk > 1) {
-                _tile_stored(2, c[2], 64);
-                _tile_stored(3, c[3], 64);
-            }
-#undef HALF
-        } else {
-#define WHOLE(C, A, B)                                        \
-    _tile_zero(C);                                            \
-    _tile_loadd(A, xa + 32 * (b0 + C), kp);                   \
-    _tile_loadd(B, wb[C], 64);                                \
-    _tile_dpbsud(C, A, B);
-            WHOLE(0, 4, 6)
-            if (nbk > 1) { WHOLE(1, 5, 7) }
-            if (nbk > 2) { WHOLE(2, 4, 6) }
-            if (nbk > 3) { WHOLE(3, 5, 7) }
-            _tile_stored(0, c[0], 64);
-            if (nbk > 1) _tile_stored(1, c[1], 64);
-            if (nbk > 2) _tile_stored(2, c[2], 64);
-            if (nbk > 3) _tile_stored(3, c[3], 64);
-#undef WHOLE
-        }
-        /* widen the next group while the products run: a tile load right after the stores
-         * that wrote its bytes would wait for them to reach the cache */
-        if (kind == PD_KIND_Q4 && b0 + step < nb) widen(w, t, nb, b0 + step, step, wq[grp ^ 1]);
+            const int nbk = nb - b0 < step ? nb - b0 : step;
+            const uint8_t *wb[GB];
+            for (int i = 0; i < nbk; i++) wb[i] = kind == PD_KIND_Q4 ? wq[grp][i] : w->q + ((size_t)t * nb + b0 + i) * 512;
+            products(xa + 32 * b0, kp, wb, nbk, g16, cbuf[grp]);
+            /* widen the next group while the products run: a tile load right after the stores
+             * that wrote its bytes would wait for them to reach the cache */
+            if (kind == PD_KIND_Q4 && b0 + step < nb) widen(w, t, nb, b0 + step, step, wq[grp ^ 1]);
         }
         if (b0 == 0) continue;
         const int p0 = b0 - step, pnb = nb - p0 < step ? nb - p0 : step;
@@ -198,8 +201,8 @@ PD_INLINE void tile_rows(const pd_qweight *w, const pd_qact *x, int t, int r0, i
             const int b = p0 + i;
             const size_t tb = (size_t)t * nb + b, ab = tb * G * 16;
             const int32_t *clo = g16 ? c[2 * i][0] : c[i][0], *chi = g16 ? c[2 * i + 1][0] : 0;
-            const __m512 a0 = load16(w->a, ab, half), a1 = g16 ? load16(w->a, ab + 16, half) : a0;
-            const __m512 ov = w->off ? load16(w->off, tb * 16, half) : a0;
+            const __m512 a0 = pd_load16(w->a, ab, half), a1 = g16 ? pd_load16(w->a, ab + 16, half) : a0;
+            const __m512 ov = w->off ? pd_load16(w->off, tb * 16, half) : a0;
 #pragma GCC unroll 16
             for (int r = 0; r < R; r++) { /* every row of the block (padding rows are zeros) */
                 __m512i ilo = _mm512_load_si512(clo + 16 * r), ihi = _mm512_setzero_si512();
@@ -214,10 +217,7 @@ PD_INLINE void tile_rows(const pd_qweight *w, const pd_qact *x, int t, int r0, i
                     }
                 }
                 const size_t xb = (size_t)(r0 + r) * nb + b;
-                const __m512 d = _mm512_set1_ps(x->d[xb]);
-                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(a0, d), _mm512_cvtepi32_ps(ilo), acc[r]);
-                if (g16) acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(a1, d), _mm512_cvtepi32_ps(ihi), acc[r]);
-                if (w->off) acc[r] = _mm512_fmadd_ps(ov, _mm512_set1_ps(x->s[xb]), acc[r]);
+                acc[r] = pd_block_fma16(acc[r], ilo, ihi, a0, a1, ov, x->d[xb], x->s[xb], g16, w->off != 0);
             }
         }
     }
@@ -229,7 +229,7 @@ PD_INLINE void tile_rows(const pd_qweight *w, const pd_qact *x, int t, int r0, i
 /* x->m rows in blocks of 16 rows; x->q, d, s and x16 hold whole blocks (the padding rows zeros). */
 void pd_cols_amx(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t0, int t1) {
     const int g16 = w->kind == PD_KIND_Q8 && w->group == 16;
-    configure(16, g16);
+    configure(g16);
     for (int t = t0; t < t1; t++)
         for (int r0 = 0; r0 < x->m; r0 += 16) {
             const int rows = x->m - r0 < 16 ? x->m - r0 : 16;

@@ -5,9 +5,6 @@
 
 #define MT5 8
 
-PD_INLINE __m512 load16(const void *p, size_t i, int half) {
-    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i))) : _mm512_loadu_ps((const float *)p + i);
-}
 
 PD_INLINE void tile16(const pd_qweight *w, const pd_qact *x, int t, int r0, int mt, int kind, int g16, int half, int biased,
                       float *y, int ldy) {
@@ -59,14 +56,11 @@ PD_INLINE void tile16(const pd_qweight *w, const pd_qact *x, int t, int r0, int 
             }
         }
         const size_t ab = tb * G * 16;
-        const __m512 a0 = load16(w->a, ab, half), a1 = g16 ? load16(w->a, ab + 16, half) : a0;
-        const __m512 ov = w->off ? load16(w->off, tb * 16, half) : a0;
+        const __m512 a0 = pd_load16(w->a, ab, half), a1 = g16 ? pd_load16(w->a, ab + 16, half) : a0;
+        const __m512 ov = w->off ? pd_load16(w->off, tb * 16, half) : a0;
         for (int r = 0; r < mt; r++) {
             const size_t xb = (size_t)(r0 + r) * nb + b;
-            const __m512 d = _mm512_set1_ps(x->d[xb]);
-            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(a0, d), _mm512_cvtepi32_ps(ilo[r]), acc[r]);
-            if (g16) acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(a1, d), _mm512_cvtepi32_ps(ihi[r]), acc[r]);
-            if (w->off) acc[r] = _mm512_fmadd_ps(ov, _mm512_set1_ps(x->s[xb]), acc[r]);
+            acc[r] = pd_block_fma16(acc[r], ilo[r], ihi[r], a0, a1, ov, x->d[xb], x->s[xb], g16, w->off != 0);
         }
     }
     const int n0 = PD_TILE_COLS * t, cols = w->n - n0 < 16 ? w->n - n0 : 16;
