@@ -102,6 +102,23 @@ def test_tree_with_random_masks_matches_transformers(llama):
         _close(nat.forward(toks, pos, c1, mask), ref.forward(toks, pos, c2, mask))
 
 
+def test_head_size_not_a_multiple_of_8_takes_the_scalar_attention(tmp_path):
+    """Head size 12 (96 / 8 heads): attention runs its one-row-at-a-time scalar path; it still
+    matches transformers and a tree row still equals the same token computed alone."""
+    nat, ref = _pair(tmp_path, hidden=96, heads=8, kv_heads=4)
+    gen = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 96, (1, 16), generator=gen)
+    c1, c2 = nat.new_cache(40), ref.new_cache(40)
+    nat.prefill(ids, c1)
+    ref.prefill(ids, c2)
+    mask, depth = _random_tree_mask(16, 9, gen)
+    toks, pos = torch.randint(0, 96, (1, 9), generator=gen), (16 + depth)[None]
+    out = nat.forward(toks, pos, c1, mask)
+    _close(out, ref.forward(toks, pos, c2, mask))
+    path = [j for j in range(9) if mask[0, 8, 16 + j]]
+    assert torch.equal(out[0, 8], _prefix_logits(nat, ids[0].tolist() + toks[0, path].tolist()))
+
+
 def _prefix_logits(nat, seq: list[int]) -> torch.Tensor:
     """Logits of the last token of ``seq`` computed alone (prefill, then one forward)."""
     c = nat.new_cache(len(seq) + 1)
