@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from paradec.models.adapter import HFCausalLM
+from paradec.models.causal_lm import HFCausalLM
 
 CHARS = string.ascii_letters + string.digits + " .,!?'\n:-()<>"
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]

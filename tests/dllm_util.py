@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from paradec.diffusion.adapter import DiffusionSpec, TinyDLM
-from paradec.diffusion.model import TinyConfig, TinyTransformer
+from paradec.dllm.protocol import DiffusionSpec, TinyDLM
+from paradec.dllm.toy.model import TinyConfig, TinyTransformer
 
 V, MASK, EOS, PAD, SEP = 24, 1, 3, 0, 4
 

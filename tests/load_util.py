@@ -166,7 +166,7 @@ if __name__ == "__main__":
     ap.add_argument("--method", default=None, help="paradec.method of every request (default: the server's)")
     a = ap.parse_args()
     if a.mt_bench:
-        from paradec.bench.suites import load_mt_bench
+        from paradec.suites import load_mt_bench
 
         convs = [q.turns for q in load_mt_bench()[: a.mt_bench]]
         st, wall = run_conversations(a.url, convs, a.clients, a.model, a.max_tokens, a.method)

@@ -12,7 +12,7 @@ from paradec.bench.metrics import OVERALL, Sample, accept_histogram, aggregate, 
 from paradec.bench.report import markdown, write_report
 from paradec.bench.roofline import forward_time, ideal_speedup
 from paradec.bench.runners import cut_at_eos
-from paradec.bench.suites import OWN_SUITES, SUITES, BenchPrompt, load_suite, load_suites, parse_suites, run_order, spread
+from paradec.suites import OWN_SUITES, SUITES, BenchPrompt, load_suite, load_suites, parse_suites, run_order, spread
 from paradec.errors import ParadecError
 
 

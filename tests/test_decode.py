@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from paradec.models.adapter import HFCausalLM
+from paradec.models.causal_lm import HFCausalLM
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import NoDraft
 from paradec.proposers.draft_model import DraftModelConfig, DraftModelProposer
-from paradec.models.quantize import int8_copy
+from paradec.models.torch.quantize import int8_copy
 from paradec.proposers.pld import PLDConfig, PromptLookup
 from paradec.proposers.qdraft import QDraftConfig, QuantizedSelfDraft
 from paradec.sampling import SamplingParams

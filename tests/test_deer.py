@@ -8,7 +8,7 @@ import pytest
 import torch
 from lossless import PROMPTS, SV, assert_identical_to_ar, assert_sampling_lossless, run
 
-from paradec.diffusion.converted import AdapterConfig, BlockDiffusionAR
+from paradec.dllm.converted import AdapterConfig, BlockDiffusionAR
 from paradec.errors import ParadecError
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import StepResult

@@ -11,8 +11,8 @@ from lossless import PROMPTS, SV, assert_identical_to_ar, assert_sampling_lossle
 from test_deer import random_adapter
 
 from paradec.decode import DecodeConfig, Decoder
-from paradec.diffusion.converted import BlockDiffusionAR, shared_copy
-from paradec.diffusion.lora import LoRALinear, load_lora_state, lora_state
+from paradec.dllm.converted import BlockDiffusionAR, shared_copy
+from paradec.distill.lora import LoRALinear, load_lora_state, lora_state
 from paradec.errors import ParadecError
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import NoDraft

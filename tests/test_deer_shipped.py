@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from paradec.diffusion.loaders import converted_dirs
+from paradec.dllm.loaders import converted_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +32,9 @@ def engine():
 
 
 def test_shipped_adapter_loads_by_name_as_a_dllm(engine):
-    from paradec.diffusion.loaders import load_diffusion
-    from paradec.diffusion.loop import generate
-    from paradec.diffusion.policies import make_settings
+    from paradec.dllm.loaders import load_diffusion
+    from paradec.dllm.loop import generate
+    from paradec.dllm.policies import make_settings
 
     m = load_diffusion(NAME)
     assert m.spec.attention == "block_causal" and m.spec.block_size == 8
@@ -65,10 +65,10 @@ def test_deer_greedy_identical_to_ar_on_the_default_model(request, method, backe
 
 
 def test_shipped_learn2pd_filter_decodes(engine):
-    from paradec.diffusion.command import _filter_of
-    from paradec.diffusion.loaders import load_diffusion
-    from paradec.diffusion.loop import generate
-    from paradec.diffusion.policies import make_settings
+    from paradec.cli.dllm import _filter_of
+    from paradec.dllm.loaders import load_diffusion
+    from paradec.dllm.loop import generate
+    from paradec.dllm.policies import make_settings
 
     m = load_diffusion(NAME)
     filt = _filter_of(m)

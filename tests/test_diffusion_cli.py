@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cli_util import run_cli
-from paradec.diffusion.model import TinyConfig, TinyTransformer
-from paradec.diffusion.tasks import VOCAB_SIZE
+from paradec.dllm.toy.model import TinyConfig, TinyTransformer
+from paradec.dllm.toy.tasks import VOCAB_SIZE
 
 
 @pytest.fixture(scope="module")

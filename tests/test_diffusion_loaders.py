@@ -9,9 +9,9 @@ import pytest
 import torch
 from dllm_util import MASK, prompts, tiny_dlm, write_hf
 
-from paradec.diffusion.loaders import is_diffusion, load_diffusion
-from paradec.diffusion.loop import generate, prepare
-from paradec.diffusion.policies import make_settings
+from paradec.dllm.loaders import is_diffusion, load_diffusion
+from paradec.dllm.loop import generate, prepare
+from paradec.dllm.policies import make_settings
 from paradec.errors import ParadecError
 
 

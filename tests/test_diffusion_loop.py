@@ -7,9 +7,9 @@ import pytest
 import torch
 from dllm_util import MASK, prompts, tiny_dlm
 
-from paradec.diffusion import freedave
-from paradec.diffusion.loop import Settings, generate
-from paradec.diffusion.policies import (
+from paradec.dllm import freedave
+from paradec.dllm.loop import Settings, generate
+from paradec.dllm.policies import (
     METHODS,
     CachePolicy,
     FixedBlocks,
@@ -75,7 +75,7 @@ def test_parallel_policies_use_fewer_forwards(model):
 
 # ---- caches ------------------------------------------------------------------------------------
 def test_window_forward_with_a_fresh_cache_equals_the_full_forward(model):
-    from paradec.diffusion.loop import prepare
+    from paradec.dllm.loop import prepare
 
     ids, km, P = prepare(prompts(3), G, MASK, 0)
     ids[:, P + 2] = 7

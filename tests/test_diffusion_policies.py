@@ -6,8 +6,8 @@ import pytest
 import torch
 from dllm_util import EOS, MASK, FakeDLM
 
-from paradec.diffusion.loop import Settings, generate
-from paradec.diffusion.policies import (
+from paradec.dllm.loop import Settings, generate
+from paradec.dllm.policies import (
     AdaBlock,
     Credit,
     EditPolicy,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from paradec.diffusion.evaluate import heldout, run_method
-from paradec.diffusion.loaders import load_diffusion, packaged_dir
+from paradec.dllm.toy.evaluate import heldout, run_method
+from paradec.dllm.loaders import load_diffusion, packaged_dir
 
 
 @pytest.fixture(scope="module")

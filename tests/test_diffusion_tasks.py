@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from paradec.diffusion import tasks as T
+from paradec.dllm.toy import tasks as T
 from paradec.errors import ParadecError
 
 
@@ -56,7 +56,7 @@ def test_encoding_and_errors():
 def test_training_is_reproducible_from_a_seed():
     import torch
 
-    from paradec.diffusion.train import TrainConfig, train
+    from paradec.dllm.toy.train import TrainConfig, train
 
     cfg = dict(steps=3, batch=8, d_model=32, n_layers=1, n_heads=4, d_ff=64, threads=1)
     a = train(TrainConfig(kind="dllm", seed=5, **cfg), log=lambda s: None)

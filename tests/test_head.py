@@ -16,12 +16,12 @@ from lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling
 from cli_util import run_cli
 
 from paradec.decode import DecodeConfig, Decoder
-from paradec.diffusion.convert_data import generate_batch
+from paradec.distill.data import generate_batch
 from paradec.errors import ParadecError
 from paradec.heads import head_for, load_head, new_head
 from paradec.heads.data import Features, features, head_prompts, keep_vocab
 from paradec.heads.train import TrainConfig, coverage, evaluate, train
-from paradec.models.adapter import HFCausalLM
+from paradec.models.causal_lm import HFCausalLM
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import ProposeContext
 from paradec.proposers.head import HeadConfig, HeadProposer
@@ -232,7 +232,7 @@ def test_features_rows_match_single_forwards(target):
 
 
 def test_head_prompts_are_deterministic_and_not_benchmark_prompts():
-    from paradec.bench.suites import OWN_SUITES, load_suite, missing_package
+    from paradec.suites import OWN_SUITES, load_suite, missing_package
 
     a, b = head_prompts(60, seed=1), head_prompts(60, seed=1)
     assert [p.text for p in a] == [p.text for p in b] and len(a) == 60

@@ -11,7 +11,7 @@ from functools import lru_cache
 import pytest
 from jsonschema import Draft202012Validator
 
-from paradec.bench.suites import DATA_DIR
+from paradec.suites import DATA_DIR
 
 DATA_FILE = DATA_DIR / "structured.jsonl"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"

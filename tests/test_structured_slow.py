@@ -11,7 +11,7 @@ import pytest
 
 import paradec
 from paradec.bench.structured import load_structured
-from paradec.bench.suites import spread
+from paradec.suites import spread
 from paradec.models.registry import REGISTRY
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import json
 import pytest
 from cli_util import run_cli
 
-from paradec.diffusion.text_bench import extract_code, humaneval_passes, run_tests
+from paradec.convert.text_bench import extract_code, humaneval_passes, run_tests
 
 
 def test_sandbox_runs_code_in_a_limited_child_process():

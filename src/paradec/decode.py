@@ -22,7 +22,7 @@ import torch
 
 from .cache import KVCache
 from .errors import ParadecError
-from .models.adapter import CausalLM, backend_label
+from .models.causal_lm import CausalLM, backend_label
 from .proposers.base import ProposeContext, Proposer, StepResult
 from .sampling import SamplingParams, target_probs
 from .stats import DecodeStats

@@ -127,7 +127,7 @@ def _probe_dir(d: Path, option: str, shown: str) -> None:
 
 def validate(cfg: BenchConfig) -> BenchConfig:
     from ..models.loader import parse_device, parse_dtype
-    from .suites import parse_suites
+    from ..suites import parse_suites
 
     parse_dtype(cfg.dtype)
     from ..models.native.select import BACKENDS

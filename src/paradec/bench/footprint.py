@@ -39,8 +39,8 @@ def _one(method: str, model: str | None, dtype: str, tokens: int) -> list[tuple[
     import transformers  # noqa: F401
 
     mark("python, torch, transformers, paradec imported")
-    from paradec.engine import Engine
-    from paradec.models.loader import load_hf
+    from ..engine import Engine
+    from ..models.loader import load_hf
 
     loaded = load_hf(model, dtype, "cpu")
     mark(f"target ({dtype}) and tokenizer loaded")
@@ -48,7 +48,7 @@ def _one(method: str, model: str | None, dtype: str, tokens: int) -> list[tuple[
         p.sum()
     mark("target weights read once (as the first forward does)")
     engine = Engine(loaded)
-    from paradec.server.app import ServerConfig, create_app
+    from ..server.app import ServerConfig, create_app
 
     create_app(engine, ServerConfig())
     mark("server app and scheduler")

@@ -15,9 +15,9 @@ from ..errors import ParadecError
 from .config import BenchConfig, validate
 from .machine import loadavg, machine_info, peak_rss_mb, rss_mb
 from .metrics import OVERALL, Sample, identical_to
-from ..models.adapter import backend_label
+from ..models.causal_lm import backend_label
 from .records import RecordStore, fingerprint, iso, machine_label, result_from_records
-from .suites import BenchPrompt, load_suites, run_order
+from ..suites import BenchPrompt, load_suites, run_order
 
 WARMUP_TOKENS = 8
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ParadecError
-from .suites import DATA_DIR, _read_jsonl, spread
+from ..suites import DATA_DIR, _read_jsonl, spread
 
 PEERS = ("hf", "llama.cpp")
 DEFAULT_METHODS = ("ar", "suffix", "pld", "auto")

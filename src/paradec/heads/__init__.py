@@ -24,7 +24,7 @@ def head_dirs() -> dict[str, Path]:
 def head_for(hf_model, head: str = "auto") -> DraftHead:
     """The head named ``head`` (a shipped name or a directory from ``paradec head train``), or
     with ``auto`` the shipped head trained on this very model."""
-    from ..diffusion.converted import check_fingerprint
+    from ..dllm.converted import check_fingerprint
 
     shipped = head_dirs()
     if head == "auto":

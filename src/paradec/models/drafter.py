@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..cache import KVCache
-from .adapter import CausalLM
+from .causal_lm import CausalLM
 
 
 class Drafter(Protocol):

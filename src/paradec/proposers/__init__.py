@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import ParadecError
-from ..models.adapter import CausalLM
+from ..models.causal_lm import CausalLM
 from .base import NoDraft, ProposeContext, Proposer, StepResult
 from .draft_model import DraftModelConfig, DraftModelProposer
 from .aded import ADED, ADEDConfig
@@ -81,8 +81,8 @@ class Models:
                     raise ParadecError("qdraft backend llama.cpp needs llama-cpp-python (pip install llama-cpp-python)")
                 self._self_drafters[backend] = LlamaCppDrafter(self.gguf_path, n_ctx=self.target.max_context)
             else:
-                from ..models.adapter import HFCausalLM
-                from ..models.quantize import int8_copy
+                from ..models.causal_lm import HFCausalLM
+                from ..models.torch.quantize import int8_copy
 
                 int8 = HFCausalLM(int8_copy(self.target.model), max_context=self.target.max_context)
                 self._self_drafters[backend] = HFDrafter(int8)
@@ -152,7 +152,7 @@ def _auto(models: Models, vocab: int, cfg: AutoConfig) -> Proposer:
 
 
 def _deer(models: Models, vocab: int, cfg: DeerConfig) -> Proposer:
-    from ..diffusion.loaders import converted_for
+    from ..dllm.loaders import converted_for
 
     base = models.draft if models.draft is not None else models.target
     drafter = models.loaded(("deer", cfg.adapter, id(base)),  # over the base's own weights (the adapter only adds LoRA)
@@ -161,7 +161,7 @@ def _deer(models: Models, vocab: int, cfg: DeerConfig) -> Proposer:
 
 
 def _deer_fused(models: Models, vocab: int, cfg: FusedDeerConfig) -> Proposer:
-    from ..diffusion.loaders import converted_for
+    from ..dllm.loaders import converted_for
 
     t = models.target
     if getattr(t, "native", False):
@@ -200,7 +200,7 @@ def _shipped(option: str) -> list[str]:
 
         return list(head_dirs())
     if option == "adapter":
-        from ..diffusion.loaders import converted_dirs
+        from ..dllm.loaders import converted_dirs
 
         return list(converted_dirs())
     return []

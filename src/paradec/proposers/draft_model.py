@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..interrupt import checkpoint
-from ..models.adapter import CausalLM
+from ..models.causal_lm import CausalLM
 from ..models.drafter import Drafter, HFDrafter
 from ..sampling import SamplingParams, target_probs
 from ..tree import DraftTree

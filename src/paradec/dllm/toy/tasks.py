@@ -17,7 +17,7 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from ..errors import ParadecError
+from ...errors import ParadecError
 
 PAD, MASK, BOS, EOS, SEP = 0, 1, 2, 3, 4
 SPECIAL = ["<pad>", "<mask>", "<s>", "</s>", "="]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..cache import KVCache
+from ...cache import KVCache
 from .packed import PackedLinear, fused
 
 LEAN_FAMILIES = ("llama", "qwen2")

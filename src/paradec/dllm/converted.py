@@ -36,8 +36,8 @@ from torch import nn
 
 from ..cache import KVCache
 from ..errors import ParadecError
-from ..models.adapter import HFCausalLM
-from .lora import TARGETS, apply_lora, load_lora_state, lora_state
+from ..models.causal_lm import HFCausalLM
+from ..distill.lora import TARGETS, apply_lora, load_lora_state, lora_state
 
 MAX_FILE_BYTES = 15 * 1024 * 1024  # each adapter file stays under 16 MiB
 

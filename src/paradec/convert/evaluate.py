@@ -13,9 +13,9 @@ import math
 
 import torch
 
-from .convert import ConvertConfig, masked_accuracy
-from .convert_data import TextPrompt, generate_data, read_data
-from .converted import BlockDiffusionAR
+from .train import ConvertConfig, masked_accuracy
+from ..distill.data import TextPrompt, generate_data, read_data
+from ..dllm.converted import BlockDiffusionAR
 
 
 def pick(prompts: list[TextPrompt], n: int) -> list[TextPrompt]:
@@ -42,9 +42,9 @@ def _until_eos(toks: list[int], eos: int) -> list[int]:
 
 def quality(model: BlockDiffusionAR, tokenizer, heldout: list[TextPrompt], cfg: ConvertConfig, n: int, gen: int,
             path, log=print, blocks=(4, 8, 16)) -> dict:
-    from .converted_dlm import ConvertedDLM
-    from .loop import generate
-    from .policies import make_settings
+    from ..dllm.converted_dlm import ConvertedDLM
+    from ..dllm.loop import generate
+    from ..dllm.policies import make_settings
 
     chosen = pick(heldout, n)
     log(f"quality: greedy AR continuations of {len(chosen)} held-out prompts")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ParadecError
-from .adapter import DiffusionSpec, HFDiffusionLM, TinyDLM
+from .protocol import DiffusionSpec, HFDiffusionLM, TinyDLM
 
 PACKAGED = {"tiny-dllm": "dllm", "tiny-ar": "ar"}
 CONVERTED_DIR = "dlm"  # data/dlm/<name>/: converted AR models, loadable by <name>
@@ -111,7 +111,7 @@ def load_diffusion(name_or_path: str, dtype="float32", device: str = "cpu", bloc
     cfg = json.loads(cfg_path.read_text())
     dt = _dtype(dtype)
     if "paradec_dllm" in cfg:
-        from .model import TinyTransformer
+        from .toy.model import TinyTransformer
 
         if not (d / "model.safetensors").is_file():
             raise ParadecError(f"'{name_or_path}' has no model.safetensors")

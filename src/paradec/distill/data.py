@@ -41,7 +41,7 @@ class TextPrompt:
 def offline_prompts(sources: tuple[str, ...] | None = None) -> list[TextPrompt]:
     """Every single-turn prompt from the offline sets that are installed (MT-Bench turns counted
     separately: question q's turns get indices 2q and 2q + 1)."""
-    from ..bench.suites import OWN_SUITES, load_suite, missing_package
+    from ..suites import OWN_SUITES, load_suite, missing_package
 
     out: list[TextPrompt] = []
     for name in sources or ("mt_bench", "humaneval") + OWN_SUITES:
@@ -81,7 +81,7 @@ def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int],
     including its first EOS."""
     from transformers import DynamicCache
 
-    from ..models.adapter import cache_kwarg
+    from ..models.causal_lm import cache_kwarg
 
     B, P = len(prompts), max(len(p) for p in prompts)
     dev = next(model.parameters()).device

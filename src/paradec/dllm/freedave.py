@@ -19,7 +19,7 @@ import time
 import torch
 
 from ..errors import ParadecError
-from .adapter import DiffusionLM
+from .protocol import DiffusionLM
 from .loop import Result, Settings, end_of_text, prepare, scores
 from .policies.blocks import FixedBlocks
 from .policies.commit import ranked

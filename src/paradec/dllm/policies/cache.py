@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...errors import ParadecError
-from ..adapter import CACHES
+from ..protocol import CACHES
 
 
 @dataclass

@@ -48,11 +48,11 @@ def train_cmd(
     held-out top-1 agreement per depth and chain acceptance, save it."""
     import torch
 
-    from ..diffusion.convert_data import generate_data, read_data
+    from ..distill.data import generate_data, read_data
     from ..models.loader import load_hf
-    from .data import head_prompts, keep_vocab
-    from .model import new_head
-    from .train import TrainConfig, coverage, evaluate, train
+    from ..heads.data import head_prompts, keep_vocab
+    from ..heads.model import new_head
+    from ..heads.train import TrainConfig, coverage, evaluate, train
 
     for name, value in (("--prompts", prompts), ("--max-new", max_new), ("--keep", keep), ("--intermediate", intermediate)):
         if value < 1:
@@ -131,7 +131,7 @@ def _cached_features(model, paths: list[Path], train_rows, test_rows, max_len: i
     data (the pass over every continuation takes minutes on a CPU; reruns on the same data reuse it)."""
     import torch
 
-    from .data import Features, features
+    from ..heads.data import Features, features
 
     key = {"data": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime] for p in paths], "max_len": max_len,
            "holdout": holdout, "dtype": str(next(model.parameters()).dtype)}

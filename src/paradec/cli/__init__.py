@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import ParadecError
+from ..errors import ParadecError
 
 app = typer.Typer(
     add_completion=False,
@@ -55,10 +55,10 @@ def generate(
     grammar: Optional[str] = typer.Option(None, "--grammar", help="Constrain the output to the grammar in FILE (llguidance Lark syntax)."),
 ) -> None:
     """Generate text for PROMPT and print it (streamed), then the decoding stats."""
-    from . import params
-    from .engine import load
-    from .models.loader import parse_device, parse_dtype
-    from .structured.formats import from_options
+    from .. import params
+    from ..engine import load
+    from ..models.loader import parse_device, parse_dtype
+    from ..structured.formats import from_options
 
     parse_dtype(dtype), parse_device(device)  # fail fast, before loading anything
     params.prompt(prompt)
@@ -68,15 +68,15 @@ def generate(
         params.max_new_tokens(max_new_tokens)
     options = _options(opt)
     response_format = from_options(json_schema, json_object, regex, grammar)
-    from .diffusion.loaders import is_diffusion
+    from ..dllm.loaders import is_diffusion
 
     if is_diffusion(model):  # a diffusion LM (e.g. tiny-dllm): its own decoding loop and methods
         if response_format is not None:
             raise ParadecError("structured output (--json-schema, --json-object, --regex, --grammar) needs an AR model")
-        from .diffusion.command import generate_dllm
+        from .dllm import generate_dllm
 
         return generate_dllm(prompt, model, method, options, dtype, device, temperature, seed, as_json, max_new_tokens)
-    from .proposers import text_options
+    from ..proposers import text_options
 
     options = text_options(method, options)
     engine = load(model, draft=draft_model, dtype=dtype, device=device, backend=backend)
@@ -135,9 +135,9 @@ def models() -> None:
 
     import torch
 
-    from .models.catalog import catalog
-    from .models.native.select import native_unavailable, packaged_backend
-    from .models.registry import REGISTRY
+    from .catalog import catalog
+    from ..models.native.select import native_unavailable, packaged_backend
+    from ..models.registry import REGISTRY
 
     why = native_unavailable("gguf", torch.device("cpu"), torch.float32)  # every packaged AR model is a GGUF
     table = Table(title="models")
@@ -156,7 +156,7 @@ def models() -> None:
 @app.command()
 def methods() -> None:
     """List the decoding methods."""
-    from .proposers import METHODS
+    from ..proposers import METHODS
 
     for name, (desc, needs_draft) in METHODS.items():
         print(f"{name:10s} {desc}{' [needs --draft-model]' if needs_draft else ''}")
@@ -172,21 +172,21 @@ def demo(
 ) -> None:
     """ar, the fastest drafters and llama.cpp greedy on a few built-in prompts, in one table:
     tokens/s, speedup, tokens per forward, identity with ar."""
-    from .demo import DemoConfig, run_demo
+    from ..demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(model=model, dtype=dtype, device=device, max_new_tokens=max_new_tokens, all_methods=all_methods))
 
 
-from .bench.command import bench as _bench  # noqa: E402 - cheap: loads models only when run
+from .bench import bench as _bench  # noqa: E402 - cheap: loads models only when run
 
 app.command("bench")(_bench)
 
-from .server.command import serve as _serve  # noqa: E402 - cheap: FastAPI loads only when run
-from .diffusion.command import dllm_app as _dllm_app  # noqa: E402 - cheap: torch loads only when run
+from .serve import serve as _serve  # noqa: E402 - cheap: FastAPI loads only when run
+from .dllm import dllm_app as _dllm_app  # noqa: E402 - cheap: torch loads only when run
 
-from .diffusion.convert_cli import convert as _convert  # noqa: E402 - cheap: torch loads only when run
+from .convert import convert as _convert  # noqa: E402 - cheap: torch loads only when run
 
-from .heads.cli import head_app as _head_app  # noqa: E402 - cheap: torch loads only when run
+from .head import head_app as _head_app  # noqa: E402 - cheap: torch loads only when run
 
 app.add_typer(_dllm_app, name="dllm")
 app.add_typer(_head_app, name="head")
@@ -213,6 +213,3 @@ def main() -> None:
         code = 130
     sys.exit(code)
 
-
-if __name__ == "__main__":
-    main()

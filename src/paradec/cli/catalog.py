@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .registry import DEFAULT_MODEL, REGISTRY
+from ..models.registry import DEFAULT_MODEL, REGISTRY
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def _needs(base: str | None) -> tuple[bool, str]:
 
 
 def catalog() -> list[Entry]:
-    from ..diffusion.loaders import PACKAGED, converted_dirs
+    from ..dllm.loaders import PACKAGED, converted_dirs
     from ..heads import head_dirs
 
     out = [Entry(m.name, "AR (GGUF)", m.description, m.installed, "" if m.installed else m.install, m.name == DEFAULT_MODEL)

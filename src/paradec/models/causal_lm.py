@@ -79,8 +79,8 @@ class HFCausalLM:
         self.lean = None
         self.path = "transformers"
         if fast and os.environ.get("PARADEC_FAST", "1") != "0":
-            from .lean import LeanDecoder, lean_unsupported
-            from .packed import can_pack
+            from .torch.lean import LeanDecoder, lean_unsupported
+            from .torch.packed import can_pack
 
             pack = can_pack(self.device, self.dtype)
             if lean_unsupported(model) is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ParadecError
-from .adapter import DiffusionLM
+from .protocol import DiffusionLM
 from .policies.blocks import BlockSchedule, FixedBlocks
 from .policies.cache import CachePolicy
 from .policies.commit import CommitPolicy, StepContext, TopK

@@ -48,9 +48,9 @@ def convert(
     import torch
 
     from ..models.loader import load_hf
-    from .convert import ConvertConfig, train
-    from .convert_data import generate_data, offline_prompts, read_data, split
-    from .converted import BlockDiffusionAR
+    from ..convert.train import ConvertConfig, train
+    from ..distill.data import generate_data, offline_prompts, read_data, split
+    from ..dllm.converted import BlockDiffusionAR
 
     if steps < 1:
         raise ParadecError(f"--steps must be >= 1, got {steps}")
@@ -109,7 +109,7 @@ def convert(
     model.save(d, meta)
     log(f"trained in {time.time() - t0:.0f}s; saved {d}")
     if eval_prompts:
-        from .convert_eval import quality
+        from ..convert.evaluate import quality
 
         meta["quality"] = quality(model, loaded.tokenizer, split(prompts, heldout=True), cfg, eval_prompts, eval_gen,
                                   data_path.with_name("heldout.jsonl"), log=log)
@@ -126,10 +126,10 @@ def train_converted_filter(model, tokenizer, prompts, n: int, gen_length: int, d
     ``n`` training prompts, labelled by whether the step's prediction is the final token there."""
     import torch
 
-    from .convert_data import chat_ids
-    from .convert_eval import pick
-    from .converted_dlm import ConvertedDLM
-    from .policies.learned import collect, save_filter, train_filter
+    from ..distill.data import chat_ids
+    from ..convert.evaluate import pick
+    from ..dllm.converted_dlm import ConvertedDLM
+    from ..dllm.policies.learned import collect, save_filter, train_filter
 
     dlm = ConvertedDLM(model, tokenizer)
     chosen = pick(prompts, n)

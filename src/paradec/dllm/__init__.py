@@ -2,7 +2,7 @@
 block schedules, caches, editing), FreeDave lossless draft-and-verify, loaders for LLaDA-, Dream-
 and SDAR-shaped checkpoints, synthetic tasks, and a tiny masked diffusion LM trained on them.
 
-    from paradec.diffusion import load_diffusion, make_settings, generate
+    from paradec.dllm import load_diffusion, make_settings, generate
     model = load_diffusion("tiny-dllm")
     settings, _ = make_settings("threshold", {"tau": "0.9"})
     results = generate(model, [prompt_ids, ...], settings, batch_size=16)

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import freedave
-from .loop import generate
-from .policies import make_settings
+from .. import freedave
+from ..loop import generate
+from ..policies import make_settings
 from .tasks import (
     EOS,
     GEN_LENGTH,

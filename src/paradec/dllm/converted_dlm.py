@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ParadecError
-from .adapter import DiffusionSpec
+from .protocol import DiffusionSpec
 from .converted import BlockDiffusionAR, BlockState, _common_prefix
 
 POOL_MAX = 64
@@ -45,7 +45,7 @@ class ConvertedDLM:
 
     def encode(self, text: str) -> list[int]:
         """A user message in the model's chat format (plain tokens without a chat template)."""
-        from .convert_data import chat_ids
+        from ..distill.data import chat_ids
 
         if self.tokenizer is None:
             raise ParadecError(f"model '{self.name}' has no tokenizer")

@@ -30,7 +30,7 @@ def _check_only(only: list[str] | None, configs) -> None:
 def _filter_of(model):
     d = getattr(model, "directory", None)
     if d is not None and (Path(d) / "filter.safetensors").is_file():
-        from .policies.learned import load_filter
+        from ..dllm.policies.learned import load_filter
 
         return load_filter(Path(d) / "filter.safetensors")
     return None
@@ -50,7 +50,7 @@ def train_cmd(
     then measure one-token-per-step accuracy on held-out instances and record it in config.json."""
     import torch
 
-    from .train import TrainConfig, train
+    from ..dllm.toy.train import TrainConfig, train
 
     if kind not in ("all", "dllm", "ar"):
         raise ParadecError(f"--kind must be all, dllm or ar, got '{kind}'")
@@ -69,10 +69,10 @@ def finish(model, kind: str, d: Path, seed: int, steps: int, threads: int, secs:
     trajectories, measure held-out accuracy of what is saved and record it in config.json."""
     import torch
 
-    from .evaluate import heldout, run_ar, run_method
-    from .loaders import load_diffusion
-    from .policies.learned import collect, save_filter, train_filter
-    from .tasks import GEN_LENGTH, TASKS, dataset
+    from ..dllm.toy.evaluate import heldout, run_ar, run_method
+    from ..dllm.loaders import load_diffusion
+    from ..dllm.policies.learned import collect, save_filter, train_filter
+    from ..dllm.toy.tasks import GEN_LENGTH, TASKS, dataset
 
     cmd = f"paradec dllm train --kind {kind} --seed {seed} --steps {steps} --threads {threads}"
     meta = {"train": {"kind": kind, "seed": seed, "steps": steps, "threads": threads, "seconds": round(secs),
@@ -112,8 +112,8 @@ def bench_cmd(
     tokens/s, vs one-token-per-step and the AR reference; a frontier plot."""
     import torch
 
-    from .bench import CONFIGS, run_bench
-    from .loaders import load_diffusion
+    from ..dllm.toy.bench import CONFIGS, run_bench
+    from ..dllm.loaders import load_diffusion
 
     _check_only(only, CONFIGS)
     writable_dir(out)
@@ -141,7 +141,7 @@ def text_bench_cmd(
     prompts (AR perplexity of the output) and HumanEval problems (pass@1, sandboxed execution)."""
     import torch
 
-    from .text_bench import CONFIGS, run
+    from ..convert.text_bench import CONFIGS, run
 
     if mt + humaneval == 0:
         raise ParadecError("--mt and --humaneval are both 0: nothing to measure")
@@ -155,7 +155,7 @@ def text_bench_cmd(
 @dllm_app.command("methods")
 def methods_cmd() -> None:
     """List the diffusion decoding methods."""
-    from .policies import METHODS
+    from ..dllm.policies import METHODS
 
     for k, v in METHODS.items():
         print(f"{k:10s} {v}")
@@ -165,11 +165,11 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
                   temperature: float, seed: int | None, as_json: bool, max_new_tokens: int | None = None) -> None:
     """``paradec generate`` for a diffusion model: a task prompt in, the answer and stats out
     (``max_new_tokens``: the answer length; default the model's trained one)."""
-    from . import freedave
-    from .loaders import load_diffusion
-    from .loop import generate
-    from .policies import make_settings
-    from .tasks import decode_answer, encode_prompt
+    from ..dllm import freedave
+    from ..dllm.loaders import load_diffusion
+    from ..dllm.loop import generate
+    from ..dllm.policies import make_settings
+    from ..dllm.toy.tasks import decode_answer, encode_prompt
 
     m = load_diffusion(model, dtype=dtype, device=device)
     if getattr(getattr(m, "model", None), "config", None) is not None and getattr(m.model.config, "attention", "") == "causal":
@@ -214,10 +214,10 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
 
 def _generate_ar(m, prompt: str, model: str, method: str, as_json: bool, max_new_tokens: int | None = None) -> None:
     """Greedy decoding with paradec's AR reference (one token per forward)."""
-    from .evaluate import ar_generate
-    from .stats import DiffusionStats
-    from .tasks import GEN_LENGTH
-    from .tasks import EOS, decode_answer, encode_prompt
+    from ..dllm.toy.evaluate import ar_generate
+    from ..dllm.stats import DiffusionStats
+    from ..dllm.toy.tasks import GEN_LENGTH
+    from ..dllm.toy.tasks import EOS, decode_answer, encode_prompt
 
     if method not in ("ar", "pld"):
         raise ParadecError(f"'{model}' is an AR model: use --method ar")

