@@ -18,7 +18,7 @@ from .config import BenchConfig, validate
 from .machine import loadavg, machine_info, peak_rss_mb, rss_mb
 from .metrics import OVERALL, Sample, identical_to
 from ..models.causal_lm import backend_label
-from .records import RecordStore, fingerprint, iso, machine_label, result_from_records
+from .records import BenchResult, RecordStore, fingerprint, iso, machine_label, result_from_records
 from ..suites import BenchPrompt, load_suites, run_order
 
 WARMUP_TOKENS = 8
@@ -167,7 +167,7 @@ def _remaining(store: RecordStore, first: list[tuple[BenchPrompt, list[int]]], n
     return n
 
 
-def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> dict:
+def run_bench(cfg: BenchConfig, console=None, progress: bool = True) -> BenchResult:
     """Run the benchmark (or continue the one recorded in ``cfg.resume``); return every raw
     figure as one JSON-able dict (and write the JSON and the report when asked)."""
     from rich.console import Console
@@ -436,7 +436,7 @@ class _Segment:
                     reference = rec["token_ids"]
 
 
-def write_outputs(result: dict, json_path: str | None, report_dir: str | None) -> None:
+def write_outputs(result: BenchResult, json_path: str | None, report_dir: str | None) -> None:
     if json_path:
         import json
 
@@ -448,7 +448,7 @@ def write_outputs(result: dict, json_path: str | None, report_dir: str | None) -
         write_report(result, report_dir)
 
 
-def result_from_file(path: str) -> dict:
+def result_from_file(path: str) -> BenchResult:
     """The result of the run recorded in ``path`` (``--from``): nothing is run."""
     from .records import load_records
 
