@@ -154,3 +154,27 @@ def test_cache_kwarg_follows_the_transformers_signature():
         def forward(self, input_ids=None, past_key_values=None, **kw): ...
 
     assert cache_kwarg(New()) == "cache" and cache_kwarg(Old()) == "past_key_values"
+
+
+def test_generation_config_is_the_keyword_arguments(engine):
+    """``config=`` gives the same generation as the keyword arguments; keywords beside it
+    override its fields, and an unknown keyword is a ParadecError naming it."""
+    cfg = paradec.GenerationConfig(method="pld", max_new_tokens=12, temperature=0.8, top_p=0.9, seed=3)
+    want = engine.generate("abc abc abc", method="pld", max_new_tokens=12, temperature=0.8, top_p=0.9, seed=3)
+    assert engine.generate("abc abc abc", config=cfg).token_ids == want.token_ids
+    ar = engine.generate("abc abc abc", method="ar", max_new_tokens=5)
+    assert engine.generate("abc abc abc", "ar", config=cfg, max_new_tokens=5, temperature=0).token_ids == ar.token_ids
+    with pytest.raises(ParadecError, match="unknown generation setting 'max_tokens'"):
+        engine.generate("abc", max_tokens=4)
+    with pytest.raises(ParadecError, match="unknown generation setting 'bogus'"):
+        cfg.replace(bogus=1)
+
+
+def test_context_room_is_the_one_window_check():
+    from paradec.decode import context_room
+
+    assert context_room(5, 8) == 3
+    with pytest.raises(ParadecError, match=r"^the prompt has 8 tokens; the context window is 8$"):
+        context_room(8, 8)
+    with pytest.raises(ParadecError, match=r"^the prompt has 9 tokens; the context window of 'm' is 8$"):
+        context_room(9, 8, "m")

@@ -1,9 +1,9 @@
 """paradec: many tokens per model call, exactly the model's output."""
 
-from .engine import Engine, Generation, Stream, load
+from .engine import Engine, Generation, GenerationConfig, Stream, load
 from .errors import ParadecError
 from .proposers import METHODS
 from .sampling import SamplingParams
 
-__all__ = ["load", "Engine", "Generation", "Stream", "ParadecError", "SamplingParams", "METHODS"]
+__all__ = ["load", "Engine", "Generation", "GenerationConfig", "Stream", "ParadecError", "SamplingParams", "METHODS"]
 __version__ = "0.1.0"

@@ -96,6 +96,17 @@ def _torch_single_threaded(on: bool) -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+def context_room(n_prompt: int, max_context: int, model: str | None = None) -> int:
+    """The new tokens that fit after a prompt of ``n_prompt`` tokens in a context window of
+    ``max_context``; a ParadecError (naming ``model`` when given) when the prompt leaves no room
+    for one. The one check of a prompt against the window: the decode loop, the engine and the
+    server's scheduler all call it."""
+    if n_prompt >= max_context:
+        window = "the context window" if model is None else f"the context window of '{model}'"
+        raise ParadecError(f"the prompt has {n_prompt} tokens; {window} is {max_context}")
+    return max_context - n_prompt
+
+
 class Decoder:
     """The state of one request's decode loop (see the module docstring). Each ``prepare`` that
     returns a forward must be followed by one ``commit`` with that forward's logits."""
@@ -113,8 +124,7 @@ class Decoder:
         prompt = [int(t) for t in prompt]
         if not prompt:
             raise ParadecError("the prompt is empty")
-        if len(prompt) >= target.max_context:
-            raise ParadecError(f"the prompt has {len(prompt)} tokens; the context window is {target.max_context}")
+        context_room(len(prompt), target.max_context)
         self.target, self.proposer, self.prompt, self.cfg, self.stop = target, proposer, prompt, cfg, stop
         self.stats.method = getattr(proposer, "name", type(proposer).__name__)
         self.stats.backend = backend_label(target)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
 
-from .decode import DecodeConfig, Decoder
+from .decode import DecodeConfig, Decoder, context_room
 from .errors import ParadecError
 from .models.causal_lm import HFCausalLM
 from .models.loader import Loaded, load_hf
@@ -18,6 +19,32 @@ from .stats import DecodeStats
 from .structured import Constraint, compile_constraint
 
 Messages = Sequence[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """One request's settings (everything but the prompt and a reused drafter). ``Engine.stream``
+    and ``Engine.generate`` build it from their keyword arguments; the values are checked when
+    the stream is made (``params``), so a config can be built before a model is loaded."""
+
+    method: str = "pld"
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    seed: int | None = None
+    stop: Sequence[str] | str | None = None  # strings that end the output (not included in it)
+    chat: bool | None = None  # None: the chat template when the model has one
+    options: dict | None = None  # the method's options (``paradec methods`` lists them)
+    response_format: Any = None  # structured output (see Engine.stream)
+
+    def replace(self, **settings: Any) -> "GenerationConfig":
+        """This config with ``settings`` changed; ParadecError naming a setting that does not exist."""
+        names = [f.name for f in dataclasses.fields(self)]
+        for name in settings:
+            if name not in names:
+                raise ParadecError(f"unknown generation setting '{name}' (settings: {', '.join(names)})")
+        return dataclasses.replace(self, **settings) if settings else self
 
 
 @dataclass
@@ -179,8 +206,7 @@ class Engine:
         return self._fits(list(ids))
 
     def _fits(self, ids: list[int]) -> list[int]:
-        if len(ids) >= self.target.max_context:
-            raise ParadecError(f"the prompt has {len(ids)} tokens; the context window of '{self.name}' is {self.target.max_context}")
+        context_room(len(ids), self.target.max_context, self.name)
         return ids
 
     def prompt_ids(self, prompt: str | Messages | list[int], chat: bool | None = None) -> list[int]:
@@ -194,33 +220,34 @@ class Engine:
     def stream(
         self,
         prompt: str | Messages | list[int],
-        method: str = "pld",
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        stop: Sequence[str] | str | None = None,
-        chat: bool | None = None,
-        options: dict | None = None,
+        method: str | None = None,
+        *,
+        config: GenerationConfig | None = None,
         proposer=None,
-        response_format: Any = None,
+        **settings: Any,
     ) -> Stream:
-        """``proposer``: a drafter to reuse (one made with ``keep_state``, say) instead of a fresh one
+        """Generate from ``prompt`` as a stream of text pieces. The request's settings are a
+        ``GenerationConfig``: ``config=``, or keyword arguments (``method``, ``max_new_tokens``,
+        ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``, ``chat``, ``options``,
+        ``response_format``), which override its fields; an unknown one is a ParadecError.
+        ``proposer``: a drafter to reuse (one made with ``keep_state``, say) instead of a fresh one
         for ``method``/``options``. ``response_format`` constrains the output (structured output): a
         JSON Schema (dict or pydantic model class), ``{"type": "json_object"}``, OpenAI's
         ``{"type": "json_schema", "json_schema": {...}}``, ``{"type": "regex", "regex": ...}``,
         ``{"type": "grammar", "grammar": ...}`` (llguidance's Lark-like syntax), or a compiled
         ``Constraint``."""
-        if chat is not None and not isinstance(chat, bool):
-            raise ParadecError(f"chat must be True, False or None, got {chat!r}")
-        sampling = params.sampling(temperature, top_p, top_k, seed)
-        constraint = self.constraint(response_format)
-        cfg = DecodeConfig(max_new_tokens=params.max_new_tokens(max_new_tokens), sampling=sampling, eos_ids=self.eos_ids,
+        if method is not None:
+            settings["method"] = method
+        g = (config or GenerationConfig()).replace(**settings)
+        if g.chat is not None and not isinstance(g.chat, bool):
+            raise ParadecError(f"chat must be True, False or None, got {g.chat!r}")
+        sampling = params.sampling(g.temperature, g.top_p, g.top_k, g.seed)
+        constraint = self.constraint(g.response_format)
+        cfg = DecodeConfig(max_new_tokens=params.max_new_tokens(g.max_new_tokens), sampling=sampling, eos_ids=self.eos_ids,
                            constraint=constraint)
-        stops = params.stops(stop)
-        ids = self.prompt_ids(prompt, chat)
-        proposer = proposer if proposer is not None else make_proposer(method, self.models, options)
+        stops = params.stops(g.stop)
+        ids = self.prompt_ids(prompt, g.chat)
+        proposer = proposer if proposer is not None else make_proposer(g.method, self.models, g.options)
         return Stream(self, ids, proposer, cfg, stops)
 
     def constraint(self, response_format: Any) -> Constraint | None:
@@ -229,8 +256,17 @@ class Engine:
             return response_format
         return compile_constraint(response_format, self.tokenizer, self.target.vocab_size)
 
-    def generate(self, prompt: str | Messages | list[int], method: str = "pld", **kwargs) -> Generation:
-        s = self.stream(prompt, method=method, **kwargs)
+    def generate(
+        self,
+        prompt: str | Messages | list[int],
+        method: str | None = None,
+        *,
+        config: GenerationConfig | None = None,
+        proposer=None,
+        **settings: Any,
+    ) -> Generation:
+        """The whole generation at once; the arguments are ``stream``'s."""
+        s = self.stream(prompt, method, config=config, proposer=proposer, **settings)
         for _ in s:
             pass
         return Generation(s.text, s.token_ids, s.stats, s.prompt_ids)

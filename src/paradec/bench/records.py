@@ -37,6 +37,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
 from ..errors import ParadecError
 from .machine import loadavg
@@ -386,12 +387,72 @@ def _max(values) -> float | None:
     return max(vs) if vs else None
 
 
-def result_from_records(records: list[dict]) -> dict:
-    """The result dict (what ``--json`` writes, the tables and the report read) from the records
-    of a run, however many segments it took. Figures come from whole prompt turns only: a turn
-    counts once every row still running has all its repeats of it."""
-    from .metrics import summarize
+class BenchResult(TypedDict):
+    """The result of a run (what ``--json`` writes, the tables and the report read), built by
+    ``result_from_records``; its keys are written in this order."""
 
+    paradec_bench: int  # the result format
+    date: str  # the first segment's start
+    command: str | None  # the last segment's command line
+    config: dict[str, Any]  # the settings that ran (model, methods, peers, temperature, ...)
+    fingerprint: dict[str, Any]  # the records' header
+    machine: dict[str, Any]  # the last segment's machine, with the load average at both ends
+    load_s: float | None
+    categories: list[str]
+    prompts: dict[str, int]  # prompts per category
+    rows: list[dict[str, Any]]  # per row: name, kind, description, status, error, memory figures
+    roofline: dict[str, Any]  # the probe's curve ({} when none was measured)
+    summary: dict[str, dict[str, dict[str, Any]]]  # row -> category -> Summary.to_dict()
+    samples: list[dict[str, Any]]  # the measurements of whole prompt turns
+    skipped: list[dict[str, Any]]
+    interrupted: bool
+    complete: bool
+    segments: list[dict[str, Any]]
+    peak_rss_mb: float | None
+    measurements: int  # every sample recorded, partial turns included
+    wall_s: float
+
+
+@dataclass
+class _RowRecords:
+    """The ``row`` records: each row's latest, its failure (a failure sticks) and the resident
+    memory each of its preparations added."""
+
+    latest: dict[str, dict]
+    failed: dict[str, str]
+    growth: dict[str, list[float]]
+
+    @classmethod
+    def of(cls, records: list[dict]) -> "_RowRecords":
+        rows = cls({}, {}, {})
+        for r in records:
+            if r["type"] == "row":
+                rows.latest[r["name"]] = r
+                if r.get("status") == "failed":
+                    rows.failed.setdefault(r["name"], r.get("error", ""))
+                if r.get("rss_growth_mb") is not None:
+                    rows.growth.setdefault(r["name"], []).append(r["rss_growth_mb"])
+        return rows
+
+    def result(self, n: str, sample_recs: dict[tuple, dict]) -> dict[str, Any]:
+        """Row ``n`` as the result lists it, with the memory figures of all its samples."""
+        rec = self.latest.get(n, {})
+        mine = [r for r in sample_recs.values() if r["runner"] == n]
+        return {
+            "name": n,
+            "kind": rec.get("kind") or _row_kind(n),
+            "description": rec.get("description") or _row_description(n),
+            "status": "failed" if n in self.failed else "ok",
+            "error": self.failed.get(n, ""),
+            "peak_rss_mb": _max(r.get("peak_rss_mb") for r in mine),
+            "rss_mb": _max(r.get("rss_mb") for r in mine),
+            "rss_growth_mb": _max(self.growth.get(n, [])),
+            "peak_gpu_mb": _max(r.get("peak_gpu_mb") for r in mine),
+        }
+
+
+def _checked_header(records: list[dict]) -> tuple[dict, list[dict]]:
+    """The fingerprint and the segment records; ParadecError when there is nothing to read."""
     fp = records[0]["fingerprint"]
     segs = [r for r in records if r["type"] == "segment"]
     if not segs:
@@ -399,127 +460,130 @@ def result_from_records(records: list[dict]) -> dict:
     bad = fingerprint_problem(fp)
     if bad:
         raise ParadecError(f"the records' header is damaged: {bad}")
-    first, last = segs[0], segs[-1]
-    names = list(fp["methods"]) + list(fp["peers"])
-    repeats = int(fp["repeats"])
+    return fp, segs
 
-    # rows: the latest record of each, a failure sticks
-    row_rec: dict[str, dict] = {}
-    failed: dict[str, str] = {}
-    growth: dict[str, list[float]] = {}
-    for r in records:
-        if r["type"] == "row":
-            row_rec[r["name"]] = r
-            if r.get("status") == "failed":
-                failed.setdefault(r["name"], r.get("error", ""))
-            if r.get("rss_growth_mb") is not None:
-                growth.setdefault(r["name"], []).append(r["rss_growth_mb"])
 
-    sample_recs: dict[tuple, dict] = {}
-    for r in records:
-        if r["type"] == "sample":
-            sample_recs[sample_key(r)] = r
-    # whole prompt turns only
+def _whole_turns(sample_recs: dict[tuple, dict], names: list[str], failed: dict[str, str], repeats: int) -> list[Sample]:
+    """The samples of whole prompt turns only: those where every row still running has all its repeats."""
     have: dict[tuple[str, int], set[tuple[str, int]]] = {}
     for pid, turn, runner, rep in sample_recs:
         have.setdefault((pid, turn), set()).add((runner, rep))
     need = {(n, rep) for n in names if n not in failed for rep in range(repeats)}
     whole = {k for k, v in have.items() if need <= v}
     kept = [r for k, r in sample_recs.items() if k[:2] in whole]
-    samples = [Sample(**{f: r[f] for f in SAMPLE_FIELDS if f in r}) for r in kept]
+    return [Sample(**{f: r[f] for f in SAMPLE_FIELDS if f in r}) for r in kept]
 
-    rows = []
-    for n in names:
-        rec = row_rec.get(n, {})
-        mine = [r for r in sample_recs.values() if r["runner"] == n]
-        rows.append({
-            "name": n,
-            "kind": rec.get("kind") or _row_kind(n),
-            "description": rec.get("description") or _row_description(n),
-            "status": "failed" if n in failed else "ok",
-            "error": failed.get(n, ""),
-            "peak_rss_mb": _max(r.get("peak_rss_mb") for r in mine),
-            "rss_mb": _max(r.get("rss_mb") for r in mine),
-            "rss_growth_mb": _max(growth.get(n, [])),
-            "peak_gpu_mb": _max(r.get("peak_gpu_mb") for r in mine),
-        })
 
-    categories = list(last.get("categories") or dict.fromkeys(s.category for s in samples))
-    summary = summarize(samples, names, categories, baseline="ar", hf="hf")
-    roofline = {}
+def _roofline(records: list[dict]) -> dict[str, Any]:
+    """The roofline probe as the result lists it (the last one recorded; {} when none)."""
+    roofline: dict[str, Any] = {}
     for r in records:
         if r["type"] == "roofline":
             roofline = {"prompt_tokens": r["prompt_tokens"], "k": r["k"], "seconds": r["seconds"]}
             roofline.update({f: r[f] for f in ("backend", "curves", "bandwidth_gbs", "weight_bytes") if r.get(f) is not None})
-    if roofline:
-        from .roofline import ideal_speedup
-        from .runners.hf import HFRunner
+    return roofline
 
-        HF_PEERS = HFRunner.MODES
 
-        curve = dict(zip(roofline["k"], roofline["seconds"]))
-        on_torch = roofline.get("backend", "torch") == "torch"  # records before the field: torch targets
-        for row in rows:
-            # the curve is the target's forward: paradec's rows run it, the transformers peers run
-            # the same model only on a torch target; llama.cpp and the torch-ar rows cost differently
-            if not (row["kind"] == "paradec" or (on_torch and row["name"] in HF_PEERS)):
-                continue
-            for s in summary[row["name"]].values():
-                s.ideal_speedup = ideal_speedup(curve, s.mean_accepted, s.mean_forward_tokens)
+def _set_ideal_speedups(roofline: dict[str, Any], rows: list[dict[str, Any]], summary: dict) -> None:
+    """Each summary's speedup bound from the probe's curve, for the rows that run the probed forward."""
+    from .roofline import ideal_speedup
+    from .runners.hf import HFRunner
 
+    HF_PEERS = HFRunner.MODES
+
+    curve = dict(zip(roofline["k"], roofline["seconds"]))
+    on_torch = roofline.get("backend", "torch") == "torch"  # records before the field: torch targets
+    for row in rows:
+        # the curve is the target's forward: paradec's rows run it, the transformers peers run
+        # the same model only on a torch target; llama.cpp and the torch-ar rows cost differently
+        if not (row["kind"] == "paradec" or (on_torch and row["name"] in HF_PEERS)):
+            continue
+        for s in summary[row["name"]].values():
+            s.ideal_speedup = ideal_speedup(curve, s.mean_accepted, s.mean_forward_tokens)
+
+
+def _skipped(last: dict, records: list[dict]) -> list[dict[str, Any]]:
+    """The prompts the last segment skipped, then every later turn skipped (each once)."""
     skipped = list(last.get("skipped") or [])
     seen_skips = set()
     for r in records:
         if r["type"] == "skip" and (r["prompt_id"], r["turn"]) not in seen_skips:
             seen_skips.add((r["prompt_id"], r["turn"]))
             skipped.append({"prompt_id": r["prompt_id"], "turn": r["turn"], "reason": r["reason"]})
+    return skipped
+
+
+def _config(fp: dict, last: dict, quant: str) -> dict[str, Any]:
+    """The run's settings: the fingerprint's, and what the last segment found (model name, backend, ...)."""
+    return {
+        "model": last.get("model_name") or fp["model"],
+        "draft_model": fp["draft_model"],
+        "suites": fp["suites"],
+        "skipped_suites": last.get("skipped_suites", []),
+        "methods": fp["methods"],
+        "peers": fp["peers"],
+        "temperature": fp["temperature"],
+        "dtype": fp["dtype"],
+        "device": fp["device"],
+        "max_new_tokens": fp["max_new_tokens"],
+        "prompts_per_category": fp["prompts_per_category"],
+        "repeats": int(fp["repeats"]),
+        "quick": last.get("quick", False),
+        "seed": fp["seed"],
+        "threads": fp["threads"],
+        "chat_template": last.get("chat_template"),
+        "backend": last.get("backend"),
+        "llama_cpp_quantization": quant,
+    }
+
+
+def result_from_records(records: list[dict]) -> BenchResult:
+    """The result (what ``--json`` writes, the tables and the report read) from the records
+    of a run, however many segments it took. Figures come from whole prompt turns only: a turn
+    counts once every row still running has all its repeats of it."""
+    from .metrics import summarize
+
+    fp, segs = _checked_header(records)
+    first, last = segs[0], segs[-1]
+    names = list(fp["methods"]) + list(fp["peers"])
+    row_recs = _RowRecords.of(records)
+    sample_recs = {sample_key(r): r for r in records if r["type"] == "sample"}
+    samples = _whole_turns(sample_recs, names, row_recs.failed, int(fp["repeats"]))
+    rows = [row_recs.result(n, sample_recs) for n in names]
+
+    categories = list(last.get("categories") or dict.fromkeys(s.category for s in samples))
+    summary = summarize(samples, names, categories, baseline="ar", hf="hf")
+    roofline = _roofline(records)
+    if roofline:
+        _set_ideal_speedups(roofline, rows, summary)
 
     segments = _segments(records)
     complete = bool(segments[-1]["complete"])
-    quant = next((r.get("quantization") for r in row_rec.values() if r.get("quantization")), "")
+    quant = next((r.get("quantization") for r in row_recs.latest.values() if r.get("quantization")), "")
     peak = _max([s["peak_rss_mb"] for s in segments] + [r.get("peak_rss_mb") for r in sample_recs.values()])
-    return {
-        "paradec_bench": 1,
-        "date": first["start"],
-        "command": last.get("command"),
-        "config": {
-            "model": last.get("model_name") or fp["model"],
-            "draft_model": fp["draft_model"],
-            "suites": fp["suites"],
-            "skipped_suites": last.get("skipped_suites", []),
-            "methods": fp["methods"],
-            "peers": fp["peers"],
-            "temperature": fp["temperature"],
-            "dtype": fp["dtype"],
-            "device": fp["device"],
-            "max_new_tokens": fp["max_new_tokens"],
-            "prompts_per_category": fp["prompts_per_category"],
-            "repeats": repeats,
-            "quick": last.get("quick", False),
-            "seed": fp["seed"],
-            "threads": fp["threads"],
-            "chat_template": last.get("chat_template"),
-            "backend": last.get("backend"),
-            "llama_cpp_quantization": quant,
-        },
-        "fingerprint": fp,
-        "machine": {**(last.get("machine") or {}), "loadavg_start": first.get("loadavg"),
-                    "loadavg_end": segments[-1]["loadavg_end"]},
-        "load_s": last.get("load_s"),
-        "categories": categories,
-        "prompts": last.get("prompts") or {},
-        "rows": rows,
-        "roofline": roofline,
-        "summary": {r: {c: s.to_dict() for c, s in summary[r].items()} for r in names},
-        "samples": [s.to_dict() for s in samples],
-        "skipped": skipped,
-        "interrupted": not complete,
-        "complete": complete,
-        "segments": segments,
-        "peak_rss_mb": peak,
-        "measurements": len(sample_recs),
-        "wall_s": sum(s["wall_s"] for s in segments),
-    }
+    return BenchResult(
+        paradec_bench=1,
+        date=first["start"],
+        command=last.get("command"),
+        config=_config(fp, last, quant),
+        fingerprint=fp,
+        machine={**(last.get("machine") or {}), "loadavg_start": first.get("loadavg"),
+                 "loadavg_end": segments[-1]["loadavg_end"]},
+        load_s=last.get("load_s"),
+        categories=categories,
+        prompts=last.get("prompts") or {},
+        rows=rows,
+        roofline=roofline,
+        summary={r: {c: s.to_dict() for c, s in summary[r].items()} for r in names},
+        samples=[s.to_dict() for s in samples],
+        skipped=_skipped(last, records),
+        interrupted=not complete,
+        complete=complete,
+        segments=segments,
+        peak_rss_mb=peak,
+        measurements=len(sample_recs),
+        wall_s=sum(s["wall_s"] for s in segments),
+    )
 
 
 def machine_label(m: dict) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .metrics import OVERALL, STEP_PARTS
+from .records import BenchResult
 
 DEFINITIONS = """\
 - **tokens/s**: generated tokens over wall time, prefill included, summed over the samples.
@@ -48,7 +49,7 @@ def _row_label(row: dict, peer_suffix: bool = True) -> str:
     return row["name"] if row["kind"] == "paradec" or not peer_suffix else f"{row['name']} (peer)"
 
 
-def overall_rows(result: dict, peer_suffix: bool = True) -> list[list[str]]:
+def overall_rows(result: BenchResult, peer_suffix: bool = True) -> list[list[str]]:
     out = []
     for row in result["rows"]:
         s = result["summary"][row["name"]][OVERALL]
@@ -82,7 +83,7 @@ OVERALL_COLUMNS = ["row", "tokens/s", "vs ar", "vs hf", "accepted/fwd", "fwd/tok
                    "ideal", "RSS MB", "RSS + MB", "status"]
 
 
-def category_rows(result: dict, key: str = "speedup_vs_ar", fmt: str = "{:.2f}x", peer_suffix: bool = True) -> list[list[str]]:
+def category_rows(result: BenchResult, key: str = "speedup_vs_ar", fmt: str = "{:.2f}x", peer_suffix: bool = True) -> list[list[str]]:
     cats = result["categories"] + [OVERALL]
     out = []
     for row in result["rows"]:
@@ -91,7 +92,7 @@ def category_rows(result: dict, key: str = "speedup_vs_ar", fmt: str = "{:.2f}x"
     return out
 
 
-def print_tables(result: dict, console=None) -> None:
+def print_tables(result: BenchResult, console=None) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -127,7 +128,7 @@ def print_tables(result: dict, console=None) -> None:
     console.print(t)
 
 
-def step_rows(result: dict) -> list[list[str]]:
+def step_rows(result: BenchResult) -> list[list[str]]:
     """The time-per-forward table: draft, forward, verify and other ms per target forward."""
     out = []
     for r in result["rows"]:
@@ -141,7 +142,7 @@ def step_rows(result: dict) -> list[list[str]]:
     return out
 
 
-def _segment_lines(result: dict) -> list[str]:
+def _segment_lines(result: BenchResult) -> list[str]:
     segs = result.get("segments") or []
     if not segs:
         return []
@@ -176,10 +177,21 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(result: dict, images: dict[str, str] | None = None) -> str:
-    cfg, m = result["config"], result["machine"]
+def markdown(result: BenchResult, images: dict[str, str] | None = None) -> str:
+    """The report: the run's setting, the tables (with the plots in ``images`` by name), the
+    roofline, what failed or was skipped, and the definitions."""
     images = images or {}
-    cats = result["categories"]
+    parts = _md_setting(result) + _segment_lines(result)
+    parts += _md_tables(result, images)
+    parts += _md_roofline(result, images)
+    parts += _md_left_out(result)
+    parts += ["## Definitions", "", DEFINITIONS]
+    return "\n".join(parts)
+
+
+def _md_setting(result: BenchResult) -> list[str]:
+    """The title, the command, and what ran where: date, machine, software, model and settings."""
+    cfg, m = result["config"], result["machine"]
     parts = [f"# paradec bench: {cfg['model']}", ""]
     if result.get("command"):
         parts += ["```bash", result["command"], "```", ""]
@@ -208,8 +220,13 @@ def markdown(result: dict, images: dict[str, str] | None = None) -> str:
     ]
     if result.get("peak_rss_mb"):
         parts.append(f"- process peak RSS {result['peak_rss_mb']:.0f} MB (`getrusage`, the highest of all segments)")
-    parts += _segment_lines(result)
-    parts += [
+    return parts
+
+
+def _md_tables(result: BenchResult, images: dict[str, str]) -> list[str]:
+    """The overall table, the per-category tables and the time per forward."""
+    cats = result["categories"]
+    parts = [
         "",
         "## Overall",
         "",
@@ -232,28 +249,40 @@ def markdown(result: dict, images: dict[str, str] | None = None) -> str:
                              "prefill share"], steps), ""]
     if "accept_hist" in images:
         parts += [f"![accepted tokens per forward]({images['accept_hist']})", ""]
+    return parts
+
+
+def _md_roofline(result: BenchResult, images: dict[str, str]) -> list[str]:
+    """The roofline probe's curve and each row's ideal speedup beside its measured one (none without a probe)."""
     rl = result.get("roofline") or {}
-    if rl:
-        t1 = rl["seconds"][0]
-        parts += [
-            "## Roofline",
-            "",
-            f"Target forward time for k new tokens after a {rl['prompt_tokens']}-token prompt in the cache "
-            "(median of repeated forwards):",
-            "",
-            _md_table(["k", "forward ms", "relative to k=1", "k / t(k) tokens/s"],
-                      [[str(k), f"{s * 1000:.2f}", f"{s / t1:.2f}", f"{k / s:.0f}"] for k, s in zip(rl["k"], rl["seconds"])]),
-            "",
-            _md_table(["row", "accepted/fwd", "tokens fed/fwd", "ideal speedup", "measured vs ar"],
-                      [[_row_label(r), _f(result["summary"][r["name"]][OVERALL]["mean_accepted"]),
-                        _f(result["summary"][r["name"]][OVERALL]["mean_forward_tokens"]),
-                        _f(result["summary"][r["name"]][OVERALL]["ideal_speedup"], "{:.2f}x"),
-                        _f(result["summary"][r["name"]][OVERALL]["speedup_vs_ar"], "{:.2f}x")] for r in result["rows"]]),
-            "",
-        ]
-        parts += _other_curves_md(rl)
-        if "roofline" in images:
-            parts += [f"![roofline]({images['roofline']})", ""]
+    if not rl:
+        return []
+    t1 = rl["seconds"][0]
+    parts = [
+        "## Roofline",
+        "",
+        f"Target forward time for k new tokens after a {rl['prompt_tokens']}-token prompt in the cache "
+        "(median of repeated forwards):",
+        "",
+        _md_table(["k", "forward ms", "relative to k=1", "k / t(k) tokens/s"],
+                  [[str(k), f"{s * 1000:.2f}", f"{s / t1:.2f}", f"{k / s:.0f}"] for k, s in zip(rl["k"], rl["seconds"])]),
+        "",
+        _md_table(["row", "accepted/fwd", "tokens fed/fwd", "ideal speedup", "measured vs ar"],
+                  [[_row_label(r), _f(result["summary"][r["name"]][OVERALL]["mean_accepted"]),
+                    _f(result["summary"][r["name"]][OVERALL]["mean_forward_tokens"]),
+                    _f(result["summary"][r["name"]][OVERALL]["ideal_speedup"], "{:.2f}x"),
+                    _f(result["summary"][r["name"]][OVERALL]["speedup_vs_ar"], "{:.2f}x")] for r in result["rows"]]),
+        "",
+    ]
+    parts += _other_curves_md(rl)
+    if "roofline" in images:
+        parts += [f"![roofline]({images['roofline']})", ""]
+    return parts
+
+
+def _md_left_out(result: BenchResult) -> list[str]:
+    """The rows that failed, the prompts skipped and the suites not installed."""
+    parts: list[str] = []
     failed = [r for r in result["rows"] if r["status"] != "ok"]
     if failed:
         parts += ["## Rows that failed", ""] + [f"- `{r['name']}`: {r['error']}" for r in failed] + [""]
@@ -261,10 +290,9 @@ def markdown(result: dict, images: dict[str, str] | None = None) -> str:
         parts += ["## Prompts skipped", ""] + [
             f"- {s['prompt_id']}" + (f" turn {s['turn'] + 1}" if "turn" in s else "") + f": {s['reason']}" for s in result["skipped"]
         ] + [""]
-    if cfg.get("skipped_suites"):
-        parts += [f"Suites not installed, so not run: {', '.join(cfg['skipped_suites'])}.", ""]
-    parts += ["## Definitions", "", DEFINITIONS]
-    return "\n".join(parts)
+    if result["config"].get("skipped_suites"):
+        parts += [f"Suites not installed, so not run: {', '.join(result['config']['skipped_suites'])}.", ""]
+    return parts
 
 
 # ---- plots ------------------------------------------------------------------------------------
@@ -282,7 +310,7 @@ def _colors(plt, n: int) -> list:
     return list(plt.get_cmap("tab10" if n <= 10 else "tab20").colors)[:n] if n <= 20 else [None] * n
 
 
-def plot_speedup(result: dict, path: Path) -> None:
+def plot_speedup(result: BenchResult, path: Path) -> None:
     plt = _plt()
     cats = result["categories"] + [OVERALL]
     rows = [r for r in result["rows"] if r["name"] != "ar" and result["summary"][r["name"]][OVERALL]["samples"]]
@@ -303,7 +331,7 @@ def plot_speedup(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_accept_hist(result: dict, path: Path) -> None:
+def plot_accept_hist(result: BenchResult, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     names = [r["name"] for r in result["rows"] if r["kind"] == "paradec" and r["name"] != "ar"]
@@ -357,7 +385,7 @@ def _other_curves_md(rl: dict) -> list[str]:
     return out
 
 
-def plot_roofline(result: dict, path: Path) -> None:
+def plot_roofline(result: BenchResult, path: Path) -> None:
     plt = _plt()
     rl = result["roofline"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -394,7 +422,7 @@ def plot_roofline(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(result: dict, out_dir: str) -> dict[str, str]:
+def write_report(result: BenchResult, out_dir: str) -> dict[str, str]:
     """Write ``report.md`` and its PNGs into ``out_dir``; return {name: path}."""
     d = Path(out_dir).expanduser()
     d.mkdir(parents=True, exist_ok=True)

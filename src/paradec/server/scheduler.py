@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..decode import ForwardInput
+from ..decode import ForwardInput, context_room
 from ..engine import Engine, Stream
 from ..errors import ParadecError
 from ..interrupt import Interrupted, interruptible
@@ -389,7 +389,7 @@ class Scheduler:
         engine, p = self.engine, job.params
         ids = prompt_ids(engine, p)  # the server tokenized it already: only the cheap id checks here
         ctx = engine.target.max_context
-        room = ctx - len(ids)
+        room = context_room(len(ids), ctx, engine.name)
         if p.max_tokens is not None:
             if p.max_tokens > room:
                 raise APIError.bad_request(

@@ -100,95 +100,101 @@ class _Refused(Exception):
     """Raised in a parser callback once the connection has been answered and closed."""
 
 
+class _GuardedHeaders:
+    """The guards, mixed in before uvicorn's ``HttpToolsProtocol`` (whose hooks they extend through
+    ``super()``): kept apart from it so that uvicorn is imported only when a server starts."""
+
+    _limits: TransportLimits  # set on the class by protocol_class
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._in_headers = True  # between a request's first byte (or the connect) and its headers' end
+        self._header_bytes = 0  # request line and headers parsed so far
+        self._raw_header_bytes = 0  # bytes received since the headers began
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if len(self.connections) > self._limits.max_connections:
+            self._refuse(503, "Service Unavailable", APIError(
+                503, f"the server has {self._limits.max_connections} open connections; retry later", code="too_many_connections",
+            ))
+            return
+        self._arm()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_headers:
+            self._raw_header_bytes += len(data)
+        super().data_received(data)
+        if self._in_headers and self._raw_header_bytes > self._limits.max_header_bytes:
+            self._headers_too_large()  # still no end of the headers in sight
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_header(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self._limits.max_header_bytes:
+            self._headers_too_large()
+            raise _Refused()  # stops the parser (uvicorn then calls send_400_response: a no-op here)
+
+    def _headers_too_large(self) -> None:
+        self._refuse(431, "Request Header Fields Too Large", APIError(
+            431, f"the request headers are larger than {self._limits.max_header_bytes} bytes",
+            type="invalid_request_error", code="headers_too_large",
+        ))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers, self._header_bytes = True, 0
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._in_headers, self._raw_header_bytes = False, 0
+        self._disarm()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:  # the parser could not read the request
+        self._refuse(400, "Bad Request", APIError.bad_request(
+            "malformed HTTP request (for example a Content-Length that is not a non-negative integer)",
+            code="malformed_request",
+        ))
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self._limits.header_timeout, self._headers_late)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self._in_headers:
+            self._refuse(408, "Request Timeout", APIError(
+                408, f"the request headers did not arrive within {self._limits.header_timeout:g} s", code="timeout",
+            ))
+
+    def _refuse(self, status: int, reason: str, error: APIError) -> None:
+        self._disarm()
+        self._in_headers = False
+        if not self.transport.is_closing():
+            self.transport.write(_raw_response(status, reason, error))
+            self.transport.close()
+
+
 def protocol_class(limits: TransportLimits) -> type:
     """uvicorn's httptools protocol, guarded by ``limits`` (pass as ``uvicorn.Config(http=...)``)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class GuardedProtocol(HttpToolsProtocol):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self._header_timer: asyncio.TimerHandle | None = None
-            self._in_headers = True  # between a request's first byte (or the connect) and its headers' end
-            self._header_bytes = 0  # request line and headers parsed so far
-            self._raw_header_bytes = 0  # bytes received since the headers began
-
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            if len(self.connections) > limits.max_connections:
-                self._refuse(503, "Service Unavailable", APIError(
-                    503, f"the server has {limits.max_connections} open connections; retry later", code="too_many_connections",
-                ))
-                return
-            self._arm()
-
-        def connection_lost(self, exc) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            if self._in_headers:
-                self._raw_header_bytes += len(data)
-            super().data_received(data)
-            if self._in_headers and self._raw_header_bytes > limits.max_header_bytes:
-                self._headers_too_large()  # still no end of the headers in sight
-
-        def on_url(self, url: bytes) -> None:
-            self._count_header(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count_header(len(name) + len(value) + 4)
-            super().on_header(name, value)
-
-        def _count_header(self, n: int) -> None:
-            self._header_bytes += n
-            if self._header_bytes > limits.max_header_bytes:
-                self._headers_too_large()
-                raise _Refused()  # stops the parser (uvicorn then calls send_400_response: a no-op here)
-
-        def _headers_too_large(self) -> None:
-            self._refuse(431, "Request Header Fields Too Large", APIError(
-                431, f"the request headers are larger than {limits.max_header_bytes} bytes",
-                type="invalid_request_error", code="headers_too_large",
-            ))
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._in_headers, self._header_bytes = True, 0
-            self._arm()
-
-        def on_headers_complete(self) -> None:
-            self._in_headers, self._raw_header_bytes = False, 0
-            self._disarm()
-            super().on_headers_complete()
-
-        def send_400_response(self, msg: str) -> None:  # the parser could not read the request
-            self._refuse(400, "Bad Request", APIError.bad_request(
-                "malformed HTTP request (for example a Content-Length that is not a non-negative integer)",
-                code="malformed_request",
-            ))
-
-        def _arm(self) -> None:
-            if self._header_timer is None:
-                self._header_timer = self.loop.call_later(limits.header_timeout, self._headers_late)
-
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _headers_late(self) -> None:
-            self._header_timer = None
-            if self._in_headers:
-                self._refuse(408, "Request Timeout", APIError(
-                    408, f"the request headers did not arrive within {limits.header_timeout:g} s", code="timeout",
-                ))
-
-        def _refuse(self, status: int, reason: str, error: APIError) -> None:
-            self._disarm()
-            self._in_headers = False
-            if not self.transport.is_closing():
-                self.transport.write(_raw_response(status, reason, error))
-                self.transport.close()
-
-    return GuardedProtocol
+    return type("GuardedProtocol", (_GuardedHeaders, HttpToolsProtocol), {"_limits": limits})

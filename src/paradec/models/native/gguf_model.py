@@ -162,124 +162,158 @@ def read_config(reader, path) -> NativeConfig:
     return cfg
 
 
-def read_gguf(path: str | os.PathLike) -> GGUFModel:
-    """The model in ``path``; a one-line ``ParadecError`` naming the file and the problem for an
-    unsupported architecture or quantization type, a truncated or corrupt file, or a model that
-    does not fit in memory."""
+def _open(path: str):
+    """A GGUFReader over ``path`` (memory-mapped); a one-line ParadecError when it cannot be read."""
     import gguf
 
-    from .kernels import QuantWeight
-    from .quants import FLOAT_TYPES, FORMATS
-
-    path = str(path)
     try:
-        reader = gguf.GGUFReader(path, "r")
+        return gguf.GGUFReader(path, "r")
     except FileNotFoundError:
         raise ParadecError(f"native backend: {path}: no such file") from None
     except Exception as e:  # noqa: BLE001 - GGUFReader raises ValueError, IndexError, struct errors...
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ParadecError(f"cannot read GGUF file '{Path(path).name}' (damaged, truncated or unsupported; "
                            f"not a readable GGUF file): {reason}") from None
-    cfg = read_config(reader, path)
-    tensors = {t.name: t for t in reader.tensors}
-    size = os.path.getsize(path)
-    for t in reader.tensors:
-        if int(t.data_offset) + int(t.n_bytes) > size:
-            raise _fail(path, f"truncated (tensor {t.name} runs past the end of the file)")
-    ok = set(FORMATS) - set(FLOAT_TYPES)  # matrices: the quantized types the kernels run
-    qtypes: set[str] = set()
-    nbytes = 0
 
-    def tensor(name: str, required: bool = True):
-        t = tensors.get(name)
+
+class _Tensors:
+    """The file's tensors by name, read with checks (each failure names the file and the tensor);
+    it counts the bytes of the matrices read and notes their quantization types."""
+
+    def __init__(self, reader, path: str) -> None:
+        from .quants import FLOAT_TYPES, FORMATS
+
+        self.path = path
+        self.by_name = {t.name: t for t in reader.tensors}
+        self.ok = set(FORMATS) - set(FLOAT_TYPES)  # matrices: the quantized types the kernels run
+        self.qtypes: set[str] = set()
+        self.nbytes = 0
+
+    def tensor(self, name: str, required: bool = True):
+        t = self.by_name.get(name)
         if t is None and required:
-            raise _fail(path, f"missing tensor {name}")
+            raise _fail(self.path, f"missing tensor {name}")
         return t
 
-    def vec(name: str, n: int, required: bool = True) -> np.ndarray | None:
-        t = tensor(name, required)
+    def vec(self, name: str, n: int, required: bool = True) -> np.ndarray | None:
+        """A float vector of ``n`` values as float32 [n] (None when absent and not required)."""
+        t = self.tensor(name, required)
         if t is None:
             return None
         a = np.asarray(t.data)
         if t.tensor_type.name not in ("F32", "F16") or a.size != n:
-            raise _fail(path, f"tensor {name}: expected {n} float values, got {t.tensor_type.name} {list(t.shape)}")
+            raise _fail(self.path, f"tensor {name}: expected {n} float values, got {t.tensor_type.name} {list(t.shape)}")
         return a.astype(np.float32).reshape(n)
 
-    def raw(name: str, n: int, k: int):
-        nonlocal nbytes
-        t = tensor(name)
+    def raw(self, name: str, n: int, k: int):
+        """A quantized [n, k] matrix's blocks as stored ([n, row bytes]) and its type."""
+        t = self.tensor(name)
         kind = t.tensor_type.name
-        if kind not in ok:
-            raise _fail(path, f"tensor {name}: unsupported quantization type {kind} (native backend: {', '.join(sorted(ok))})", unsupported=True)
+        if kind not in self.ok:
+            raise _fail(self.path, f"tensor {name}: unsupported quantization type {kind} "
+                        f"(native backend: {', '.join(sorted(self.ok))})", unsupported=True)
         if [int(x) for x in t.shape] != [k, n]:
-            raise _fail(path, f"tensor {name}: shape {list(t.shape)}, expected {[k, n]}")
-        qtypes.add(kind)
+            raise _fail(self.path, f"tensor {name}: shape {list(t.shape)}, expected {[k, n]}")
+        self.qtypes.add(kind)
         data = np.asarray(t.data)
-        nbytes += int(t.n_bytes)
+        self.nbytes += int(t.n_bytes)
         return data.reshape(n, -1) if data.ndim != 2 or data.shape[0] != n else data, t.tensor_type
 
-    def quant(name: str, n: int, k: int):
-        data, kind = raw(name, n, k)
+    def quant(self, name: str, n: int, k: int):
+        from .kernels import QuantWeight
+
+        data, kind = self.raw(name, n, k)
         return QuantWeight.from_gguf(data, kind, (n, k))
 
-    def fused(names: list[str], ns: list[int], k: int):
+    def fused(self, names: list[str], ns: list[int], k: int):
         """One QuantWeight over several matrices with the same input (rows stacked), or None
         when their types differ."""
-        parts = [raw(nm, n, k) for nm, n in zip(names, ns)]
+        from .kernels import QuantWeight
+
+        parts = [self.raw(nm, n, k) for nm, n in zip(names, ns)]
         if len({kind for _, kind in parts}) != 1 or any(d.dtype != parts[0][0].dtype for d, _ in parts):
             return None
         return QuantWeight.from_gguf(np.concatenate([d for d, _ in parts], axis=0), parts[0][1], (sum(ns), k))
 
-    H, D, F = cfg.hidden, cfg.head_dim, cfg.ffn
-    nq, nk = cfg.n_heads * D, cfg.n_kv_heads * D
+    def layer(self, cfg: NativeConfig, i: int) -> LayerWeights:
+        """Layer ``i``'s weights: q/k/v and gate/up fused where their types agree."""
+        H, D, F = cfg.hidden, cfg.head_dim, cfg.ffn
+        nq, nk = cfg.n_heads * D, cfg.n_kv_heads * D
+        _, want_bias = ARCHS[cfg.arch]
+        p = f"blk.{i}."
+        names_qkv = [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
+        qkv = self.fused(names_qkv, [nq, nk, nk], H)
+        q = k = v = None
+        if qkv is None:
+            q, k, v = (self.quant(nm, n, H) for nm, n in zip(names_qkv, [nq, nk, nk]))
+        biases = [self.vec(p + f"attn_{x}.bias", n, required=want_bias) for x, n in zip("qkv", [nq, nk, nk])]
+        bias = np.concatenate(biases).astype(np.float32) if all(b is not None for b in biases) else None
+        gate_up = self.fused([p + "ffn_gate.weight", p + "ffn_up.weight"], [F, F], H)
+        gate = up = None
+        if gate_up is None:
+            gate, up = self.quant(p + "ffn_gate.weight", F, H), self.quant(p + "ffn_up.weight", F, H)
+        return LayerWeights(
+            attn_norm=self.vec(p + "attn_norm.weight", H), ffn_norm=self.vec(p + "ffn_norm.weight", H),
+            qkv=qkv, q=q, k=k, v=v, qkv_bias=bias, o=self.quant(p + "attn_output.weight", H, nq),
+            gate_up=gate_up, gate=gate, up=up, down=self.quant(p + "ffn_down.weight", H, F),
+        )
+
+
+def _check_size(reader, path: str, cfg: NativeConfig) -> None:
+    """Every tensor inside the file, and the file plus its cache within the available memory."""
+    size = os.path.getsize(path)
+    for t in reader.tensors:
+        if int(t.data_offset) + int(t.n_bytes) > size:
+            raise _fail(path, f"truncated (tensor {t.name} runs past the end of the file)")
     avail = available_memory()
-    kv_bytes = 2 * cfg.n_layers * nk * 4 * min(cfg.max_context, 4096)
+    kv_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 * min(cfg.max_context, 4096)
     if avail is not None and size + kv_bytes > avail:
         raise _fail(path, f"too large for memory ({(size + kv_bytes) / 2**30:.1f} GiB needed, {avail / 2**30:.1f} GiB available)")
-    emb = tensor("token_embd.weight")
-    if emb.tensor_type.name not in FORMATS or [int(x) for x in emb.shape][0] != H:
+
+
+def _embedding(tensors: _Tensors, cfg: NativeConfig):
+    """The token embedding tensor, and the config with the vocabulary size it holds."""
+    from .quants import FORMATS
+
+    path = tensors.path
+    emb = tensors.tensor("token_embd.weight")
+    if emb.tensor_type.name not in FORMATS or [int(x) for x in emb.shape][0] != cfg.hidden:
         raise _fail(path, f"tensor token_embd.weight: unsupported type {emb.tensor_type.name} or shape {list(emb.shape)}", unsupported=True)
     vocab = int(emb.shape[1])
     if cfg.vocab and cfg.vocab != vocab:
         raise _fail(path, f"vocab size {cfg.vocab} but token_embd.weight has {vocab} rows")
-    cfg = NativeConfig(**{**cfg.__dict__, "vocab": vocab})
-    layers = []
-    _, want_bias = ARCHS[cfg.arch]
-    for i in range(cfg.n_layers):
-        p = f"blk.{i}."
-        names_qkv = [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
-        qkv = fused(names_qkv, [nq, nk, nk], H)
-        q = k = v = None
-        if qkv is None:
-            q, k, v = (quant(nm, n, H) for nm, n in zip(names_qkv, [nq, nk, nk]))
-        biases = [vec(p + f"attn_{x}.bias", n, required=want_bias) for x, n in zip("qkv", [nq, nk, nk])]
-        bias = np.concatenate(biases).astype(np.float32) if all(b is not None for b in biases) else None
-        gate_up = fused([p + "ffn_gate.weight", p + "ffn_up.weight"], [F, F], H)
-        gate = up = None
-        if gate_up is None:
-            gate, up = quant(p + "ffn_gate.weight", F, H), quant(p + "ffn_up.weight", F, H)
-        layers.append(LayerWeights(
-            attn_norm=vec(p + "attn_norm.weight", H), ffn_norm=vec(p + "ffn_norm.weight", H),
-            qkv=qkv, q=q, k=k, v=v, qkv_bias=bias, o=quant(p + "attn_output.weight", H, nq),
-            gate_up=gate_up, gate=gate, up=up, down=quant(p + "ffn_down.weight", H, F),
-        ))
-    if "output.weight" in tensors:
-        output = quant("output.weight", vocab, H)
+    return emb, NativeConfig(**{**cfg.__dict__, "vocab": vocab})
+
+
+def read_gguf(path: str | os.PathLike) -> GGUFModel:
+    """The model in ``path``; a one-line ``ParadecError`` naming the file and the problem for an
+    unsupported architecture or quantization type, a truncated or corrupt file, or a model that
+    does not fit in memory."""
+    path = str(path)
+    reader = _open(path)
+    cfg = read_config(reader, path)
+    tensors = _Tensors(reader, path)
+    _check_size(reader, path, cfg)
+    emb, cfg = _embedding(tensors, cfg)
+    vocab, H = cfg.vocab, cfg.hidden
+    layers = tuple(tensors.layer(cfg, i) for i in range(cfg.n_layers))
+    if "output.weight" in tensors.by_name:
+        output = tensors.quant("output.weight", vocab, H)
     else:  # tied embeddings: the LM head is the embedding matrix
-        output = quant("token_embd.weight", vocab, H)
+        output = tensors.quant("token_embd.weight", vocab, H)
     emb_data = np.asarray(emb.data)
-    ff = tensors.get("rope_freqs.weight")
+    ff = tensors.by_name.get("rope_freqs.weight")
     return GGUFModel(
         path=path,
         config=cfg,
         embed_raw=emb_data.reshape(vocab, -1),
         embed_type=emb.tensor_type,
         output=output,
-        norm=vec("output_norm.weight", H),
-        layers=tuple(layers),
+        norm=tensors.vec("output_norm.weight", H),
+        layers=layers,
         freq_factors=np.asarray(ff.data, dtype=np.float32).reshape(-1) if ff is not None else None,
-        qtypes=tuple(sorted(qtypes)),
-        weight_bytes=nbytes,
+        qtypes=tuple(sorted(tensors.qtypes)),
+        weight_bytes=tensors.nbytes,
     )
 
 
