@@ -81,7 +81,7 @@ class Models:
                     raise ParadecError("qdraft backend llama.cpp needs llama-cpp-python (pip install llama-cpp-python)")
                 self._self_drafters[backend] = LlamaCppDrafter(self.gguf_path, n_ctx=self.target.max_context)
             else:
-                from ..models.causal_lm import HFCausalLM
+                from ..models.torch.hf import HFCausalLM
                 from ..models.torch.quantize import int8_copy
 
                 int8 = HFCausalLM(int8_copy(self.target.model), max_context=self.target.max_context)
