@@ -3,8 +3,9 @@
 ``CausalLM`` (``forward(ids, positions, cache, attn_mask) -> logits``) is all a target must do:
 the decode loop talks to models only through it, so another backend (the native kernels,
 llama.cpp, a remote server) can stand in for Hugging Face transformers (``torch/hf.py``). The
-other protocols name optional capabilities; a backend has one by defining its member, and the
-code that uses one checks for it with ``isinstance`` (never by probing for a name).
+other protocols name optional capabilities of a target (each a ``CausalLM`` with one more
+member, but for the ``NativeLM`` marker); a backend has one by defining that member, and the
+code that uses it checks for it with ``isinstance`` (never by probing for a name).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class CausalLM(Protocol):
 
 
 @runtime_checkable
-class BatchedLM(Protocol):
+class BatchedLM(CausalLM, Protocol):
     """Continuous batching's forward: the server's scheduler runs the plain steps of several
     requests as one forward through it (weights read once for all of them)."""
 
@@ -53,7 +54,7 @@ class BatchedLM(Protocol):
 
 
 @runtime_checkable
-class HiddenStatesLM(Protocol):
+class HiddenStatesLM(CausalLM, Protocol):
     """A target that can return its last hidden states with its logits: what a trained draft
     head drafts from (``head``, and ``auto`` when it takes the head)."""
 
@@ -67,16 +68,28 @@ class HiddenStatesLM(Protocol):
 class NativeLM(Protocol):
     """A target that runs on its own kernels and thread pool, not torch's (the native backend):
     torch ops beside it run on one thread (their spinning threads would take its cores), and it
-    has no transformers forward for a drafter to draft inside (``deer-fused``)."""
+    has no transformers forward for a drafter to draft inside (``deer-fused``). A bare marker,
+    not a ``CausalLM`` with one more member, so that a wrapper which forwards the rest of a
+    target by ``__getattr__`` is still seen as one (``isinstance`` looks members up statically
+    from Python 3.12 on)."""
 
-    native: bool
+    native: bool  # True
 
 
 @runtime_checkable
-class LabelledLM(Protocol):
+class LabelledLM(CausalLM, Protocol):
     """A target that says which code path runs it, for stats and reports."""
 
     path: str  # "transformers", "lean", "lean, packed bf16", "native Q4_1 avx512vnni"
+
+
+@runtime_checkable
+class TransformersLM(CausalLM, Protocol):
+    """A target with a transformers model behind it (``model``): what ``head``, ``deer`` and
+    ``qdraft``'s int8 copy build their drafters from. The native backend loads one on first use
+    (its verification stays on its own weights)."""
+
+    model: object  # a transformers PreTrainedModel
 
 
 def backend_label(target: CausalLM) -> str:

@@ -80,7 +80,7 @@ from dataclasses import dataclass
 
 from ..sampling import SamplingParams
 from ..tree import DraftTree
-from .base import ProposeContext, Proposer, StepResult
+from .base import FusedProposer, ProposeContext, Proposer, StepResult, TimedProposer
 from .suffix import SuffixConfig, SuffixDrafter
 
 MODEL_CHOICES = ("auto", "none", "qdraft", "draft", "head")
@@ -192,11 +192,11 @@ class LazyModel:
         if self._inner is not None:
             self._inner.observe(result)
 
-    def __getattr__(self, key: str):  # the built drafter's attributes (``last_times``)
-        inner = self.__dict__.get("_inner")
-        if inner is None or key.startswith("_"):
-            raise AttributeError(key)
-        return getattr(inner, key)
+    @property
+    def last_times(self) -> tuple[float, float, int] | None:
+        """The built drafter's timing report (``TimedProposer``), None before it is built or
+        when it reports none."""
+        return self._inner.last_times if isinstance(self._inner, TimedProposer) else None
 
 
 class AutoDrafter:
@@ -213,7 +213,7 @@ class AutoDrafter:
         self.model = model
         # a drafter that reads the target's verifying forward (a trained head) sees every
         # forward, whoever drafted: it never falls behind, so it has nothing to catch up on
-        self._rides_forward = model is not None and hasattr(model, "fused_forward")
+        self._rides_forward = isinstance(model, FusedProposer)
         if self._rides_forward:
             self.fused_forward = model.fused_forward
         self.memory = m = memory if memory is not None else AutoMemory(c.ema)
@@ -307,7 +307,7 @@ class AutoDrafter:
         model's own step (nothing to catch up on) counts as drafting, and the time of others
         beyond that, per pending token, as catch-up."""
         drafting, extra = None, None  # this proposal's drafting time; its time beyond drafting
-        times = getattr(self.model, "last_times", None)
+        times = self.model.last_times if isinstance(self.model, TimedProposer) else None
         if times is not None and times[1] > 0:
             first, total, feeds = times
             one = (total - first) / feeds if feeds else (first if pending <= _CATCHUP_FREE else None)
