@@ -26,8 +26,8 @@ Cost model, learned online from the request itself (nothing is hard-coded per ma
   EOS). ``auto`` decides it as in ski rental: the catch-up is spread over the tokens this request
   has generated so far (at least ``min_horizon``, at most the tokens left), so it switches once
   the time the model would have saved so far exceeds what the switch costs. A long prompt (RAG,
-  summarization: 400+ tokens, 1.5 s to read here) keeps ``auto`` on the lookup; a short one
-  switches within a few tokens;
+  summarization: 400+ tokens) keeps ``auto`` on the lookup; a short one switches within a few
+  tokens;
 - ``a_c``: expected accepted tokens of candidate c. For the lookup draft it is kept per suffix
   match-length bucket *and per tree size* and updated *every* step, also when the draft was
   not used: the committed tokens show how much of it the target would have accepted (a
@@ -58,15 +58,18 @@ is rated ``(F + 1) / f(F + 1)`` and a lookup tree of n nodes ``(max(a(n), F) + 1
 f(n + F + 1))`` (the rates a head that rides the forward is weighed against). The lookup's tree
 is sent whole whenever it has one: the grammar prunes the nodes it rejects before the forward,
 and forced tokens follow every right branch, which the counterfactual acceptance does not see
-(measured on the structured suite: the whole tree matched ``suffix``, the sized one was 2-4%
-slower). A model drafter that must catch up (a draft model, ``qdraft``) does not run under
-a grammar: constrained answers are short and the prompt it would have to read first is seldom
-paid back (measured: ``auto`` with it was slower than ``suffix`` on the structured suite); one
-that rides the verifying forward (a head) is weighed as usual. ``qdraft`` is loaded on first
-use (``LazyModel``), so a request that never runs it does not pay its loading either.
+(on the structured suite the whole tree matched ``suffix`` and the sized one was slower). A
+model drafter that must catch up (a draft model, ``qdraft``) does not run under a grammar:
+constrained answers are short and the prompt it would have to read first is seldom paid back
+(``auto`` with it was slower than ``suffix`` on the structured suite); one that rides the
+verifying forward (a head) is weighed as usual. ``qdraft`` is loaded on first use
+(``LazyModel``), so a request that never runs it does not pay its loading either.
 
 The choice depends only on past steps (and the grammar's state after the committed tokens),
 never on the verifier's coins, so verification stays exactly lossless, greedy and sampled alike.
+
+The measurements behind these choices (a prompt's read time, the structured suite's runs) are in
+docs/benchmarks.md, "Figures the code's comments rely on".
 
 Bounded state: the lookup's index holds at most ``max_tokens`` tokens (``suffix``'s eviction);
 the cost model (``AutoMemory``) is a handful of moving averages per size and match-length bucket

@@ -95,7 +95,7 @@ class HFCausalLM:
         positions = positions.to(self.device)
         if ids.shape[:2] == (1, 1) and self._sliding_window is None and bool(attn_mask.all()):
             # A plain decoding step sees the whole cache: no mask lets the attention kernel take
-            # its unmasked path (measured on a 2-core CPU: 1.2 ms of a 35 ms step).
+            # its unmasked path (what it saves: docs/benchmarks.md, "Figures the code's comments rely on").
             mask = None
         else:
             mask = self._hf_mask(attn_mask.to(self.device), positions, cache_len)
