@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from paradec.models.causal_lm import HFCausalLM
+from paradec.models.torch.hf import HFCausalLM
 
 CHARS = string.ascii_letters + string.digits + " .,!?'\n:-()<>"
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import tiny_llama
 from lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling_lossless, run
-from paradec.models.causal_lm import HFCausalLM
+from paradec.models.torch.hf import HFCausalLM
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import NoDraft
 from paradec.proposers.auto import AutoConfig, AutoDrafter, AutoMemory, _Ema, _size_bucket

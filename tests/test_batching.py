@@ -13,7 +13,7 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 import paradec
 from conftest import tiny_llama, tiny_target
 from paradec.decode import DecodeConfig, Decoder
-from paradec.models.causal_lm import HFCausalLM
+from paradec.models.torch.hf import HFCausalLM
 from paradec.proposers.base import NoDraft
 from paradec.proposers.pld import PLDConfig, PromptLookup
 from rows_util import _forward_rows_matches_single

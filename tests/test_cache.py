@@ -79,7 +79,7 @@ def test_plain_step_without_mask_equals_the_masked_forward(attn):
     compute what the explicit all-visible mask computes, on an inference-mode forward whose
     cache stays writable by rollback."""
     from conftest import tiny_llama
-    from paradec.models.causal_lm import HFCausalLM
+    from paradec.models.torch.hf import HFCausalLM
 
     model = tiny_llama(0)
     model.config._attn_implementation = attn

@@ -14,7 +14,7 @@ from conftest import save_tiny_chat_model, tiny_llama
 from lossless import PROMPTS, SV, VOCAB, run
 from test_deer import random_adapter
 
-from paradec.models.causal_lm import HFCausalLM
+from paradec.models.torch.hf import HFCausalLM
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import NoDraft
 from paradec.sampling import SamplingParams

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from paradec.models.causal_lm import HFCausalLM
+from paradec.models.torch.hf import HFCausalLM
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import NoDraft
 from paradec.proposers.draft_model import DraftModelConfig, DraftModelProposer

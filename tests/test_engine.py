@@ -145,7 +145,7 @@ def test_hub_id_from_local_hf_cache(tiny_model_dir, tmp_path):
 
 
 def test_cache_kwarg_follows_the_transformers_signature():
-    from paradec.models.causal_lm import cache_kwarg
+    from paradec.models.torch.hf import cache_kwarg
 
     class New:
         def forward(self, input_ids=None, cache=None, **kw): ...

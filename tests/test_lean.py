@@ -8,7 +8,7 @@ from conftest import tiny_llama
 from lossless import PROMPTS, VOCAB, run
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from paradec.models.causal_lm import HFCausalLM
+from paradec.models.torch.hf import HFCausalLM
 from paradec.models.torch.lean import LeanDecoder, lean_unsupported
 from paradec.models.torch.packed import PackedLinear, can_pack, fused
 from paradec.proposers.pld import PLDConfig, PromptLookup

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"native kernels
 from lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling_lossless, run  # noqa: E402
 from native_tiny import tiny_hf, write_gguf  # noqa: E402
 from paradec.errors import ParadecError  # noqa: E402
-from paradec.models.causal_lm import HFCausalLM  # noqa: E402
+from paradec.models.torch.hf import HFCausalLM  # noqa: E402
 from paradec.models.native.backend import NativeCausalLM  # noqa: E402
 from paradec.models.native.gguf_model import read_gguf  # noqa: E402
 from paradec.proposers import Models, make_proposer  # noqa: E402

@@ -14,7 +14,7 @@ from test_deer_fused import fused_model
 
 from paradec.errors import ParadecError
 from paradec.heads import new_head
-from paradec.models.causal_lm import HFCausalLM
+from paradec.models.torch.hf import HFCausalLM
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import NoDraft
 from paradec.proposers.deer import DeerConfig, DeerProposer

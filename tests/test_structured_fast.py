@@ -138,7 +138,7 @@ def test_auto_under_a_grammar_skips_a_model_drafter_it_would_catch_up(constraint
     from conftest import tiny_llama
     from structured_util import PROMPTS, run
 
-    from paradec.models.causal_lm import HFCausalLM
+    from paradec.models.torch.hf import HFCausalLM
     from paradec.proposers.auto import AutoDrafter
     from paradec.proposers.base import NoDraft
 
@@ -160,7 +160,7 @@ def test_a_lazy_model_drafter_is_loaded_only_when_auto_runs_it(constraints):
     from conftest import tiny_llama
     from structured_util import PROMPTS, run
 
-    from paradec.models.causal_lm import HFCausalLM
+    from paradec.models.torch.hf import HFCausalLM
     from paradec.proposers.auto import AutoDrafter, LazyModel
     from paradec.proposers.base import NoDraft
 

@@ -13,7 +13,7 @@ from conftest import tiny_llama
 from structured_util import S_FORMAT, VOCAB, constraint, exact_constrained, pvalue, sample_outputs
 from test_decode import RandomTree
 
-from paradec.models.causal_lm import HFCausalLM
+from paradec.models.torch.hf import HFCausalLM
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import NoDraft
 from paradec.proposers.draft_model import DraftModelConfig, DraftModelProposer

@@ -22,8 +22,8 @@ import torch
 
 from .cache import KVCache
 from .errors import ParadecError
-from .models.causal_lm import CausalLM, backend_label
-from .proposers.base import ProposeContext, Proposer, StepResult
+from .models.causal_lm import CausalLM, NativeLM, backend_label
+from .proposers.base import DraftsFlag, FusedProposer, ProposeContext, Proposer, StepResult
 from .sampling import SamplingParams, target_probs
 from .stats import DecodeStats
 from .structured import Constraint, Guide
@@ -126,9 +126,9 @@ class Decoder:
             raise ParadecError("the prompt is empty")
         context_room(len(prompt), target.max_context)
         self.target, self.proposer, self.prompt, self.cfg, self.stop = target, proposer, prompt, cfg, stop
-        self.stats.method = getattr(proposer, "name", type(proposer).__name__)
+        self.stats.method = proposer.name if isinstance(proposer, Proposer) else type(proposer).__name__
         self.stats.backend = backend_label(target)
-        self._native = bool(getattr(target, "native", False))  # its own thread pool (see commit)
+        self._native = isinstance(target, NativeLM) and bool(target.native)  # its own thread pool (see commit)
         self.stats.prompt_tokens = len(prompt)
         self.tokens = list(prompt)
         self.generated: list[int] = []
@@ -140,14 +140,15 @@ class Decoder:
         self._generator = None if sampling.greedy else sampling.generator(target.device)
         self._draft_generator = None if sampling.greedy else sampling.generator("cpu", stream=1)
         # a proposer that drafts inside the verifying forward (deer-fused) runs that forward
-        self._fused = getattr(proposer, "fused_forward", None)
+        self._fused = proposer.fused_forward if isinstance(proposer, FusedProposer) else None
         # total sequence length cap
         self._limit = min(target.max_context, len(prompt) + cfg.max_new_tokens)
         # structured output: shapes each draft, masks the verifier's rows, follows the output
         self.guide = None if cfg.constraint is None else Guide(cfg.constraint, cfg.eos_ids)
         self.stats.constrained = self.guide is not None
         self._eos = cfg.eos_ids if self.guide is None else cfg.eos_ids | {self.guide.eos}
-        self._forced = getattr(proposer, "drafts", True)  # ar, the baseline, takes no forced drafts
+        # ar, the baseline, takes no forced drafts
+        self._forced = proposer.drafts if isinstance(proposer, DraftsFlag) else True
 
     def _start(self) -> None:
         self.cache = self.target.new_cache(capacity=self._limit + self.cfg.max_draft + 1)

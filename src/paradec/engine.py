@@ -11,7 +11,7 @@ import torch
 
 from .decode import DecodeConfig, Decoder, context_room
 from .errors import ParadecError
-from .models.causal_lm import HFCausalLM
+from .models.torch.hf import HFCausalLM
 from .models.loader import Loaded, load_hf
 from .proposers import METHODS, Models, make_proposer
 from . import params

@@ -14,6 +14,8 @@ import time
 
 import torch
 
+from .runners import LlamaCppRunner, TorchARRunner
+
 KS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -102,7 +104,7 @@ def _torch_targets(engine, rows) -> dict[str, object]:
     targets where they run, else loaded here (float32 and bfloat16)."""
     from ..engine import load
 
-    have = {r.runner.dtype: r.runner.inner for r in rows if getattr(r.runner, "inner", None) is not None}
+    have = {r.runner.dtype: r.runner.inner for r in rows if isinstance(r.runner, TorchARRunner) and r.runner.inner is not None}
     return {f"torch {dtype}": (have.get(dtype) or load(engine.name, dtype=dtype, device="cpu", backend="torch")).target
             for dtype in ("float32", "bfloat16")}
 
@@ -121,7 +123,8 @@ def backend_curves(engine, rows, prompt_ids: list[int], ks: list[int], repeats: 
             curves[label] = [c.get(k) for k in ks]
     except Exception as e:  # noqa: BLE001 - a missing curve is reported, not fatal
         print(f"paradec: note: no torch curve in the roofline ({e})", file=sys.stderr)
-    llamas = {r.name: r.runner.llm for r in rows if r.status == "ok" and getattr(r.runner, "llm", None) is not None}
+    llamas = {r.name: r.runner.llm for r in rows
+              if r.status == "ok" and isinstance(r.runner, LlamaCppRunner) and r.runner.llm is not None}
     llm = llamas.get("llama.cpp-pld") or llamas.get("llama.cpp")  # -pld keeps every position's logits
     if llm is not None:
         try:

@@ -48,7 +48,7 @@ class RowState:
             "status": self.status,
             "error": self.error,
             "rss_growth_mb": self.rss_growth_mb,
-            "quantization": getattr(self.runner, "quantization", "") or "",
+            "quantization": self.runner.quantization or "",
         }
 
 

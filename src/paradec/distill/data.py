@@ -81,7 +81,7 @@ def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int],
     including its first EOS."""
     from transformers import DynamicCache
 
-    from ..models.causal_lm import cache_kwarg
+    from ..models.torch.hf import cache_kwarg
 
     B, P = len(prompts), max(len(p) for p in prompts)
     dev = next(model.parameters()).device

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..cache import KVCache
 from ..errors import ParadecError
-from ..models.causal_lm import HFCausalLM
+from ..models.torch.hf import HFCausalLM
 from ..distill.lora import TARGETS, apply_lora, load_lora_state, lora_state
 
 MAX_FILE_BYTES = 15 * 1024 * 1024  # each adapter file stays under 16 MiB

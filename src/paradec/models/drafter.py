@@ -8,7 +8,7 @@ way to draft on a CPU.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from ..cache import KVCache
 from .causal_lm import CausalLM
 
 
+@runtime_checkable
 class Drafter(Protocol):
     def reset(self, capacity: int) -> None: ...
 

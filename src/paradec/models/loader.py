@@ -190,7 +190,7 @@ class Loaded:
     source: Source
     model: object  # transformers PreTrainedModel (None for a native target: see causal_lm)
     tokenizer: object  # transformers tokenizer
-    causal_lm: object = None  # a ready CausalLM adapter (the native backend), else made from model
+    causal_lm: object = None  # a ready CausalLM target (the native backend), else made from model
     generation_config: object = None  # where model is None
 
 

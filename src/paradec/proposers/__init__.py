@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import ParadecError
-from ..models.causal_lm import CausalLM
+from ..models.causal_lm import CausalLM, HiddenStatesLM, NativeLM
 from .base import NoDraft, ProposeContext, Proposer, StepResult
 from .draft_model import DraftModelConfig, DraftModelProposer
 from .aded import ADED, ADEDConfig
@@ -81,7 +81,7 @@ class Models:
                     raise ParadecError("qdraft backend llama.cpp needs llama-cpp-python (pip install llama-cpp-python)")
                 self._self_drafters[backend] = LlamaCppDrafter(self.gguf_path, n_ctx=self.target.max_context)
             else:
-                from ..models.causal_lm import HFCausalLM
+                from ..models.torch.hf import HFCausalLM
                 from ..models.torch.quantize import int8_copy
 
                 int8 = HFCausalLM(int8_copy(self.target.model), max_context=self.target.max_context)
@@ -121,7 +121,7 @@ def _auto_model(models: Models, have_llama_cpp: bool) -> str:
         return "draft"
     t = models.target
     flat = t.dtype in (torch.bfloat16, torch.float16) or t.device.type == "cuda"
-    if flat and hasattr(t, "forward_hidden"):
+    if flat and isinstance(t, HiddenStatesLM):
         missing = ("no head", id(t))
         if missing not in models._self_drafters:
             try:
@@ -164,7 +164,7 @@ def _deer_fused(models: Models, vocab: int, cfg: FusedDeerConfig) -> Proposer:
     from ..dllm.loaders import converted_for
 
     t = models.target
-    if getattr(t, "native", False):
+    if isinstance(t, NativeLM) and t.native:
         raise ParadecError("deer-fused drafts inside the target's transformers forward; on the native backend use "
                            "deer (or --backend torch)")
     drafter = models.loaded(("deer-fused", cfg.adapter, id(t)),  # the target's own weights, plus the adapter
@@ -174,7 +174,7 @@ def _deer_fused(models: Models, vocab: int, cfg: FusedDeerConfig) -> Proposer:
 
 def _head(models: Models, cfg: HeadConfig) -> Proposer:
     t = models.target
-    if not hasattr(t, "forward_hidden"):
+    if not isinstance(t, HiddenStatesLM):
         raise ParadecError("method head needs a target that returns hidden states (a transformers model)")
     return HeadProposer(_shipped_head(models, cfg.head), cfg)
 

@@ -26,8 +26,8 @@ Cost model, learned online from the request itself (nothing is hard-coded per ma
   EOS). ``auto`` decides it as in ski rental: the catch-up is spread over the tokens this request
   has generated so far (at least ``min_horizon``, at most the tokens left), so it switches once
   the time the model would have saved so far exceeds what the switch costs. A long prompt (RAG,
-  summarization: 400+ tokens, 1.5 s to read here) keeps ``auto`` on the lookup; a short one
-  switches within a few tokens;
+  summarization: 400+ tokens) keeps ``auto`` on the lookup; a short one switches within a few
+  tokens;
 - ``a_c``: expected accepted tokens of candidate c. For the lookup draft it is kept per suffix
   match-length bucket *and per tree size* and updated *every* step, also when the draft was
   not used: the committed tokens show how much of it the target would have accepted (a
@@ -58,15 +58,18 @@ is rated ``(F + 1) / f(F + 1)`` and a lookup tree of n nodes ``(max(a(n), F) + 1
 f(n + F + 1))`` (the rates a head that rides the forward is weighed against). The lookup's tree
 is sent whole whenever it has one: the grammar prunes the nodes it rejects before the forward,
 and forced tokens follow every right branch, which the counterfactual acceptance does not see
-(measured on the structured suite: the whole tree matched ``suffix``, the sized one was 2-4%
-slower). A model drafter that must catch up (a draft model, ``qdraft``) does not run under
-a grammar: constrained answers are short and the prompt it would have to read first is seldom
-paid back (measured: ``auto`` with it was slower than ``suffix`` on the structured suite); one
-that rides the verifying forward (a head) is weighed as usual. ``qdraft`` is loaded on first
-use (``LazyModel``), so a request that never runs it does not pay its loading either.
+(on the structured suite the whole tree matched ``suffix`` and the sized one was slower). A
+model drafter that must catch up (a draft model, ``qdraft``) does not run under a grammar:
+constrained answers are short and the prompt it would have to read first is seldom paid back
+(``auto`` with it was slower than ``suffix`` on the structured suite); one that rides the
+verifying forward (a head) is weighed as usual. ``qdraft`` is loaded on first use
+(``LazyModel``), so a request that never runs it does not pay its loading either.
 
 The choice depends only on past steps (and the grammar's state after the committed tokens),
 never on the verifier's coins, so verification stays exactly lossless, greedy and sampled alike.
+
+The measurements behind these choices (a prompt's read time, the structured suite's runs) are in
+docs/benchmarks.md, "Figures the code's comments rely on".
 
 Bounded state: the lookup's index holds at most ``max_tokens`` tokens (``suffix``'s eviction);
 the cost model (``AutoMemory``) is a handful of moving averages per size and match-length bucket
@@ -80,7 +83,7 @@ from dataclasses import dataclass
 
 from ..sampling import SamplingParams
 from ..tree import DraftTree
-from .base import ProposeContext, Proposer, StepResult
+from .base import FusedProposer, ProposeContext, Proposer, StepResult, TimedProposer
 from .suffix import SuffixConfig, SuffixDrafter
 
 MODEL_CHOICES = ("auto", "none", "qdraft", "draft", "head")
@@ -192,11 +195,11 @@ class LazyModel:
         if self._inner is not None:
             self._inner.observe(result)
 
-    def __getattr__(self, key: str):  # the built drafter's attributes (``last_times``)
-        inner = self.__dict__.get("_inner")
-        if inner is None or key.startswith("_"):
-            raise AttributeError(key)
-        return getattr(inner, key)
+    @property
+    def last_times(self) -> tuple[float, float, int] | None:
+        """The built drafter's timing report (``TimedProposer``), None before it is built or
+        when it reports none."""
+        return self._inner.last_times if isinstance(self._inner, TimedProposer) else None
 
 
 class AutoDrafter:
@@ -213,7 +216,7 @@ class AutoDrafter:
         self.model = model
         # a drafter that reads the target's verifying forward (a trained head) sees every
         # forward, whoever drafted: it never falls behind, so it has nothing to catch up on
-        self._rides_forward = model is not None and hasattr(model, "fused_forward")
+        self._rides_forward = isinstance(model, FusedProposer)
         if self._rides_forward:
             self.fused_forward = model.fused_forward
         self.memory = m = memory if memory is not None else AutoMemory(c.ema)
@@ -307,7 +310,7 @@ class AutoDrafter:
         model's own step (nothing to catch up on) counts as drafting, and the time of others
         beyond that, per pending token, as catch-up."""
         drafting, extra = None, None  # this proposal's drafting time; its time beyond drafting
-        times = getattr(self.model, "last_times", None)
+        times = self.model.last_times if isinstance(self.model, TimedProposer) else None
         if times is not None and times[1] > 0:
             first, total, feeds = times
             one = (total - first) / feeds if feeds else (first if pending <= _CATCHUP_FREE else None)

@@ -52,6 +52,40 @@ class Proposer(Protocol):
         """What the target accepted (adaptive drafters learn from it)."""
 
 
+# The optional members of a proposer, one protocol each. They do not extend ``Proposer``: the loop
+# also runs a proposer without a ``name`` (its stats then name its class).
+
+
+@runtime_checkable
+class FusedProposer(Protocol):
+    """A proposer that runs the verifying forward itself and drafts from what it sees there
+    (``head`` reads the hidden states, ``deer-fused`` adds mask blocks; ``auto`` when it takes a
+    head). The decode loop hands it each step's forward instead of calling the target."""
+
+    def fused_forward(self, target, step) -> torch.Tensor:
+        """Run ``step`` (the loop's ``ForwardInput``: ids, positions, mask, cache) on ``target``;
+        return the target's logits [n+1, V]."""
+        ...
+
+
+@runtime_checkable
+class TimedProposer(Protocol):
+    """A model drafter that reports how its last proposal's time splits, so ``auto`` learns its
+    drafting and catch-up costs exactly: (seconds of the first drafter call, which reads the
+    tokens committed since it last ran; seconds of the whole proposal; one-token feeds after
+    the first call), or None while it has none to report."""
+
+    last_times: tuple[float, float, int] | None
+
+
+@runtime_checkable
+class DraftsFlag(Protocol):
+    """A proposer that says whether it drafts at all: ``ar`` (``drafts = False``) takes not even
+    a grammar's forced tokens. Any other proposer drafts."""
+
+    drafts: bool
+
+
 class NoDraft:
     """``ar``: plain autoregressive decoding through the same loop (the baseline)."""
 

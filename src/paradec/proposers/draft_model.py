@@ -51,7 +51,7 @@ class DraftModelProposer:
     name = "draft"
 
     def __init__(self, drafter: Drafter | CausalLM, target_vocab: int, config: DraftModelConfig | None = None) -> None:
-        self.drafter: Drafter = drafter if hasattr(drafter, "logits_after") else HFDrafter(drafter)
+        self.drafter: Drafter = drafter if isinstance(drafter, Drafter) else HFDrafter(drafter)
         self.target_vocab = target_vocab
         self.config = config or DraftModelConfig()
         self.cap = self.config.max_len

@@ -23,7 +23,7 @@ BACKENDS = ("auto", "llama.cpp", "int8")
 class QDraftConfig(DraftModelConfig):
     max_len: int = 6  # the copy agrees with the target often: longer chains pay
     min_confidence: float = 0.2
-    lookup: int = 0  # greedy: suffix-lookup tokens checked by the copy in one pass (measurements: docs/benchmarks.md)
+    lookup: int = 0  # greedy: suffix-lookup tokens checked by the copy in one pass (off: see docs/benchmarks.md)
     backend: str = "auto"  # auto = llama.cpp when available for a GGUF target, else int8
 
     def __post_init__(self) -> None:

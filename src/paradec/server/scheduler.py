@@ -37,6 +37,7 @@ from ..decode import ForwardInput, context_room
 from ..engine import Engine, Stream
 from ..errors import ParadecError
 from ..interrupt import Interrupted, interruptible
+from ..models.causal_lm import BatchedLM
 from ..stats import DecodeStats
 from .errors import APIError, from_paradec
 from .metrics import Metrics
@@ -184,7 +185,7 @@ class Scheduler:
         self.engine, self.metrics = engine, metrics
         self.max_queue, self.max_active = max_queue, max_active
         self.batch = batch  # continuous batching of plain decoding steps across requests
-        self._batchable = hasattr(engine.target, "forward_rows")
+        self._batchable = isinstance(engine.target, BatchedLM)
         self._cv = threading.Condition()
         self._inbox: deque[Job] = deque()  # submitted, not yet admitted
         self._waiting: deque[Job] = deque()  # admitted, waiting for a decode slot

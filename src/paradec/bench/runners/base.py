@@ -31,6 +31,7 @@ class Runner:
     name: str = ""
     kind: str = "peer"  # "paradec" | "peer"
     description: str = ""
+    quantization: str = ""  # the weights' quantization where the row runs its own (llama.cpp: "Q4_1")
 
     def prepare(self) -> None:
         pass

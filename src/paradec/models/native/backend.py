@@ -1,4 +1,4 @@
-"""``NativeCausalLM``: the ``CausalLM`` adapter on the GGUF's own quantized weights.
+"""``NativeCausalLM``: a ``CausalLM`` target on the GGUF's own quantized weights.
 
 Every operation is per row (the quantized matmuls of ``kernels``, RMSNorm, rotary, SiLU * up
 and tree attention of ``csrc/ops.c``), so a token's logits are bit-identical whether it is
@@ -123,11 +123,11 @@ class _Buffers:
 
 
 class NativeCausalLM:
-    """The ``CausalLM`` protocol (``adapter.py``) on a ``GGUFModel``, batch-invariant by
+    """The ``CausalLM`` protocol (``causal_lm.py``) on a ``GGUFModel``, batch-invariant by
     construction. ``hf_loader`` makes the transformers model on demand, for drafters that
     build their own copy of the target from it (``head``, ``deer``, ``qdraft`` int8)."""
 
-    native = True  # what drafters probe for (deer-fused needs a transformers forward instead)
+    native = True  # the ``NativeLM`` marker: its own thread pool, no transformers forward (deer-fused needs one)
 
     def __init__(self, model: GGUFModel, hf_loader: Callable[[], object] | None = None) -> None:
         if not kernels.available():

@@ -2,9 +2,9 @@
 
 torch's ``F.linear`` on bfloat16 CPU tensors hands oneDNN a plain row-major weight, which it
 reorders into its blocked layout again on every call. Packing each weight once at load time
-removes that work: on a 2-core Xeon with AMX the 211 linear layers of SmolLM2-135M take about
-19 ms instead of 27 for one token, and the cost stays nearly flat up to 16 tokens. The result is
-the same matrix product (the tests compare logits), only the weight's memory layout differs.
+removes that work, and the cost then stays nearly flat up to 16 tokens (measured figures:
+docs/benchmarks.md, "Figures the code's comments rely on"). The result is the same matrix
+product (the tests compare logits), only the weight's memory layout differs.
 
 A packed layer is an extra, inference-only copy of a weight: the model it came from is left as
 it is (the transformers baseline in ``paradec bench`` keeps running stock ``F.linear``).

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 
 from ...errors import ParadecError
+from ...models.causal_lm import TransformersLM
 
 REPLICA_OVERHEAD_BYTES = 768 << 20  # a Ray worker with torch and the server imported, before the weights
 SESSIONS_PER_REPLICA = 64  # conversations whose drafter state a replica keeps
@@ -73,7 +74,7 @@ def replica_bytes(engine) -> int:
     """Estimated memory of one replica: its model's weights and buffers plus a worker's fixed cost."""
     seen, total = set(), 0
     for m in {id(x): x for x in (engine.target, engine.draft) if x is not None}.values():
-        module = getattr(m, "model", m)
+        module = m.model if isinstance(m, TransformersLM) else m
         for t in [*module.parameters(), *module.buffers()]:
             if t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
