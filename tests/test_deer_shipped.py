@@ -65,7 +65,7 @@ def test_deer_greedy_identical_to_ar_on_the_default_model(request, method, backe
 
 
 def test_shipped_learn2pd_filter_decodes(engine):
-    from paradec.cli.dllm import _filter_of
+    from paradec.dllm.policies.learned import filter_of as _filter_of
     from paradec.dllm.loaders import load_diffusion
     from paradec.dllm.loop import generate
     from paradec.dllm.policies import make_settings

@@ -6,11 +6,16 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ..errors import ParadecError
 from ..outpath import writable_dir
+from .common import Generation, print_generation
+
+if TYPE_CHECKING:
+    from .generate import GenerateConfig
 
 dllm_app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -25,15 +30,6 @@ def _check_only(only: list[str] | None, configs) -> None:
     if unknown:
         raise ParadecError(f"--only {', '.join(unknown)}: not a method or label of this benchmark "
                            f"(methods: {', '.join(dict.fromkeys(m for _, m, _ in configs))})")
-
-
-def _filter_of(model):
-    d = getattr(model, "directory", None)
-    if d is not None and (Path(d) / "filter.safetensors").is_file():
-        from ..dllm.policies.learned import load_filter
-
-        return load_filter(Path(d) / "filter.safetensors")
-    return None
 
 
 @dllm_app.command("train")
@@ -114,13 +110,14 @@ def bench_cmd(
 
     from ..dllm.toy.bench import CONFIGS, run_bench
     from ..dllm.loaders import load_diffusion
+    from ..dllm.policies.learned import filter_of
 
     _check_only(only, CONFIGS)
     writable_dir(out)
     torch.set_num_threads(threads)
     m = load_diffusion(model)
     arm = load_diffusion(ar) if ar else None
-    run_bench(m, arm, n_per_task=n, batch_size=batch_size, out_dir=out, only=only, filter_model=_filter_of(m),
+    run_bench(m, arm, n_per_task=n, batch_size=batch_size, out_dir=out, only=only, filter_model=filter_of(m),
               log=lambda s: print(s, flush=True))
     print(f"wrote {out}/results.json, results.md, frontier.png")
 
@@ -161,26 +158,25 @@ def methods_cmd() -> None:
         print(f"{k:10s} {v}")
 
 
-def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: str, device: str,
-                  temperature: float, seed: int | None, as_json: bool, max_new_tokens: int | None = None) -> None:
+def generate_dllm(cfg: "GenerateConfig", options: dict) -> None:
     """``paradec generate`` for a diffusion model: a task prompt in, the answer and stats out
-    (``max_new_tokens``: the answer length; default the model's trained one)."""
+    (``cfg.max_new_tokens``: the answer length; default the model's trained one)."""
     from ..dllm import freedave
     from ..dllm.loaders import load_diffusion
     from ..dllm.loop import generate
     from ..dllm.policies import make_settings
+    from ..dllm.policies.learned import filter_of
     from ..dllm.toy.tasks import decode_answer, encode_prompt
 
-    m = load_diffusion(model, dtype=dtype, device=device)
+    m = load_diffusion(cfg.model, dtype=cfg.dtype, device=cfg.device)
     if getattr(getattr(m, "model", None), "config", None) is not None and getattr(m.model.config, "attention", "") == "causal":
-        return _generate_ar(m, prompt, model, method, as_json, max_new_tokens)  # tiny-ar, the AR reference
-    if method == "pld":  # the AR default: use the dLLM default instead
-        method = "threshold"
+        return _generate_ar(m, cfg)  # tiny-ar, the AR reference
+    method = "threshold" if cfg.method == "pld" else cfg.method  # the AR default: use the dLLM default instead
     opts = dict(options)
-    if temperature:
-        opts.setdefault("temperature", str(temperature))
-    if seed is not None:
-        opts.setdefault("seed", str(seed))
+    if cfg.temperature:
+        opts.setdefault("temperature", str(cfg.temperature))
+    if cfg.seed is not None:
+        opts.setdefault("seed", str(cfg.seed))
     gen_length = 18
     d = getattr(m, "directory", None)
     if d is not None:
@@ -189,40 +185,33 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
         gen_length = 64
         if method != "adablock":
             opts.setdefault("block_size", str(m.spec.block_size))
-    if max_new_tokens is not None:
-        gen_length = max_new_tokens
-    s, extra = make_settings(method, opts, gen_length=gen_length, eos_id=m.spec.eos_id, filter_model=_filter_of(m))
+    if cfg.max_new_tokens is not None:
+        gen_length = cfg.max_new_tokens
+    s, extra = make_settings(method, opts, gen_length=gen_length, eos_id=m.spec.eos_id, filter_model=filter_of(m))
     tok = getattr(m, "tokenizer", None)
     if hasattr(m, "encode"):
-        ids = m.encode(prompt)
+        ids = m.encode(cfg.prompt)
     else:
-        ids = tok(prompt)["input_ids"] if tok is not None else encode_prompt(prompt)
+        ids = tok(cfg.prompt)["input_ids"] if tok is not None else encode_prompt(cfg.prompt)
     if method == "freedave":
         r = freedave.generate(m, [ids], s, depth=extra["depth"])[0]
     else:
         r = generate(m, [ids], s)[0]
     text = tok.decode(r.answer, skip_special_tokens=True) if tok is not None else decode_answer(r.tokens)
-    st = r.stats
-    if as_json:
-        print(json.dumps({"text": text, "token_ids": r.answer, "model": model, "method": method,
-                          "stats": {**st.to_dict(), "tokens_per_s": st.tokens_per_s}}))
-        return
-    print(text)
-    print(f"[{method}] {st.new_tokens} tokens in {st.total_s:.3f}s = {st.tokens_per_s:.1f} tok/s | {st.forwards} forwards, "
-          f"{st.mean_accepted:.2f} tokens/forward | stop: {st.stop_reason}", file=sys.stderr)
+    print_generation(Generation(text, r.answer, cfg.model, method, r.stats), cfg.as_json)
 
 
-def _generate_ar(m, prompt: str, model: str, method: str, as_json: bool, max_new_tokens: int | None = None) -> None:
+def _generate_ar(m, cfg: "GenerateConfig") -> None:
     """Greedy decoding with paradec's AR reference (one token per forward)."""
     from ..dllm.toy.evaluate import ar_generate
     from ..dllm.stats import DiffusionStats
     from ..dllm.toy.tasks import GEN_LENGTH
     from ..dllm.toy.tasks import EOS, decode_answer, encode_prompt
 
-    if method not in ("ar", "pld"):
-        raise ParadecError(f"'{model}' is an AR model: use --method ar")
-    ids = encode_prompt(prompt)
-    max_new = GEN_LENGTH if max_new_tokens is None else max_new_tokens
+    if cfg.method not in ("ar", "pld"):
+        raise ParadecError(f"'{cfg.model}' is an AR model: use --method ar")
+    ids = encode_prompt(cfg.prompt)
+    max_new = GEN_LENGTH if cfg.max_new_tokens is None else cfg.max_new_tokens
     if len(ids) + max_new > m.spec.max_len:
         raise ParadecError(f"prompt + generation length = {len(ids) + max_new} exceeds the model's {m.spec.max_len} positions")
     t0 = time.perf_counter()
@@ -230,11 +219,4 @@ def _generate_ar(m, prompt: str, model: str, method: str, as_json: bool, max_new
     st = DiffusionStats(method="ar", prompt_tokens=len(ids), new_tokens=len(outs[0]), forwards=fws[0], committed=fws[0],
                         accept_lengths=[1] * fws[0], total_s=time.perf_counter() - t0,
                         stop_reason="eos" if EOS in outs[0] else "length")
-    text = decode_answer(outs[0])
-    if as_json:
-        print(json.dumps({"text": text, "token_ids": outs[0], "model": model, "method": "ar",
-                          "stats": {**st.to_dict(), "tokens_per_s": st.tokens_per_s}}))
-        return
-    print(text)
-    print(f"[ar] {st.new_tokens} tokens in {st.total_s:.3f}s = {st.tokens_per_s:.1f} tok/s | {st.forwards} forwards, "
-          f"1.00 tokens/forward | stop: {st.stop_reason}", file=sys.stderr)
+    print_generation(Generation(decode_answer(outs[0]), outs[0], cfg.model, "ar", st), cfg.as_json)

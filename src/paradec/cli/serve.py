@@ -61,7 +61,7 @@ def serve(
     autoscale: Optional[str] = typer.Option(None, "--autoscale", help="MIN:MAX replicas, scaled on ongoing requests."),
 ) -> None:
     """Serve the OpenAI API (completions, chat completions, streaming) with speculative decoding."""
-    from . import _options
+    from .common import parse_options as _options
     from ..errors import ParadecError
     from ..proposers import Limits
     from ..server.launch import serve as run

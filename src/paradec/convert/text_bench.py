@@ -108,10 +108,10 @@ def run(model_name: str = "smollm2-135m-dlm", n_mt: int = 8, n_he: int = 8, gen_
     from ..dllm.loaders import load_diffusion
     from ..dllm.policies import make_settings
 
-    from ..cli.dllm import _filter_of
+    from ..dllm.policies.learned import filter_of
 
     m = load_diffusion(model_name, device=device)
-    filt = _filter_of(m)
+    filt = filter_of(m)
     tok, conv, bs = m.tokenizer, m.model, m.spec.block_size
     eos = m.spec.eos_id
     problems = list(read_problems().values()) if n_he else []
