@@ -3,6 +3,7 @@
 - ``option(default, "--flag", "-f", help=...)`` declares a dataclass field together with how the
   command line shows it (flags, help); ``paradec.cli.common`` builds each command's options from
   these fields, so an option's name, type, default and help are written once.
+- ``like(cls, name)`` reuses the option of another config's field (a command that mixes configs).
 - ``build(cls, options)`` makes the config from a dict of values, checking each against its
   field's type (strict, as the server's JSON is); ``from_text`` first parses ``key=value`` text
   (``--opt``) to the fields' types.
@@ -40,6 +41,15 @@ def option(default: Any = dataclasses.MISSING, *flags: str, help: str = "", fact
 
 def cli_spec(f: dataclasses.Field) -> CliSpec | None:
     return f.metadata.get(CLI)
+
+
+def like(cls: type, name: str) -> Any:
+    """The option defined on ``cls``'s field ``name`` (default and command-line spec), for a
+    command whose options mix several configs in its own order: defined once, shown where used."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
+    return dataclasses.field(default=f.default, metadata=f.metadata)
 
 
 def _field_types(cls: type) -> dict[str, type]:

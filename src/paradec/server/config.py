@@ -1,0 +1,135 @@
+"""The server's settings and ``paradec serve``'s options (one field per option), kept free of
+heavy imports: the CLI reads the defaults to show them in ``--help``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+from ..errors import ParadecError
+from ..options import like, option
+from .cluster.config import ClusterConfig, parse_autoscale
+from .limits import TransportLimits
+
+if TYPE_CHECKING:
+    from ..proposers import Limits
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the app serves with, beyond the engine. ``options``: the default method's options;
+    ``limits``: the HTTP edge's; ``option_limits``: bounds on per-request method options (server
+    ``--opt`` is not bounded); ``sessions``: conversations whose drafter state is kept (0: none,
+    as a fresh drafter per request). None takes the defaults."""
+
+    method: str = option("pld", "--method", help="Default decoding method; a request may override it.")
+    options: dict[str, Any] = field(default_factory=dict)
+    served_name: Optional[str] = option(None, "--served-model-name", help="Model id for clients (default: --model).")
+    max_queue: int = option(64, "--max-queue", help="Requests waiting beyond this answer 429.")
+    max_active: int = option(16, "--max-active", help="Requests decoded at once (interleaved step by step).")
+    timeout: float = option(600.0, "--timeout", help="Per-request limit in seconds, queueing included.")
+    batch: bool = option(True, "--batch/--no-batch", help="Run the plain decoding steps of concurrent requests in one forward.")
+    limits: Optional[TransportLimits] = None
+    option_limits: Optional["Limits"] = None
+    sessions: int = 0
+
+    def __post_init__(self) -> None:
+        from ..proposers import Limits
+
+        object.__setattr__(self, "options", dict(self.options or {}))
+        object.__setattr__(self, "timeout", float(self.timeout))
+        object.__setattr__(self, "limits", self.limits or TransportLimits())
+        object.__setattr__(self, "option_limits", self.option_limits or Limits())
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """What to load and where to listen."""
+
+    model: str = option("smollm2-135m", "--model", "-m", help="Packaged name, model dir, .gguf file or cached hub id.")
+    draft_model: Optional[str] = option(None, "--draft-model", help="Draft model (same tokenizer) for method draft.")
+    dtype: str = option("float32", "--dtype", help="float32, bfloat16, float16 or float64.")
+    device: str = option("cpu", "--device", help="cpu or cuda.")
+    backend: str = option("auto", "--backend", help="auto (native for a GGUF on a CPU in float32, else torch), native "
+                          "(the GGUF's quantized weights) or torch.")
+    host: str = option("127.0.0.1", "--host")
+    port: int = option(8000, "--port")
+    log_level: str = "info"
+
+
+_T = TransportLimits()  # the defaults shown in --help
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """``paradec serve``'s command line, in ``--help`` order. Each option is defined on the config
+    it sets (``like``) or here where the command line differs from the config (``--opt`` text,
+    ``--max-body-mb``, the optional cluster)."""
+
+    model: str = like(LaunchConfig, "model")
+    method: str = like(ServerConfig, "method")
+    draft_model: Optional[str] = like(LaunchConfig, "draft_model")
+    dtype: str = like(LaunchConfig, "dtype")
+    device: str = like(LaunchConfig, "device")
+    backend: str = like(LaunchConfig, "backend")
+    host: str = like(LaunchConfig, "host")
+    port: int = like(LaunchConfig, "port")
+    max_queue: int = like(ServerConfig, "max_queue")
+    max_active: int = like(ServerConfig, "max_active")
+    batch: bool = like(ServerConfig, "batch")
+    timeout: float = like(ServerConfig, "timeout")
+    served_name: Optional[str] = like(ServerConfig, "served_name")
+    opt: tuple[str, ...] = option((), "--opt", help="Default method option key=value (repeatable).")
+    header_timeout: float = option(_T.header_timeout, "--header-timeout",
+                                   help="Seconds a client has to send its request headers (else 408).")
+    body_timeout: float = option(_T.body_timeout, "--body-timeout",
+                                 help="Seconds a client has to send its request body (else 408).")
+    keep_alive: float = option(_T.keep_alive, "--keep-alive", help="Seconds an idle connection stays open.")
+    max_connections: int = option(_T.max_connections, "--max-connections",
+                                  help="Open connections; more are answered 503 and closed.")
+    max_body_mb: float = option(_T.max_body_bytes / MIB, "--max-body-mb",
+                                help="Largest request body in MiB, however framed (else 413).")
+    max_draft_nodes: int = option(64, "--max-draft-nodes", help="Per request: largest draft tree (nodes, max_nodes, templates).")
+    max_draft_depth: int = option(16, "--max-draft-depth", help="Per request: longest draft / n-gram / block, most passes.")
+    max_draft_width: int = option(16, "--max-draft-width", help="Per request: most candidates per node, chains, branches.")
+    max_pool: int = option(1 << 16, "--max-pool", help="Per request: most entries in a lookup table or window.")
+    allow_path: tuple[str, ...] = option((), "--allow-path", help="A folder whose heads / adapters / corpora requests may "
+                                         "name (repeatable; default: shipped names only).")
+    replicas: Optional[int] = option(None, "--replicas", help="Deploy N replicas (one model copy each) on Ray Serve; "
+                                     "default: this one process, no Ray.")
+    ray_address: Optional[str] = like(ClusterConfig, "ray_address")
+    replica_threads: int = like(ClusterConfig, "replica_threads")
+    affinity: bool = like(ClusterConfig, "affinity")
+    autoscale: Optional[str] = option(None, "--autoscale", help="MIN:MAX replicas, scaled on ongoing requests.")
+
+    def launch(self) -> LaunchConfig:
+        return LaunchConfig(self.model, self.draft_model, self.dtype, self.device, self.backend, self.host, self.port)
+
+    def transport(self) -> TransportLimits:
+        if not 0 < self.max_body_mb < MIB:
+            raise ParadecError(f"--max-body-mb must be in (0, 1048576), got {self.max_body_mb}")
+        return TransportLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,
+                               keep_alive=self.keep_alive, max_connections=self.max_connections,
+                               max_body_bytes=max(1, int(self.max_body_mb * MIB)))
+
+    def server(self) -> ServerConfig:
+        """The app's settings; ``--opt`` is parsed by the command (the method's own types apply later)."""
+        from ..proposers import Limits
+
+        transport = self.transport()
+        option_limits = Limits(self.max_draft_nodes, self.max_draft_depth, self.max_draft_width, self.max_pool,
+                               self.allow_path)
+        return ServerConfig(self.method, {}, self.served_name, self.max_queue, self.max_active, self.timeout,
+                            self.batch, limits=transport, option_limits=option_limits)
+
+    def cluster(self) -> ClusterConfig | None:
+        """The Ray Serve deployment asked for, or None (this one process)."""
+        if self.replicas is not None or self.ray_address or self.autoscale:
+            scale = parse_autoscale(self.autoscale)
+            n = self.replicas if self.replicas is not None else (scale[0] if scale else 1)
+            return ClusterConfig(n, self.ray_address, self.replica_threads, self.affinity, scale)
+        if self.replica_threads != 1 or not self.affinity:
+            raise ParadecError("--replica-threads and --no-affinity apply to --replicas (a Ray Serve deployment)")
+        return None
