@@ -121,6 +121,22 @@ def given(cfg: Any, skip: tuple[str, ...] = ()) -> list[str]:
     return [f.flag for f in cli_fields(type(cfg)) if f.name not in skip and getattr(cfg, f.name) != f.default]
 
 
+def command_line(prog: str, cfg: Any, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
+    """The command that reproduces ``cfg`` (recorded beside what it made): ``prog``, then in
+    option order the fields in ``always`` and every other not at its default, except ``skip``."""
+    parts = [prog]
+    for f in cli_fields(type(cfg)):
+        value = getattr(cfg, f.name)
+        if f.name in skip or (f.name not in always and value == f.default):
+            continue
+        if isinstance(value, bool):
+            on, _, off = f.spec.flags[0].partition("/")
+            parts += [on if value else off] if (value or off) else []
+        else:
+            parts.append(f"{f.flag} {value}")
+    return " ".join(parts)
+
+
 def parse_options(pairs: typing.Iterable[str] | None) -> dict[str, str]:
     """``--opt key=value`` (repeatable) -> ``{key: value}``, values still text."""
     out = {}
