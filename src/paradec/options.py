@@ -1,7 +1,7 @@
 """Typed options: one definition per option, on a frozen config dataclass.
 
 - ``option(default, "--flag", "-f", help=...)`` declares a dataclass field together with how the
-  command line shows it (flags, help); ``paradec.cli.common`` builds each command's options from
+  command line shows it (flags, help); the CLI (its ``common`` module) builds each command's options from
   these fields, so an option's name, type, default and help are written once.
 - ``like(cls, name)`` reuses the option of another config's field (a command that mixes configs).
 - ``build(cls, options)`` makes the config from a dict of values, checking each against its
@@ -18,7 +18,7 @@ from typing import Any
 from .errors import ParadecError
 from .params import is_int, is_number, text
 
-CLI = "paradec.cli"  # metadata key of a field's command-line spec
+CLI = "paradec.options.cli"  # metadata key of a field's command-line spec
 
 
 @dataclasses.dataclass(frozen=True)

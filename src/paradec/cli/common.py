@@ -84,14 +84,15 @@ def _parameter(f: CliField) -> inspect.Parameter:
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=_cli_type(f.hint))
 
 
-def make(cls: type, values: dict[str, Any]):
-    """Config ``cls`` from command-line values (by field name; repeatable options to tuples)."""
+def make(cls: type, values: dict[str, Any], **extra: Any):
+    """Config ``cls`` from command-line values (by field name; repeatable options to tuples) and
+    ``extra`` fields; its other fields keep their defaults."""
     kw = {}
     for f in cli_fields(cls):
         if f.name in values:
             v = values[f.name]
             kw[f.name] = tuple(v or ()) if _is_tuple(f.hint) else v
-    return cls(**kw)
+    return cls(**kw, **extra)
 
 
 def command(*configs: type) -> Callable[[Callable], Callable]:

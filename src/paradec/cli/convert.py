@@ -8,27 +8,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..convert.train import ConvertConfig
 from ..errors import ParadecError
-from ..options import option
-from .common import command, command_line
+from ..options import like, option
+from .common import command, command_line, make
 
 
 @dataclass(frozen=True)
 class ConvertCommand:
     """``paradec convert``'s options; ``train_config`` makes the ``ConvertConfig`` of the fine-tune."""
 
-    base: str = option("smollm2-135m", "--base", "-m", help="The AR model to convert (a name paradec loads).")
+    base: str = like(ConvertConfig, "base")
     out: str = option("converted-dlm", "--out", "-o", help="Output folder: config.json + adapter-*.safetensors.")
-    seed: int = option(0, "--seed")
-    steps: int = option(600, "--steps", help="Fine-tuning steps.")
-    batch: int = option(4, "--batch", help="Sequences per step.")
-    lr: float = option(6e-4, "--lr")
-    rank: int = option(32, "--rank", help="LoRA rank.")
-    block_size: int = option(8, "--block-size", help="Default block for dLLM decoding and deer drafts.")
-    min_block: int = option(4, "--min-block")
-    max_block: int = option(16, "--max-block")
-    max_len: int = option(384, "--max-len", help="Longest training sequence (the prompt is cut from the left).")
-    threads: int = option(2, "--threads", help="torch threads (CPU).")
+    seed: int = like(ConvertConfig, "seed")
+    steps: int = like(ConvertConfig, "steps")
+    batch: int = like(ConvertConfig, "batch")
+    lr: float = like(ConvertConfig, "lr")
+    rank: int = like(ConvertConfig, "rank")
+    block_size: int = like(ConvertConfig, "block_size")
+    min_block: int = like(ConvertConfig, "min_block")
+    max_block: int = like(ConvertConfig, "max_block")
+    max_len: int = like(ConvertConfig, "max_len")
+    threads: int = like(ConvertConfig, "threads")
     data: Optional[str] = option(None, "--data", help="Reuse continuations written by an earlier run (data.jsonl).")
     max_new: int = option(160, "--max-new", help="Tokens per generated continuation.")
     samples: int = option(1, "--samples", help="Sampled continuations per prompt (besides the greedy one).")
@@ -40,20 +41,15 @@ class ConvertCommand:
     save_every: int = option(50, "--save-every", help="Also save the adapter every n steps (0 = only at the end).")
     train_minutes: float = option(0.0, "--train-minutes", help="Stop training after this long; the learning-rate decay "
                                   "follows the budget (0 = no limit).")
-    views: int = option(2, "--views", help="Block cuts per sequence per step (they share one clean pass).")
+    views: int = like(ConvertConfig, "views")
     dtype: str = option("float32", "--dtype", help="Training dtype: float32 (or float64 for tests).")
     device: str = option("cpu", "--device", help="cpu, cuda or auto.")
     filter_prompts: int = option(0, "--filter-prompts", help="Train a Learn2PD commit filter on this many training "
                                  "prompts' one-token-per-step runs (0 = none).")
 
-    def train_config(self):
+    def train_config(self) -> ConvertConfig:
         """The fine-tune's config (alpha = 2 x rank, a warm-up of a tenth of the steps, at most 30)."""
-        from ..convert.train import ConvertConfig
-
-        return ConvertConfig(base=self.base, seed=self.seed, steps=self.steps, batch=self.batch, lr=self.lr,
-                             rank=self.rank, alpha=2.0 * self.rank, block_size=self.block_size, min_block=self.min_block,
-                             max_block=self.max_block, max_len=self.max_len, threads=self.threads, views=self.views,
-                             warmup=min(30, max(1, self.steps // 10)))
+        return make(ConvertConfig, asdict(self), alpha=2.0 * self.rank, warmup=min(30, max(1, self.steps // 10)))
 
     def command_line(self) -> str:
         """The command recorded with the adapter (what it was trained with; not where it went)."""

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 import typer
 
 from ..convert.text_bench import TextBenchConfig
+from ..dllm.toy.train import TrainConfig
 from ..errors import ParadecError
-from ..options import option
+from ..options import like, option
 from ..outpath import writable_dir
-from .common import Generation, command, command_line, print_generation
+from .common import Generation, command, command_line, make, print_generation
 
 if TYPE_CHECKING:
     from .generate import GenerateConfig
@@ -41,9 +42,9 @@ class DllmTrainCommand:
 
     out: str = option("dllm-model", "--out", "-o", help="Output folder: OUT/dllm and OUT/ar.")
     kind: str = option("all", "--kind", help="all, dllm (with its Learn2PD filter) or ar.")
-    seed: int = option(0, "--seed")
-    steps: int = option(1500, "--steps", min=1)
-    threads: int = option(1, "--threads", min=1, help="torch threads (CPU).")
+    seed: int = like(TrainConfig, "seed")
+    steps: int = like(TrainConfig, "steps")
+    threads: int = like(TrainConfig, "threads")
     eval_n: int = option(100, "--eval-n", min=1, help="Held-out instances per task for the recorded accuracy.")
     filter_n: int = option(60, "--filter-n", min=1, help="Training instances per task whose trajectories train the filter.")
 
@@ -55,7 +56,7 @@ def train_cmd(cmd: DllmTrainCommand) -> None:
     then measure one-token-per-step accuracy on held-out instances and record it in config.json."""
     import torch
 
-    from ..dllm.toy.train import TrainConfig, train
+    from ..dllm.toy.train import train
 
     if cmd.kind not in ("all", "dllm", "ar"):
         raise ParadecError(f"--kind must be all, dllm or ar, got '{cmd.kind}'")
@@ -64,7 +65,7 @@ def train_cmd(cmd: DllmTrainCommand) -> None:
     log = lambda s: print(s, flush=True)  # noqa: E731
     for k in (["dllm", "ar"] if cmd.kind == "all" else [cmd.kind]):
         t0 = time.time()
-        model = train(TrainConfig(kind=k, seed=cmd.seed, steps=cmd.steps, threads=cmd.threads), log=log)
+        model = train(make(TrainConfig, dataclasses.asdict(cmd), kind=k), log=log)
         _finish(model, dataclasses.replace(cmd, kind=k), time.time() - t0, log)
 
 

@@ -11,8 +11,9 @@ from typing import Optional
 import typer
 
 from ..errors import ParadecError
-from ..options import option
-from .common import command, command_line
+from ..heads.train import TrainConfig
+from ..options import like, option
+from .common import command, command_line, make
 
 head_app = typer.Typer(help="Trained draft heads for --method head (EAGLE-style, on the target's hidden states).",
                        no_args_is_help=True)
@@ -24,7 +25,7 @@ class HeadTrainCommand:
 
     base: str = option("smollm2-135m", "--base", "-m", help="The target model (a name paradec loads).")
     out: str = option("draft-head", "--out", "-o", help="Output folder: config.json + head.safetensors (+ data).")
-    seed: int = option(0, "--seed")
+    seed: int = like(TrainConfig, "seed")
     prompts: int = option(1200, "--prompts", help="Training prompts to generate continuations for.")
     max_new: int = option(128, "--max-new", help="Tokens per continuation.")
     samples: int = option(0, "--samples", help="Sampled continuations per prompt (besides the greedy one).")
@@ -35,15 +36,15 @@ class HeadTrainCommand:
     data_minutes: float = option(0.0, "--data-minutes", help="Stop generating after this long (0 = no limit).")
     keep: int = option(4096, "--keep", help="Tokens the head can draft (the target's most generated).")
     intermediate: int = option(1152, "--intermediate", help="Width of the head's SwiGLU block.")
-    steps: int = option(1000, "--steps")
-    batch: int = option(512, "--batch", help="Windows per step.")
-    lr: float = option(1e-3, "--lr")
-    unroll: int = option(3, "--unroll", help="Depths trained per window (the head steps on its own predictions).")
-    reg: float = option(1.0, "--reg", help="Weight of the feature regression.")
-    minutes: float = option(0.0, "--minutes", help="Training time budget (0 = no limit); the schedule follows it.")
+    steps: int = like(TrainConfig, "steps")
+    batch: int = like(TrainConfig, "batch")
+    lr: float = like(TrainConfig, "lr")
+    unroll: int = like(TrainConfig, "unroll")
+    reg: float = like(TrainConfig, "reg")
+    minutes: float = like(TrainConfig, "minutes")
     max_len: int = option(512, "--max-len", help="Longest sequence for the feature pass (prompts cut from the left).")
     holdout: float = option(0.1, "--holdout", help="Share of continuations held out for the quality measurement.")
-    bf16: bool = option(False, "--bf16/--no-bf16", help="Autocast the products to bfloat16 while training.")
+    bf16: bool = like(TrainConfig, "bf16")
     threads: int = option(0, "--threads", help="torch threads (0 = torch's default).")
     dtype: str = option("float32", "--dtype", help="The target's dtype for data and features.")
     device: str = option("cpu", "--device", help="cpu, cuda or auto.")
@@ -56,14 +57,10 @@ class HeadTrainCommand:
         if not 0.0 <= self.holdout < 1.0:
             raise ParadecError(f"--holdout must be in [0, 1), got {self.holdout}")
 
-    def train_config(self):
+    def train_config(self) -> TrainConfig:
         """The training loop's config (a warm-up of a tenth of the steps, at most 50)."""
-        from ..heads.train import TrainConfig
-
         try:
-            return TrainConfig(steps=self.steps, batch=self.batch, lr=self.lr, unroll=self.unroll, reg=self.reg,
-                               seed=self.seed, minutes=self.minutes, bf16=self.bf16,
-                               warmup=min(50, max(1, self.steps // 10)))
+            return make(TrainConfig, asdict(self), warmup=min(50, max(1, self.steps // 10)))
         except ValueError as e:
             raise ParadecError(str(e)) from None
 
