@@ -7,23 +7,19 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import ParadecError
-from ..options import option
+from ..options import like, option
+from ..server.config import LaunchConfig
 from .common import Generation, command, parse_options, print_generation
-
-BACKEND_HELP = ("auto (native for a GGUF on a CPU in float32, else torch), native (the GGUF's quantized weights) "
-                "or torch.")
-MODEL_HELP = "Packaged name, model dir, .gguf file or cached hub id."
-
 
 @dataclass(frozen=True)
 class GenerateConfig:
     prompt: str = option(help="The prompt (chat-formatted when the model has a chat template).")
-    model: str = option("smollm2-135m", "--model", "-m", help=MODEL_HELP)
+    model: str = like(LaunchConfig, "model")  # what to load: as paradec serve
     method: str = option("pld", "--method", help="Decoding method (see `paradec methods`).")
     draft_model: Optional[str] = option(None, "--draft-model", help="Draft model (same tokenizer) for --method draft.")
-    dtype: str = option("float32", "--dtype", help="float32, bfloat16, float16 or float64.")
-    device: str = option("cpu", "--device", help="cpu or cuda.")
-    backend: str = option("auto", "--backend", help=BACKEND_HELP)
+    dtype: str = like(LaunchConfig, "dtype")
+    device: str = like(LaunchConfig, "device")
+    backend: str = like(LaunchConfig, "backend")
     max_new_tokens: Optional[int] = option(None, "--max-new-tokens", "-n",
                                            help="Default 128; for a diffusion LM, its trained answer length.")
     temperature: float = option(0.0, "--temperature", "-t", help="0 = greedy.")
