@@ -11,10 +11,11 @@ import typer
 from ..errors import ParadecError
 from .bench import bench
 from .convert import convert
+from .demo import demo
 from .dllm import dllm_app
 from .generate import generate
 from .head import head_app
-from .models import demo, methods, models
+from .models import methods, models
 from .serve import serve
 
 app = typer.Typer(

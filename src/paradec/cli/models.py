@@ -1,9 +1,6 @@
-"""``paradec models``, ``paradec methods`` and ``paradec demo``: what paradec runs, and a first look."""
+"""``paradec models`` and ``paradec methods``: what paradec runs (the models from ``catalog``)."""
 
 from __future__ import annotations
-
-from ..demo import DemoConfig
-from .common import command
 
 
 def models() -> None:
@@ -38,12 +35,3 @@ def methods() -> None:
 
     for name, (desc, needs_draft) in METHODS.items():
         print(f"{name:10s} {desc}{' [needs --draft-model]' if needs_draft else ''}")
-
-
-@command(DemoConfig)
-def demo(cfg: DemoConfig) -> None:
-    """ar, the fastest drafters and llama.cpp greedy on a few built-in prompts, in one table:
-    tokens/s, speedup, tokens per forward, identity with ar."""
-    from ..demo import run_demo
-
-    run_demo(cfg)
