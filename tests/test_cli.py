@@ -104,7 +104,7 @@ def test_every_option_is_a_config_field():
     import typer
 
     from paradec.cli import app
-    from paradec.cli.common import cli_fields
+    from paradec.options import cli_fields
 
     root = typer.main.get_command(app)
     for name, fn in _commands():
@@ -148,7 +148,7 @@ def test_readme_generate_table_lists_every_generate_option():
     import pathlib
     import re
 
-    from paradec.cli.common import cli_fields
+    from paradec.options import cli_fields
     from paradec.cli.generate import GenerateConfig
 
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()

@@ -3,6 +3,8 @@
 - ``option(default, "--flag", "-f", help=...)`` declares a dataclass field together with how the
   command line shows it (flags, help); the CLI (its ``common`` module) builds each command's options from
   these fields, so an option's name, type, default and help are written once.
+- ``cli_fields(cls)`` lists a config's command-line fields; ``make(cls, values)`` builds the config
+  from command-line values (by field name).
 - ``like(cls, name)`` reuses the option of another config's field (a command that mixes configs).
 - ``build(cls, options)`` makes the config from a dict of values, checking each against its
   field's type (strict, as the server's JSON is); ``from_text`` first parses ``key=value`` text
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+import typing
 from typing import Any
 
 from .errors import ParadecError
@@ -50,6 +54,50 @@ def like(cls: type, name: str) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
     return dataclasses.field(default=f.default, metadata=f.metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class CliField:
+    """One config field shown on the command line."""
+
+    owner: type
+    name: str
+    hint: Any  # the field's type, resolved
+    default: Any
+    spec: CliSpec
+
+    @property
+    def flag(self) -> str:
+        """The long flag (``--batch`` for ``--batch/--no-batch``), or the argument's name."""
+        return self.spec.flags[0].split("/")[0] if self.spec.flags else self.name
+
+
+def cli_fields(cls: type) -> list[CliField]:
+    """The fields of config ``cls`` that carry a command-line spec, in declaration order."""
+    names = vars(sys.modules[cls.__module__])
+    out = []
+    for f in dataclasses.fields(cls):
+        spec = cli_spec(f)
+        if spec is not None:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            hint = eval(f.type, names) if isinstance(f.type, str) else f.type  # noqa: S307 - the module's own annotation
+            out.append(CliField(cls, f.name, hint, default, spec))
+    return out
+
+
+def is_tuple(hint: Any) -> bool:
+    return typing.get_origin(hint) is tuple
+
+
+def make(cls: type, values: dict[str, Any], **extra: Any):
+    """Config ``cls`` from command-line values (by field name; repeatable options to tuples) and
+    ``extra`` fields; its other fields keep their defaults."""
+    kw = {}
+    for f in cli_fields(cls):
+        if f.name in values:
+            v = values[f.name]
+            kw[f.name] = tuple(v or ()) if is_tuple(f.hint) else v
+    return cls(**kw, **extra)
 
 
 def _field_types(cls: type) -> dict[str, type]:

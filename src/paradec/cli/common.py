@@ -25,40 +25,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from ..errors import ParadecError
-from ..options import CliSpec, cli_spec
-
-
-@dataclass(frozen=True)
-class CliField:
-    """One config field shown on the command line."""
-
-    owner: type
-    name: str
-    hint: Any  # the field's type, resolved
-    default: Any
-    spec: CliSpec
-
-    @property
-    def flag(self) -> str:
-        """The long flag (``--batch`` for ``--batch/--no-batch``), or the argument's name."""
-        return self.spec.flags[0].split("/")[0] if self.spec.flags else self.name
-
-
-def cli_fields(cls: type) -> list[CliField]:
-    """The fields of config ``cls`` that carry a command-line spec, in declaration order."""
-    names = vars(sys.modules[cls.__module__])
-    out = []
-    for f in dataclasses.fields(cls):
-        spec = cli_spec(f)
-        if spec is not None:
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            hint = eval(f.type, names) if isinstance(f.type, str) else f.type  # noqa: S307 - the module's own annotation
-            out.append(CliField(cls, f.name, hint, default, spec))
-    return out
-
-
-def _is_tuple(hint: Any) -> bool:
-    return typing.get_origin(hint) is tuple
+from ..options import CliField, cli_fields, is_tuple, make
 
 
 def _cli_type(hint: Any) -> Any:
@@ -68,7 +35,7 @@ def _cli_type(hint: Any) -> Any:
     optional = type(None) in typing.get_args(hint)
     if optional and len(args) == 1:
         return Optional[_cli_type(args[0])]
-    if _is_tuple(hint) or typing.get_origin(hint) is list:
+    if is_tuple(hint) or typing.get_origin(hint) is list:
         return Optional[List[typing.get_args(hint)[0]]]
     return hint
 
@@ -82,17 +49,6 @@ def _parameter(f: CliField) -> inspect.Parameter:
         keywords["help"] = f.spec.help
     info = typer.Option(default, *f.spec.flags, **keywords) if f.spec.flags else typer.Argument(default, **keywords)
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=_cli_type(f.hint))
-
-
-def make(cls: type, values: dict[str, Any], **extra: Any):
-    """Config ``cls`` from command-line values (by field name; repeatable options to tuples) and
-    ``extra`` fields; its other fields keep their defaults."""
-    kw = {}
-    for f in cli_fields(cls):
-        if f.name in values:
-            v = values[f.name]
-            kw[f.name] = tuple(v or ()) if _is_tuple(f.hint) else v
-    return cls(**kw, **extra)
 
 
 def command(*configs: type) -> Callable[[Callable], Callable]:

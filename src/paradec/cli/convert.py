@@ -10,8 +10,8 @@ from typing import Optional
 
 from ..convert.train import ConvertConfig
 from ..errors import ParadecError
-from ..options import like, option
-from .common import command, command_line, make
+from ..options import like, make, option
+from .common import command, command_line
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ import typer
 from ..convert.text_bench import TextBenchConfig
 from ..dllm.toy.train import TrainConfig
 from ..errors import ParadecError
-from ..options import like, option
+from ..options import like, make, option
 from ..outpath import writable_dir
-from .common import Generation, command, command_line, make, print_generation
+from .common import Generation, command, command_line, print_generation
 
 if TYPE_CHECKING:
     from .generate import GenerateConfig

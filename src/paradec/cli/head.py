@@ -12,8 +12,8 @@ import typer
 
 from ..errors import ParadecError
 from ..heads.train import TrainConfig
-from ..options import like, option
-from .common import command, command_line, make
+from ..options import like, make, option
+from .common import command, command_line
 
 head_app = typer.Typer(help="Trained draft heads for --method head (EAGLE-style, on the target's hidden states).",
                        no_args_is_help=True)

@@ -3,16 +3,14 @@ heavy imports: the CLI reads the defaults to show them in ``--help``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
 
 from ..errors import ParadecError
-from ..options import like, option
+from ..options import like, make, option
+from ..proposers.options import Limits
 from .cluster.config import ClusterConfig, parse_autoscale
 from .limits import TransportLimits
-
-if TYPE_CHECKING:
-    from ..proposers import Limits
 
 MIB = 1 << 20
 
@@ -32,12 +30,10 @@ class ServerConfig:
     timeout: float = option(600.0, "--timeout", help="Per-request limit in seconds, queueing included.")
     batch: bool = option(True, "--batch/--no-batch", help="Run the plain decoding steps of concurrent requests in one forward.")
     limits: Optional[TransportLimits] = None
-    option_limits: Optional["Limits"] = None
+    option_limits: Optional[Limits] = None
     sessions: int = 0
 
     def __post_init__(self) -> None:
-        from ..proposers import Limits
-
         object.__setattr__(self, "options", dict(self.options or {}))
         object.__setattr__(self, "timeout", float(self.timeout))
         object.__setattr__(self, "limits", self.limits or TransportLimits())
@@ -57,9 +53,6 @@ class LaunchConfig:
     host: str = option("127.0.0.1", "--host")
     port: int = option(8000, "--port")
     log_level: str = "info"
-
-
-_T = TransportLimits()  # the defaults shown in --help
 
 
 @dataclass(frozen=True)
@@ -82,21 +75,17 @@ class ServeOptions:
     timeout: float = like(ServerConfig, "timeout")
     served_name: Optional[str] = like(ServerConfig, "served_name")
     opt: tuple[str, ...] = option((), "--opt", help="Default method option key=value (repeatable).")
-    header_timeout: float = option(_T.header_timeout, "--header-timeout",
-                                   help="Seconds a client has to send its request headers (else 408).")
-    body_timeout: float = option(_T.body_timeout, "--body-timeout",
-                                 help="Seconds a client has to send its request body (else 408).")
-    keep_alive: float = option(_T.keep_alive, "--keep-alive", help="Seconds an idle connection stays open.")
-    max_connections: int = option(_T.max_connections, "--max-connections",
-                                  help="Open connections; more are answered 503 and closed.")
-    max_body_mb: float = option(_T.max_body_bytes / MIB, "--max-body-mb",
+    header_timeout: float = like(TransportLimits, "header_timeout")
+    body_timeout: float = like(TransportLimits, "body_timeout")
+    keep_alive: float = like(TransportLimits, "keep_alive")
+    max_connections: int = like(TransportLimits, "max_connections")
+    max_body_mb: float = option(TransportLimits.max_body_bytes / MIB, "--max-body-mb",
                                 help="Largest request body in MiB, however framed (else 413).")
-    max_draft_nodes: int = option(64, "--max-draft-nodes", help="Per request: largest draft tree (nodes, max_nodes, templates).")
-    max_draft_depth: int = option(16, "--max-draft-depth", help="Per request: longest draft / n-gram / block, most passes.")
-    max_draft_width: int = option(16, "--max-draft-width", help="Per request: most candidates per node, chains, branches.")
-    max_pool: int = option(1 << 16, "--max-pool", help="Per request: most entries in a lookup table or window.")
-    allow_path: tuple[str, ...] = option((), "--allow-path", help="A folder whose heads / adapters / corpora requests may "
-                                         "name (repeatable; default: shipped names only).")
+    max_draft_nodes: int = like(Limits, "max_draft_nodes")
+    max_draft_depth: int = like(Limits, "max_draft_depth")
+    max_draft_width: int = like(Limits, "max_draft_width")
+    max_pool: int = like(Limits, "max_pool")
+    allow_paths: tuple[str, ...] = like(Limits, "allow_paths")
     replicas: Optional[int] = option(None, "--replicas", help="Deploy N replicas (one model copy each) on Ray Serve; "
                                      "default: this one process, no Ray.")
     ray_address: Optional[str] = like(ClusterConfig, "ray_address")
@@ -105,24 +94,16 @@ class ServeOptions:
     autoscale: Optional[str] = option(None, "--autoscale", help="MIN:MAX replicas, scaled on ongoing requests.")
 
     def launch(self) -> LaunchConfig:
-        return LaunchConfig(self.model, self.draft_model, self.dtype, self.device, self.backend, self.host, self.port)
-
-    def transport(self) -> TransportLimits:
-        if not 0 < self.max_body_mb < MIB:
-            raise ParadecError(f"--max-body-mb must be in (0, 1048576), got {self.max_body_mb}")
-        return TransportLimits(header_timeout=self.header_timeout, body_timeout=self.body_timeout,
-                               keep_alive=self.keep_alive, max_connections=self.max_connections,
-                               max_body_bytes=max(1, int(self.max_body_mb * MIB)))
+        return make(LaunchConfig, asdict(self))
 
     def server(self) -> ServerConfig:
-        """The app's settings; ``--opt`` is parsed by the command (the method's own types apply later)."""
-        from ..proposers import Limits
-
-        transport = self.transport()
-        option_limits = Limits(self.max_draft_nodes, self.max_draft_depth, self.max_draft_width, self.max_pool,
-                               self.allow_path)
-        return ServerConfig(self.method, {}, self.served_name, self.max_queue, self.max_active, self.timeout,
-                            self.batch, limits=transport, option_limits=option_limits)
+        """The app's settings, the limits checked; ``--opt`` is parsed by the command (the method's
+        own types apply later)."""
+        if not 0 < self.max_body_mb < MIB:
+            raise ParadecError(f"--max-body-mb must be in (0, 1048576), got {self.max_body_mb}")
+        values = asdict(self)
+        transport = make(TransportLimits, values, max_body_bytes=max(1, int(self.max_body_mb * MIB)))
+        return make(ServerConfig, values, limits=transport, option_limits=make(Limits, values))
 
     def cluster(self) -> ClusterConfig | None:
         """The Ray Serve deployment asked for, or None (this one process)."""
