@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import typing
 from typing import Any
 
@@ -74,14 +73,13 @@ class CliField:
 
 def cli_fields(cls: type) -> list[CliField]:
     """The fields of config ``cls`` that carry a command-line spec, in declaration order."""
-    names = vars(sys.modules[cls.__module__])
+    hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
         spec = cli_spec(f)
         if spec is not None:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            hint = eval(f.type, names) if isinstance(f.type, str) else f.type  # noqa: S307 - the module's own annotation
-            out.append(CliField(cls, f.name, hint, default, spec))
+            out.append(CliField(cls, f.name, hints[f.name], default, spec))
     return out
 
 

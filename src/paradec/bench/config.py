@@ -10,15 +10,12 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ParadecError
-from ..options import option
+from ..options import like, option
+from ..server.config import LaunchConfig
 
 QUICK_PROMPTS_PER_CATEGORY = 1
 QUICK_MAX_NEW_TOKENS = 24
 DEFAULT_MAX_NEW_TOKENS = 128
-
-
-BACKEND_HELP = ("auto (native for a GGUF on a CPU in float32, else torch), native (the GGUF's quantized weights) "
-                "or torch.")
 
 
 @dataclass
@@ -41,7 +38,7 @@ class BenchConfig:
                                 "sampling.")
     dtype: str = option("float32", "--dtype", help="float32, bfloat16 or float16.")
     device: str = option("auto", "--device", help="cpu, cuda, or auto (cuda when present).")
-    backend: str = option("auto", "--backend", help=BACKEND_HELP)  # the target's backend (see paradec.load)
+    backend: str = like(LaunchConfig, "backend")  # the target's backend, as paradec serve takes it
     max_new_tokens: Optional[int] = option(None, "--max-new-tokens", "-n", help="Token limit per answer (default 128; 24 "
                                            "with --quick).")
     prompts_per_category: Optional[int] = option(None, "--prompts-per-category", help="Evenly spaced prompts per "
