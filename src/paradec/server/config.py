@@ -1,5 +1,7 @@
-"""The server's settings and ``paradec serve``'s options (one field per option), kept free of
-heavy imports: the CLI reads the defaults to show them in ``--help``."""
+"""The server's settings (``ServerConfig``: what the app serves with; ``LaunchConfig``: what to load,
+where to listen) and ``paradec serve``'s command line (``ServeOptions``), whose options are the
+fields of these configs, of the edge's ``TransportLimits``, the per-request ``Limits`` and the
+``ClusterConfig``: each defined once, on the config it sets."""
 
 from __future__ import annotations
 
