@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import ParadecError
+from .options import option
 
 DEMO_PROMPTS = [
     "Rewrite the following text so that every sentence is in the past tense:\n\n"
@@ -43,11 +44,12 @@ WARMUP_TOKENS = 8
 
 @dataclass(frozen=True)
 class DemoConfig:
-    model: str = "smollm2-135m"
-    dtype: str = "auto"  # float32 on the native backend where it runs, else bfloat16 where the CPU has native bf16
-    device: str = "cpu"
-    max_new_tokens: int = 96
-    all_methods: bool = False  # every method (but draft) instead of the fastest few
+    model: str = option("smollm2-135m", "--model", "-m")
+    dtype: str = option("auto", "--dtype", help="auto = float32 where the native backend runs the model (the fastest CPU "
+                        "path), else bfloat16 where the CPU supports it natively, else float32.")
+    device: str = option("cpu", "--device")
+    max_new_tokens: int = option(96, "--max-new-tokens", "-n", min=1, max=4096)
+    all_methods: bool = option(False, "--all", help="Every method instead of ar, the fastest drafters and llama.cpp.")
     peer: bool = True  # llama.cpp greedy on the same GGUF, when it can run
 
 

@@ -1,8 +1,11 @@
 """Typed options: one definition per option, on a frozen config dataclass.
 
 - ``option(default, "--flag", "-f", help=...)`` declares a dataclass field together with how the
-  command line shows it (flags, help); ``paradec.cli.common`` builds each command's options from
+  command line shows it (flags, help); the CLI (its ``common`` module) builds each command's options from
   these fields, so an option's name, type, default and help are written once.
+- ``cli_fields(cls)`` lists a config's command-line fields; ``make(cls, values)`` builds the config
+  from command-line values (by field name).
+- ``like(cls, name)`` reuses the option of another config's field (a command that mixes configs).
 - ``build(cls, options)`` makes the config from a dict of values, checking each against its
   field's type (strict, as the server's JSON is); ``from_text`` first parses ``key=value`` text
   (``--opt``) to the fields' types.
@@ -12,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Any
 
 from .errors import ParadecError
 from .params import is_int, is_number, text
 
-CLI = "paradec.cli"  # metadata key of a field's command-line spec
+CLI = "paradec.options.cli"  # metadata key of a field's command-line spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +44,58 @@ def option(default: Any = dataclasses.MISSING, *flags: str, help: str = "", fact
 
 def cli_spec(f: dataclasses.Field) -> CliSpec | None:
     return f.metadata.get(CLI)
+
+
+def like(cls: type, name: str) -> Any:
+    """The option defined on ``cls``'s field ``name`` (default and command-line spec), for a
+    command whose options mix several configs in its own order: defined once, shown where used."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
+    return dataclasses.field(default=f.default, metadata=f.metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class CliField:
+    """One config field shown on the command line."""
+
+    owner: type
+    name: str
+    hint: Any  # the field's type, resolved
+    default: Any
+    spec: CliSpec
+
+    @property
+    def flag(self) -> str:
+        """The long flag (``--batch`` for ``--batch/--no-batch``), or the argument's name."""
+        return self.spec.flags[0].split("/")[0] if self.spec.flags else self.name
+
+
+def cli_fields(cls: type) -> list[CliField]:
+    """The fields of config ``cls`` that carry a command-line spec, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        spec = cli_spec(f)
+        if spec is not None:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out.append(CliField(cls, f.name, hints[f.name], default, spec))
+    return out
+
+
+def is_tuple(hint: Any) -> bool:
+    return typing.get_origin(hint) is tuple
+
+
+def make(cls: type, values: dict[str, Any], **extra: Any):
+    """Config ``cls`` from command-line values (by field name; repeatable options to tuples) and
+    ``extra`` fields; its other fields keep their defaults."""
+    kw = {}
+    for f in cli_fields(cls):
+        if f.name in values:
+            v = values[f.name]
+            kw[f.name] = tuple(v or ()) if is_tuple(f.hint) else v
+    return cls(**kw, **extra)
 
 
 def _field_types(cls: type) -> dict[str, type]:

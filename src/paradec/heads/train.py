@@ -26,21 +26,22 @@ import torch.nn.functional as F
 
 from .data import Features
 from .model import DraftHead
+from ..options import option
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
-    batch: int = 512  # windows per step
-    lr: float = 1e-3
+    steps: int = option(1000, "--steps")
+    batch: int = option(512, "--batch", help="Windows per step.")
+    lr: float = option(1e-3, "--lr")
     weight_decay: float = 0.0
     warmup: int = 50
-    unroll: int = 3  # depths trained per window
+    unroll: int = option(3, "--unroll", help="Depths trained per window (the head steps on its own predictions).")
     decay: float = 0.8  # depth weight ratio
-    reg: float = 1.0  # feature-regression weight
-    seed: int = 0
-    minutes: float = 0.0  # stop after this long (0 = no limit); the schedule follows the budget
-    bf16: bool = False  # CPU/GPU autocast to bfloat16 for the products
+    reg: float = option(1.0, "--reg", help="Weight of the feature regression.")
+    seed: int = option(0, "--seed")
+    minutes: float = option(0.0, "--minutes", help="Training time budget (0 = no limit); the schedule follows it.")
+    bf16: bool = option(False, "--bf16/--no-bf16", help="Autocast the products to bfloat16 while training.")
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch < 1 or self.unroll < 1:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ParadecError
-from ..options import build, from_text  # noqa: F401 - re-exported for the proposers
+from ..options import build, from_text, option  # noqa: F401 - build, from_text: re-exported for the proposers
 from ..params import is_int
 
 # option name -> cost kind: "nodes" (draft tree size), "depth" (draft length / n-gram order /
@@ -43,11 +43,12 @@ class Limits:
     heaviest default step costs. ``allow_paths``: folders whose contents requests may name
     for path options (empty: shipped names only)."""
 
-    max_draft_nodes: int = 64
-    max_draft_depth: int = 16
-    max_draft_width: int = 16
-    max_pool: int = 1 << 16
-    allow_paths: tuple[str, ...] = ()
+    max_draft_nodes: int = option(64, "--max-draft-nodes", help="Per request: largest draft tree (nodes, max_nodes, templates).")
+    max_draft_depth: int = option(16, "--max-draft-depth", help="Per request: longest draft / n-gram / block, most passes.")
+    max_draft_width: int = option(16, "--max-draft-width", help="Per request: most candidates per node, chains, branches.")
+    max_pool: int = option(1 << 16, "--max-pool", help="Per request: most entries in a lookup table or window.")
+    allow_paths: tuple[str, ...] = option((), "--allow-path", help="A folder whose heads / adapters / corpora requests may "
+                                          "name (repeatable; default: shipped names only).")
 
     def __post_init__(self) -> None:
         for f in ("max_draft_nodes", "max_draft_depth", "max_draft_width", "max_pool"):

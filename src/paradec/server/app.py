@@ -17,7 +17,7 @@ from .. import __version__
 from ..engine import Engine
 from .backend import Backend, LocalBackend
 from ..errors import ParadecError
-from ..proposers import METHODS, Limits, check_options
+from ..proposers import METHODS, check_options
 from . import errors
 from .errors import APIError
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -32,6 +32,7 @@ from .schemas import (
     ModelList,
     Usage,
 )
+from .config import ServerConfig
 from .limits import TransportLimits
 from .transport import LimitBody
 
@@ -39,29 +40,6 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
 MAX_BODY_BYTES = TransportLimits.max_body_bytes  # a larger body, declared or counted, answers 413
 BACKSTOP_S = 5.0  # the asyncio side gives up on a job this long after its deadline
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 408, 413, 429, 500, 503)}
-
-
-class ServerConfig:
-    def __init__(
-        self,
-        method: str = "pld",
-        options: dict[str, Any] | None = None,
-        served_name: str | None = None,
-        max_queue: int = 64,
-        max_active: int = 16,
-        timeout: float = 600.0,
-        batch: bool = True,
-        limits: TransportLimits | None = None,
-        option_limits: Limits | None = None,
-        sessions: int = 0,
-    ) -> None:
-        self.method, self.options = method, dict(options or {})
-        self.option_limits = option_limits or Limits()  # bounds on per-request method options (server --opt is not bounded)
-        self.batch = batch
-        self.limits = limits or TransportLimits()
-        self.served_name = served_name
-        self.max_queue, self.max_active, self.timeout = max_queue, max_active, float(timeout)
-        self.sessions = sessions  # conversations whose drafter state is kept (0: none, as a fresh drafter per request)
 
 
 def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:

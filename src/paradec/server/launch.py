@@ -3,66 +3,44 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..errors import ParadecError
+from .config import LaunchConfig, ServerConfig
 from .limits import TransportLimits
 
 
-def check_args(port: int, max_queue: int, max_active: int, timeout: float, dtype: str, device: str) -> None:
+def check_args(launch: LaunchConfig, config: ServerConfig) -> None:
     from ..models.loader import parse_device, parse_dtype
 
-    parse_dtype(dtype), parse_device(device)  # fail fast, before loading anything
-    if not 0 < port < 65536:
-        raise ParadecError(f"--port must be in 1..65535, got {port}")
-    if max_queue < 1 or max_active < 1:
+    parse_dtype(launch.dtype), parse_device(launch.device)  # fail fast, before loading anything
+    if not 0 < launch.port < 65536:
+        raise ParadecError(f"--port must be in 1..65535, got {launch.port}")
+    if config.max_queue < 1 or config.max_active < 1:
         raise ParadecError("--max-queue and --max-active must be >= 1")
-    if timeout <= 0:
-        raise ParadecError(f"--timeout must be > 0 seconds, got {timeout}")
+    if config.timeout <= 0:
+        raise ParadecError(f"--timeout must be > 0 seconds, got {config.timeout}")
 
 
-def load_checked(model: str | None, draft: str | None, dtype: str, device: str, method: str, options: dict[str, Any] | None,
-                 backend: str = "auto"):
+def load_checked(launch: LaunchConfig, config: ServerConfig):
+    """The engine for ``launch``, with ``config``'s default method and options checked against it."""
     from ..engine import load
     from ..proposers import make_proposer
 
-    engine = load(model, draft=draft, dtype=dtype, device=device, backend=backend)
-    make_proposer(method, engine.models, options)  # a bad --method / --opt fails here, not per request
+    engine = load(launch.model, draft=launch.draft_model, dtype=launch.dtype, device=launch.device, backend=launch.backend)
+    make_proposer(config.method, engine.models, config.options)  # a bad --method / --opt fails here, not per request
     return engine
 
 
-def serve(
-    model: str | None = None,
-    draft: str | None = None,
-    method: str = "pld",
-    options: dict[str, Any] | None = None,
-    dtype: str = "float32",
-    device: str = "cpu",
-    backend: str = "auto",
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    max_queue: int = 64,
-    max_active: int = 16,
-    timeout: float = 600.0,
-    served_name: str | None = None,
-    batch: bool = True,
-    log_level: str = "info",
-    limits: TransportLimits | None = None,
-    option_limits: Any = None,
-    cluster=None,
-) -> None:
-    """``limits``: the HTTP edge's ``TransportLimits``; ``option_limits``: a
-    ``paradec.proposers.Limits`` bounding per-request method options (the defaults when None);
-    ``cluster``: a ``cluster.config.ClusterConfig`` to deploy on Ray Serve instead."""
-    from ..proposers import Limits, text_options
-    from .app import ServerConfig
+def serve(launch: LaunchConfig, config: ServerConfig, cluster=None) -> None:
+    """Serve ``config``'s app for the model ``launch`` names, on its host and port, until stopped.
+    ``config.options`` may come as text (``--opt``); ``cluster``: a ``cluster.config.ClusterConfig``
+    to deploy on Ray Serve instead."""
+    from ..proposers import text_options
 
-    check_args(port, max_queue, max_active, timeout, dtype, device)
-    limits = limits or TransportLimits()
-    option_limits = option_limits or Limits()
-    options = text_options(method, dict(options or {}))  # --opt values come as text
-    config = ServerConfig(method, options, served_name, max_queue, max_active, timeout, batch,
-                          limits=limits, option_limits=option_limits)
+    check_args(launch, config)
+    config = dataclasses.replace(config, options=text_options(config.method, dict(config.options)))
     if cluster is not None:
         from .cluster.config import require_ray
 
@@ -70,17 +48,17 @@ def serve(
         require_ray()
         from .cluster.launch import serve_cluster
 
-        return serve_cluster(model, draft, dtype, device, host, port, config, cluster, backend=backend)
+        return serve_cluster(launch, config, cluster)
     import uvicorn
 
     from .app import create_app
 
-    engine = load_checked(model, draft, dtype, device, method, options, backend)
+    engine = load_checked(launch, config)
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # no *_created series next to every counter in /metrics
     app = create_app(engine, config)
-    uvicorn.run(app, **uvicorn_settings(limits), host=host, port=port, log_level=log_level)
+    uvicorn.run(app, **uvicorn_settings(config.limits), host=launch.host, port=launch.port, log_level=launch.log_level)
 
 
 def uvicorn_settings(limits: TransportLimits) -> dict[str, Any]:

@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ParadecError
+from ..options import option
 
 
 @dataclass(frozen=True)
 class TransportLimits:
-    header_timeout: float = 10.0  # s from connect (or a new request's first byte) to the end of its headers
-    body_timeout: float = 60.0  # s to receive a whole request body
-    keep_alive: float = 5.0  # s an idle kept-alive connection stays open
-    max_connections: int = 256  # open connections; more are answered 503 and closed
+    # header_timeout: from connect (or a new request's first byte) to the end of its headers
+    header_timeout: float = option(10.0, "--header-timeout", help="Seconds a client has to send its request headers (else 408).")
+    body_timeout: float = option(60.0, "--body-timeout", help="Seconds a client has to send its request body (else 408).")
+    keep_alive: float = option(5.0, "--keep-alive", help="Seconds an idle connection stays open.")
+    max_connections: int = option(256, "--max-connections", help="Open connections; more are answered 503 and closed.")
     max_header_bytes: int = 64 << 10  # request line + headers
     max_body_bytes: int = 16 << 20
 

@@ -126,3 +126,13 @@ def load_filter(path) -> FilterMLP:
     f = FilterMLP()
     f.load_state_dict(load_file(str(path)))
     return f.eval()
+
+
+def filter_of(model) -> FilterMLP | None:
+    """The Learn2PD filter saved beside a model loaded from a folder (``filter.safetensors``), or None."""
+    from pathlib import Path
+
+    d = getattr(model, "directory", None)
+    if d is not None and (Path(d) / "filter.safetensors").is_file():
+        return load_filter(Path(d) / "filter.safetensors")
+    return None

@@ -18,14 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from .model import TinyConfig, TinyTransformer
+from ...options import option
 from .tasks import EOS, GEN_LENGTH, MASK, PAD, SEP, TASKS, VOCAB_SIZE, make
 
 
 @dataclass
 class TrainConfig:
     kind: str = "dllm"  # dllm | ar
-    seed: int = 0
-    steps: int = 1500
+    seed: int = option(0, "--seed")
+    steps: int = option(1500, "--steps", min=1)
     batch: int = 128
     lr: float = 2e-3
     warmup: int = 100
@@ -33,7 +34,7 @@ class TrainConfig:
     n_layers: int = 6
     n_heads: int = 4
     d_ff: int = 512
-    threads: int = 1
+    threads: int = option(1, "--threads", min=1, help="torch threads (CPU).")
     seg_positions: int = 24
     tasks: tuple[str, ...] = tuple(TASKS)
     checkpoint_every: int = 0  # also save every n steps (for long runs); 0 = only at the end

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import socket
 from dataclasses import dataclass
+from typing import Optional
 
 from ...errors import ParadecError
 from ...models.causal_lm import TransformersLM
+from ...options import option
 
 REPLICA_OVERHEAD_BYTES = 768 << 20  # a Ray worker with torch and the server imported, before the weights
 SESSIONS_PER_REPLICA = 64  # conversations whose drafter state a replica keeps
@@ -16,9 +18,11 @@ SESSIONS_PER_REPLICA = 64  # conversations whose drafter state a replica keeps
 @dataclass(frozen=True)
 class ClusterConfig:
     replicas: int = 1
-    ray_address: str | None = None  # None: start a local Ray instance on 127.0.0.1
-    replica_threads: int = 1  # torch threads of each replica (and the CPUs it reserves)
-    affinity: bool = True  # route a conversation to the replica holding its drafter state
+    ray_address: Optional[str] = option(None, "--ray-address", help="Join this Ray cluster (HOST:PORT or auto); "
+                                        "default: start a local Ray on 127.0.0.1.")
+    replica_threads: int = option(1, "--replica-threads", help="Torch threads (and CPUs reserved) per replica.")
+    affinity: bool = option(True, "--affinity/--no-affinity",
+                            help="Send a conversation's turns to the replica holding its drafter state.")
     autoscale: tuple[int, int] | None = None  # (min, max) replicas; None: a fixed count
 
     def check(self) -> None:

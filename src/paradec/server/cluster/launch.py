@@ -15,7 +15,7 @@ import time
 from contextlib import suppress
 
 from ...errors import ParadecError
-from ..app import ServerConfig
+from ..config import LaunchConfig, ServerConfig
 from .config import (
     SESSIONS_PER_REPLICA,
     ClusterConfig,
@@ -32,16 +32,14 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def serve_cluster(
-    model: str | None, draft: str | None, dtype: str, device: str, host: str, port: int, config: ServerConfig,
-    cluster: ClusterConfig, backend: str = "auto",
-) -> None:
+def serve_cluster(launch: LaunchConfig, config: ServerConfig, cluster: ClusterConfig) -> None:
     from ..backend import ModelInfo
     from ..launch import load_checked
 
     if cluster.ray_address:
         check_reachable(cluster.ray_address)
-    engine = load_checked(model, draft, dtype, device, config.method, config.options, backend)  # also fills the model cache
+    engine = load_checked(launch, config)  # also fills the model cache
+    host, port = launch.host, launch.port
     info, per_replica = ModelInfo.of(engine), replica_bytes(engine)
     del engine
     gc.collect()
@@ -72,7 +70,7 @@ def serve_cluster(
         quiet = {"log_level": "WARNING", "enable_access_log": False}
         serve.start(http_options=HTTPOptions(host=host, port=port, location="HeadOnly"), logging_config=quiet)
         try:
-            serve.run(build(model, draft, dtype, device, config, cluster, info, backend), name=APP_NAME, route_prefix="/",
+            serve.run(build(launch, config, cluster, info), name=APP_NAME, route_prefix="/",
                       logging_config=quiet)
         except Exception as e:
             raise ParadecError(f"the deployment failed: {_first_line(e)}") from None
@@ -92,7 +90,7 @@ def serve_cluster(
             shutil.rmtree(temp, ignore_errors=True)
 
 
-def build(model, draft, dtype: str, device: str, config: ServerConfig, cluster: ClusterConfig, info, backend: str = "auto"):
+def build(launch: LaunchConfig, config: ServerConfig, cluster: ClusterConfig, info):
     """The Serve application: Hub, the model replicas, and the Router in front."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
@@ -104,10 +102,10 @@ def build(model, draft, dtype: str, device: str, config: ServerConfig, cluster: 
 
     threads = cluster.replica_threads
     spec = ReplicaSpec(
-        model, draft, dtype, device, threads, config.max_queue, config.max_active, config.batch,
+        launch.model, launch.draft_model, launch.dtype, launch.device, threads, config.max_queue, config.max_active, config.batch,
         sessions=SESSIONS_PER_REPLICA if cluster.affinity else 0,
         env={k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PARADEC_NATIVE_THREADS")},
-        backend=backend,
+        backend=launch.backend,
     )
     if cluster.autoscale:
         lo, hi = cluster.autoscale
