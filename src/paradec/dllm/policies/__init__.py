@@ -29,6 +29,7 @@ from ...errors import ParadecError
 from .blocks import AdaBlock, BlockSchedule, FixedBlocks
 from .cache import CachePolicy
 from .commit import (
+    Commit,
     CommitPolicy,
     Credit,
     Entropy,
@@ -139,7 +140,7 @@ def make_settings(method: str, options: dict | None = None, gen_length: int = 18
         commit = Learned(filter_model, _num(o, "tau", 0.9))
     cache = CachePolicy(str(o.get("cache", "none")), _num(o, "refresh", 0, int), bool(_num(o, "measure_agreement", 0, int)))
     s = Settings(
-        gen_length=_num(o, "gen_length", gen_length, int), commit=commit, blocks=blocks, cache=cache, edit=edit,
+        max_new_tokens=_num(o, "gen_length", gen_length, int), commit=commit, blocks=blocks, cache=cache, edit=edit,
         eos_stop=bool(_num(o, "eos_stop", 1, int)), eos_reject=eos_reject,
         temperature=_num(o, "temperature", 0.0), seed=_num(o, "seed", 0, int), method=method,
     )
@@ -151,6 +152,7 @@ __all__ = [
     "AdaBlock",
     "BlockSchedule",
     "CachePolicy",
+    "Commit",
     "CommitPolicy",
     "Credit",
     "EditPolicy",
