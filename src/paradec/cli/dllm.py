@@ -226,7 +226,7 @@ def _generate_ar(m, prompt: str, model: str, method: str, as_json: bool, max_new
     if len(ids) + max_new > m.spec.max_len:
         raise ParadecError(f"prompt + generation length = {len(ids) + max_new} exceeds the model's {m.spec.max_len} positions")
     t0 = time.perf_counter()
-    outs, fws = ar_generate(m.model, [ids], max_new=max_new)
+    outs, fws = ar_generate(m.model, [ids], max_new_tokens=max_new)
     st = DiffusionStats(method="ar", prompt_tokens=len(ids), new_tokens=len(outs[0]), forwards=fws[0], committed=fws[0],
                         accept_lengths=[1] * fws[0], total_s=time.perf_counter() - t0,
                         stop_reason="eos" if EOS in outs[0] else "length")

@@ -89,7 +89,7 @@ def run_method(model, method: str, options: dict, insts, batch_size: int = 64, l
 
 
 @torch.no_grad()
-def ar_generate(model, prompts: list[list[int]], max_new: int = GEN_LENGTH, batch_size: int = 64):
+def ar_generate(model, prompts: list[list[int]], max_new_tokens: int = GEN_LENGTH, batch_size: int = 64):
     """Greedy decoding with the AR reference (a causal TinyTransformer): one token per forward.
     Returns (answers as token lists incl. EOS, forwards per sequence)."""
     outs, fws = [], []
@@ -98,14 +98,14 @@ def ar_generate(model, prompts: list[list[int]], max_new: int = GEN_LENGTH, batc
         ps = prompts[i : i + batch_size]
         P = max(len(p) for p in ps)
         B = len(ps)
-        ids = torch.zeros(B, P + max_new, dtype=torch.long)
-        km = torch.zeros(B, P + max_new, dtype=torch.bool)
+        ids = torch.zeros(B, P + max_new_tokens, dtype=torch.long)
+        km = torch.zeros(B, P + max_new_tokens, dtype=torch.bool)
         for b, p in enumerate(ps):
             ids[b, P - len(p) : P] = torch.tensor(p)
             km[b, P - len(p) : P] = True
         gen = [[] for _ in range(B)]
         live = list(range(B))
-        for j in range(max_new):
+        for j in range(max_new_tokens):
             rows = torch.tensor(live)
             logits, _ = tm(ids[rows, : P + j], km[rows, : P + j])
             nxt = logits[:, -1].argmax(-1)
