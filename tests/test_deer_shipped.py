@@ -65,13 +65,13 @@ def test_deer_greedy_identical_to_ar_on_the_default_model(request, method, backe
 
 
 def test_shipped_learn2pd_filter_decodes(engine):
-    from paradec.cli.dllm import _filter_of
+    from paradec.dllm.policies.learned import filter_of
     from paradec.dllm.loaders import load_diffusion
     from paradec.dllm.loop import generate
     from paradec.dllm.policies import make_settings
 
     m = load_diffusion(NAME)
-    filt = _filter_of(m)
+    filt = filter_of(m)
     assert filt is not None
     s, _ = make_settings("learn2pd", {"tau": "0.9", "block_size": "8"}, gen_length=16, eos_id=m.spec.eos_id, filter_model=filt)
     r = generate(m, [m.encode(PROMPTS[2])], s)[0]

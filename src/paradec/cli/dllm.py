@@ -27,15 +27,6 @@ def _check_only(only: list[str] | None, configs) -> None:
                            f"(methods: {', '.join(dict.fromkeys(m for _, m, _ in configs))})")
 
 
-def _filter_of(model):
-    d = getattr(model, "directory", None)
-    if d is not None and (Path(d) / "filter.safetensors").is_file():
-        from ..dllm.policies.learned import load_filter
-
-        return load_filter(Path(d) / "filter.safetensors")
-    return None
-
-
 @dllm_app.command("train")
 def train_cmd(
     out: str = typer.Option("dllm-model", "--out", "-o", help="Output folder: OUT/dllm and OUT/ar."),
@@ -114,13 +105,14 @@ def bench_cmd(
 
     from ..dllm.toy.bench import CONFIGS, run_bench
     from ..dllm.loaders import load_diffusion
+    from ..dllm.policies.learned import filter_of
 
     _check_only(only, CONFIGS)
     writable_dir(out)
     torch.set_num_threads(threads)
     m = load_diffusion(model)
     arm = load_diffusion(ar) if ar else None
-    run_bench(m, arm, n_per_task=n, batch_size=batch_size, out_dir=out, only=only, filter_model=_filter_of(m),
+    run_bench(m, arm, n_per_task=n, batch_size=batch_size, out_dir=out, only=only, filter_model=filter_of(m),
               log=lambda s: print(s, flush=True))
     print(f"wrote {out}/results.json, results.md, frontier.png")
 
@@ -169,6 +161,7 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
     from ..dllm.loaders import load_diffusion
     from ..dllm.loop import generate
     from ..dllm.policies import make_settings
+    from ..dllm.policies.learned import filter_of
     from ..dllm.toy.tasks import decode_answer, encode_prompt
 
     m = load_diffusion(model, dtype=dtype, device=device)
@@ -191,7 +184,7 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
             opts.setdefault("block_size", str(m.spec.block_size))
     if max_new_tokens is not None:
         gen_length = max_new_tokens
-    s, extra = make_settings(method, opts, gen_length=gen_length, eos_id=m.spec.eos_id, filter_model=_filter_of(m))
+    s, extra = make_settings(method, opts, gen_length=gen_length, eos_id=m.spec.eos_id, filter_model=filter_of(m))
     tok = getattr(m, "tokenizer", None)
     if hasattr(m, "encode"):
         ids = m.encode(prompt)

@@ -1,5 +1,5 @@
 """Speed/quality frontier of a converted text dLLM (``paradec dllm text-bench``), on held-out
-prompts only (see convert_data.py for the split):
+prompts only (see distill/data.py for the split):
 
 - MT-Bench-style chat: held-out MT-Bench first turns; quality = the perplexity the AR base model
   assigns to the output (lower is better; the AR model's own greedy output is the reference) and
@@ -108,10 +108,10 @@ def run(model_name: str = "smollm2-135m-dlm", n_mt: int = 8, n_he: int = 8, gen_
     from ..dllm.loaders import load_diffusion
     from ..dllm.policies import make_settings
 
-    from ..cli.dllm import _filter_of
+    from ..dllm.policies.learned import filter_of
 
     m = load_diffusion(model_name, device=device)
-    filt = _filter_of(m)
+    filt = filter_of(m)
     tok, conv, bs = m.tokenizer, m.model, m.spec.block_size
     eos = m.spec.eos_id
     problems = list(read_problems().values()) if n_he else []

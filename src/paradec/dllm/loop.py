@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ParadecError
-from .protocol import DiffusionLM, DiffusionSpec
+from .protocol import DiffusionLM, DiffusionSpec, Named
 from .policies.blocks import BlockSchedule, FixedBlocks
 from .policies.cache import CachePolicy
 from .policies.commit import CommitPolicy, StepContext, TopK
@@ -48,15 +48,14 @@ class Settings:
         if int(self.max_new_tokens) < 1:
             raise ParadecError(f"generation length must be >= 1, got {self.max_new_tokens}")
         self.blocks.check(self.max_new_tokens)
-        self.cache.check(model.spec.caches, getattr(model, "name", "model"))
+        self.cache.check(model.spec.caches, model.name if isinstance(model, Named) else "model")
         if self.temperature < 0:
             raise ParadecError(f"temperature must be >= 0, got {self.temperature}")
         if self.eos_reject is not None and not 0 <= self.eos_reject <= 1:
             raise ParadecError(f"eos_reject must be in [0, 1], got {self.eos_reject}")
         spec = model.spec
         if spec.attention == "block_causal":
-            size = getattr(self.blocks, "size", None)
-            if size != spec.block_size:
+            if self.blocks.size != spec.block_size:
                 raise ParadecError(f"a block-causal model decodes in its own blocks: use block size {spec.block_size}")
 
 

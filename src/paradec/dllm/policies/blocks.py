@@ -14,6 +14,7 @@ from ...errors import ParadecError
 
 class BlockSchedule:
     name = "blocks"
+    size: int | None = None  # the block size, where the schedule has one
 
     def check(self, max_new_tokens: int) -> None:
         pass

@@ -7,6 +7,8 @@ sequence, the rest is filled with EOS instead of being decoded)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -126,3 +128,13 @@ def load_filter(path) -> FilterMLP:
     f = FilterMLP()
     f.load_state_dict(load_file(str(path)))
     return f.eval()
+
+
+def filter_of(model) -> FilterMLP | None:
+    """The Learn2PD filter shipped beside a model loaded from a directory (filter.safetensors), or None."""
+    from ..protocol import Stored
+
+    d = model.directory if isinstance(model, Stored) else None
+    if d is not None and (Path(d) / "filter.safetensors").is_file():
+        return load_filter(Path(d) / "filter.safetensors")
+    return None
