@@ -162,3 +162,19 @@ def test_block_causal_model_decodes_in_its_blocks():
     a = run(m, "threshold", {"block_size": "4"}, batch_size=1)
     b = run(m, "threshold", {"block_size": "4"}, batch_size=7)
     assert [r.tokens for r in a] == [r.tokens for r in b]
+
+
+def test_every_step_commits_and_a_broken_schedule_raises(model):
+    """The loop's step bound (max_new_tokens) rests on its progress guarantee: every step commits
+    at least one token of every active sequence. A schedule that breaks it (an empty block) ends
+    in a one-line error, not a hang."""
+    for r in run(model, "threshold", {"tau": "0.99", "eos_stop": "0"}):
+        assert len(r.stats.accept_lengths) <= G and min(r.stats.accept_lengths) >= 1
+
+    class Empty(FixedBlocks):
+        def end(self, lo, pred, conf, max_new_tokens):
+            return lo  # [lo, lo): nothing to commit
+
+    s = Settings(max_new_tokens=G, commit=TopK(k=1), blocks=Empty())
+    with pytest.raises(ParadecError, match="did not finish"):
+        generate(model, prompts(2), s)
