@@ -162,6 +162,7 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
     from ..dllm.loop import generate
     from ..dllm.policies import make_settings
     from ..dllm.policies.learned import filter_of
+    from ..dllm.protocol import ChatPrompted, Stored
     from ..dllm.toy.tasks import decode_answer, encode_prompt
 
     m = load_diffusion(model, dtype=dtype, device=device)
@@ -175,10 +176,10 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
     if seed is not None:
         opts.setdefault("seed", str(seed))
     gen_length = 18
-    d = getattr(m, "directory", None)
+    d = m.directory if isinstance(m, Stored) else None
     if d is not None:
         gen_length = json.loads((Path(d) / "config.json").read_text()).get("train", {}).get("gen_length", 18)
-    if hasattr(m, "encode"):  # a converted AR model: chat prompts, its own block size
+    if isinstance(m, ChatPrompted):  # a converted AR model: chat prompts, its own block size
         gen_length = 64
         if method != "adablock":
             opts.setdefault("block_size", str(m.spec.block_size))
@@ -186,7 +187,7 @@ def generate_dllm(prompt: str, model: str, method: str, options: dict, dtype: st
         gen_length = max_new_tokens
     s, extra = make_settings(method, opts, gen_length=gen_length, eos_id=m.spec.eos_id, filter_model=filter_of(m))
     tok = getattr(m, "tokenizer", None)
-    if hasattr(m, "encode"):
+    if isinstance(m, ChatPrompted):
         ids = m.encode(prompt)
     else:
         ids = tok(prompt)["input_ids"] if tok is not None else encode_prompt(prompt)

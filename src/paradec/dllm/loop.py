@@ -54,9 +54,8 @@ class Settings:
         if self.eos_reject is not None and not 0 <= self.eos_reject <= 1:
             raise ParadecError(f"eos_reject must be in [0, 1], got {self.eos_reject}")
         spec = model.spec
-        if spec.attention == "block_causal":
-            if self.blocks.size != spec.block_size:
-                raise ParadecError(f"a block-causal model decodes in its own blocks: use block size {spec.block_size}")
+        if spec.attention == "block_causal" and self.blocks.size != spec.block_size:
+            raise ParadecError(f"a block-causal model decodes in its own blocks: use block size {spec.block_size}")
 
 
 def prepare(prompts: list[list[int]], max_new_tokens: int, mask_id: int, pad_id: int, device=None):
