@@ -143,13 +143,14 @@ class LoopState:
         if L > spec.max_len:
             raise ParadecError(f"prompt + generation length = {L} exceeds the model's {spec.max_len} positions")
         dev = x.device
-        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.long, device=dev)  # noqa: E731
+        count = torch.zeros(B, dtype=torch.long, device=dev)
         return cls(
             x=x, key_mask=km, P=P,
             gens=[torch.Generator().manual_seed(s.seed * 1_000_003 + row_offset + b) for b in range(B)],
             stats=new_stats(prompts, s.method, G), done=torch.zeros(B, dtype=torch.bool, device=dev),
-            lo=torch.full((B,), -1, dtype=torch.long, device=dev), hi=zeros(B), block_step=zeros(B), since=zeros(B),
-            edits_at=zeros(B, G), have_kv=torch.zeros(B, dtype=torch.bool, device=dev),
+            lo=torch.full((B,), -1, dtype=torch.long, device=dev), hi=count.clone(), block_step=count.clone(),
+            since=count.clone(), edits_at=torch.zeros(B, G, dtype=torch.long, device=dev),
+            have_kv=torch.zeros(B, dtype=torch.bool, device=dev),
         )
 
 
