@@ -36,7 +36,7 @@ class Reference:
     mask_id: int
     eos_id: int
     max_new_tokens: int
-    block_size: int | None  # fixed blocks (None: one block)
+    blocks: FixedBlocks
     eos_stop: bool
     eos_reject: float | None
 
@@ -60,8 +60,8 @@ class Reference:
         m = masked.nonzero()
         if len(m) == 0:
             return []
-        G, size, lo = xg.shape[0], self.block_size, int(m[0])
-        hi = G if not size else min(G, (lo // size + 1) * size)
+        G, lo = xg.shape[0], int(m[0])
+        hi = self.blocks.end(lo, None, conf, G)
         pos = torch.arange(G, device=xg.device)
         cand = masked & (pos >= lo) & (pos < hi)
         r = ranked(conf[None], cand[None])[0]
@@ -164,7 +164,7 @@ def draft_verify_batch(model: DiffusionLM, prompts: list[list[int]], settings: S
     s.check(model)
     _check(s, depth)
     spec, G = model.spec, s.max_new_tokens
-    ref = Reference(spec.mask_id, spec.eos_id, G, s.blocks.size, s.eos_stop, s.eos_reject)
+    ref = Reference(spec.mask_id, spec.eos_id, G, s.blocks, s.eos_stop, s.eos_reject)
     t0 = time.perf_counter()
     x, km, P = prepare(prompts, G, spec.mask_id, spec.pad_id, model.device)
     logits, _ = model.forward(x, km)  # the first round drafts from the initial forward
