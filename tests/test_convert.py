@@ -193,3 +193,9 @@ def test_converted_dir_loads_and_generates(converted_dir, capsys):
     code, stdout, err = run_cli(["generate", "hello", "--model", str(out), "--method", "threshold", "--json"], capsys)
     assert code == 0, err
     assert json.loads(stdout)["stats"]["forwards"] >= 1
+
+
+def test_converted_model_capabilities_are_named_protocols(dlm):
+    from paradec.dllm.protocol import ChatPrompted, Named, Stored
+
+    assert isinstance(dlm, ChatPrompted) and isinstance(dlm, Named) and not isinstance(dlm, Stored)

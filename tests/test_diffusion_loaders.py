@@ -97,3 +97,14 @@ def test_not_a_diffusion_model(tmp_path):
         load_diffusion(str(tmp_path))
     with pytest.raises(ParadecError, match="no diffusion model"):
         load_diffusion(str(tmp_path / "missing"))
+
+
+def test_capabilities_are_named_protocols():
+    from paradec.dllm.policies.learned import filter_of
+    from paradec.dllm.protocol import ChatPrompted, Named, Stored
+
+    shipped = load_diffusion("tiny-dllm")
+    assert isinstance(shipped, Stored) and isinstance(shipped, Named) and not isinstance(shipped, ChatPrompted)
+    assert filter_of(shipped) is not None  # shipped beside the weights
+    fresh = tiny_dlm(0)
+    assert not isinstance(fresh, Stored) and filter_of(fresh) is None

@@ -116,7 +116,7 @@ def test_freedave_reproduces_one_token_per_step(seed, block, depth):
     m = tiny_dlm(seed)
     ps = prompts(6, seed=seed)
     for eos_stop in (True, False):
-        s = Settings(gen_length=G, commit=TopK(k=1), blocks=FixedBlocks(block), eos_stop=eos_stop)
+        s = Settings(max_new_tokens=G, commit=TopK(k=1), blocks=FixedBlocks(block), eos_stop=eos_stop)
         ref = generate(m, ps, s, batch_size=6)
         got = freedave.generate(m, ps, s, depth=depth, batch_size=4)
         assert [r.tokens for r in got] == [r.tokens for r in ref]
@@ -127,7 +127,7 @@ def test_freedave_reproduces_one_token_per_step(seed, block, depth):
 def test_freedave_saves_forwards_on_a_confident_model():
     m = tiny_dlm(0, head=200.0)
     ps = prompts(6)
-    s = Settings(gen_length=G, commit=TopK(k=1), eos_stop=False)
+    s = Settings(max_new_tokens=G, commit=TopK(k=1), eos_stop=False)
     ref = generate(m, ps, s)
     got = freedave.generate(m, ps, s, depth=6)
     assert [r.tokens for r in got] == [r.tokens for r in ref]
@@ -135,7 +135,7 @@ def test_freedave_saves_forwards_on_a_confident_model():
 
 
 def test_freedave_rejects_settings_it_cannot_reproduce(model):
-    s = Settings(gen_length=G, commit=Threshold(0.9), cache=CachePolicy("dual"))
+    s = Settings(max_new_tokens=G, commit=Threshold(0.9), cache=CachePolicy("dual"))
     with pytest.raises(ParadecError, match="freedave"):
         freedave.generate(model, prompts(2), s)
 
@@ -162,3 +162,19 @@ def test_block_causal_model_decodes_in_its_blocks():
     a = run(m, "threshold", {"block_size": "4"}, batch_size=1)
     b = run(m, "threshold", {"block_size": "4"}, batch_size=7)
     assert [r.tokens for r in a] == [r.tokens for r in b]
+
+
+def test_every_step_commits_and_a_broken_schedule_raises(model):
+    """The loop's step bound (max_new_tokens) rests on its progress guarantee: every step commits
+    at least one token of every active sequence. A schedule that breaks it (an empty block) ends
+    in a one-line error, not a hang."""
+    for r in run(model, "threshold", {"tau": "0.99", "eos_stop": "0"}):
+        assert len(r.stats.accept_lengths) <= G and min(r.stats.accept_lengths) >= 1
+
+    class Empty(FixedBlocks):
+        def end(self, lo, pred, conf, max_new_tokens):
+            return lo  # [lo, lo): nothing to commit
+
+    s = Settings(max_new_tokens=G, commit=TopK(k=1), blocks=Empty())
+    with pytest.raises(ParadecError, match="did not finish"):
+        generate(model, prompts(2), s)

@@ -48,8 +48,7 @@ def ctx_from(conf, cand=None, second=None, block_step=0, progress=0.0, V=8):
 
 
 def sel(policy, ctx):
-    out = policy.select(ctx)
-    return (out[0] if isinstance(out, tuple) else out)[0].tolist()
+    return policy.select(ctx).mask[0].tolist()
 
 
 def test_topk_counts_and_order():
@@ -115,10 +114,11 @@ def test_credit_accumulates_over_steps():
     steady = [0.0, 0.0]
     for step in range(6):
         c = ctx_from([0.8, 0.4])
-        s, tokens = p.select(c)
+        commit = p.select(c)
+        s, tokens = commit.mask, commit.tokens
         steady[0] = steady[0] or (bool(s[0, 0]) and step)
     assert steady[0] >= 1  # 0.8 < tau at first, committed once its credit has built up
-    assert Threshold(0.9).select(ctx_from([0.8, 0.4]))[0].tolist() == [False, False]
+    assert Threshold(0.9).select(ctx_from([0.8, 0.4])).mask[0].tolist() == [False, False]
 
 
 def test_adablock_ends_after_a_confident_delimiter():
@@ -150,11 +150,11 @@ def test_end_of_text_stop_fills_with_eos():
     def fn(g):
         return {0: (5, 0.99), 1: (6, 0.98), 2: (EOS, 0.97), 3: (8, 0.2), 4: (9, 0.2), 5: (9, 0.2)}
 
-    s = Settings(gen_length=6, commit=TopK(k=1))
+    s = Settings(max_new_tokens=6, commit=TopK(k=1))
     r = generate(FakeDLM(fn, 6), [[2, 9]], s)[0]
     assert r.tokens == [5, 6, EOS, EOS, EOS, EOS] and r.answer == [5, 6]
     assert r.stats.forwards == 3 and r.stats.filled == 3 and r.stats.stop_reason == "eos"
-    s = Settings(gen_length=6, commit=TopK(k=1), eos_stop=False)
+    s = Settings(max_new_tokens=6, commit=TopK(k=1), eos_stop=False)
     r = generate(FakeDLM(fn, 6), [[2, 9]], s)[0]
     assert r.stats.forwards == 6 and r.tokens[3:] == [8, 9, 9]
 
@@ -163,16 +163,16 @@ def test_eos_early_rejection_delays_eos():
     def fn(g):
         return {0: (EOS, 0.99), 1: (5, 0.9), 2: (6, 0.8)}
 
-    s = Settings(gen_length=3, commit=TopK(k=1), eos_stop=False)
+    s = Settings(max_new_tokens=3, commit=TopK(k=1), eos_stop=False)
     order = []
     first = generate(FakeDLM(fn, 3), [[2]], s)[0]
-    s2 = Settings(gen_length=3, commit=TopK(k=1), eos_stop=False, eos_reject=0.0)
+    s2 = Settings(max_new_tokens=3, commit=TopK(k=1), eos_stop=False, eos_reject=0.0)
     second = generate(FakeDLM(fn, 3), [[2]], s2)[0]
     assert first.tokens == second.tokens == [EOS, 5, 6]
     assert first.stats.accept_lengths == [1, 1, 1]
     del order
     # with rejection the EOS is decoded last: check through a threshold rule that passes only EOS
-    s3 = Settings(gen_length=3, commit=Threshold(0.95), eos_stop=False, eos_reject=0.0)
+    s3 = Settings(max_new_tokens=3, commit=Threshold(0.95), eos_stop=False, eos_reject=0.0)
     r = generate(FakeDLM(fn, 3), [[2]], s3)[0]
     assert r.stats.accept_lengths[0] == 1 and r.stats.forwards == 3  # EOS (0.99 -> 0) waited
 

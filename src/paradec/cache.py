@@ -34,6 +34,15 @@ def compact_plan(indices: Sequence[int], offset: int, length: int) -> tuple[list
     return idx, keep, offset + len(idx)
 
 
+def reusable_prefix(cached: list[int], tokens: list[int]) -> int:
+    """How many leading cached tokens a cache following ``tokens`` keeps: their common prefix,
+    never the last token (it is always fed again, so its logits are fresh)."""
+    limit, n = min(len(cached), len(tokens) - 1), 0
+    while n < limit and cached[n] == tokens[n]:
+        n += 1
+    return n
+
+
 class SlotLayer(CacheLayerMixin):
     """One layer's keys/values in a preallocated buffer with a fill pointer."""
 

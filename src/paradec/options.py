@@ -155,6 +155,7 @@ def from_text(cls: type | None, options: dict[str, Any]) -> dict[str, Any]:
                 else:
                     v = want(s)
             except ValueError:
-                raise ParadecError(f"option {k} expects {want.__name__}, got {v!r}"[:300]) from None
+                what = "a number" if want is float else want.__name__
+                raise ParadecError(f"option {k} expects {what}, got {v!r}"[:300]) from None
         out[k] = v
     return out

@@ -176,6 +176,7 @@ def generate_dllm(cfg: "GenerateConfig", options: dict) -> None:
     from ..dllm.loop import generate
     from ..dllm.policies import make_settings
     from ..dllm.policies.learned import filter_of
+    from ..dllm.protocol import ChatPrompted, Stored
     from ..dllm.toy.tasks import decode_answer, encode_prompt
 
     m = load_diffusion(cfg.model, dtype=cfg.dtype, device=cfg.device)
@@ -188,10 +189,10 @@ def generate_dllm(cfg: "GenerateConfig", options: dict) -> None:
     if cfg.seed is not None:
         opts.setdefault("seed", str(cfg.seed))
     gen_length = 18
-    d = getattr(m, "directory", None)
+    d = m.directory if isinstance(m, Stored) else None
     if d is not None:
         gen_length = json.loads((Path(d) / "config.json").read_text()).get("train", {}).get("gen_length", 18)
-    if hasattr(m, "encode"):  # a converted AR model: chat prompts, its own block size
+    if isinstance(m, ChatPrompted):  # a converted AR model: chat prompts, its own block size
         gen_length = 64
         if method != "adablock":
             opts.setdefault("block_size", str(m.spec.block_size))
@@ -199,7 +200,7 @@ def generate_dllm(cfg: "GenerateConfig", options: dict) -> None:
         gen_length = cfg.max_new_tokens
     s, extra = make_settings(method, opts, gen_length=gen_length, eos_id=m.spec.eos_id, filter_model=filter_of(m))
     tok = getattr(m, "tokenizer", None)
-    if hasattr(m, "encode"):
+    if isinstance(m, ChatPrompted):
         ids = m.encode(cfg.prompt)
     else:
         ids = tok(cfg.prompt)["input_ids"] if tok is not None else encode_prompt(cfg.prompt)
@@ -225,7 +226,7 @@ def _generate_ar(m, cfg: "GenerateConfig") -> None:
     if len(ids) + max_new > m.spec.max_len:
         raise ParadecError(f"prompt + generation length = {len(ids) + max_new} exceeds the model's {m.spec.max_len} positions")
     t0 = time.perf_counter()
-    outs, fws = ar_generate(m.model, [ids], max_new=max_new)
+    outs, fws = ar_generate(m.model, [ids], max_new_tokens=max_new)
     st = DiffusionStats(method="ar", prompt_tokens=len(ids), new_tokens=len(outs[0]), forwards=fws[0], committed=fws[0],
                         accept_lengths=[1] * fws[0], total_s=time.perf_counter() - t0,
                         stop_reason="eos" if EOS in outs[0] else "length")

@@ -1,5 +1,5 @@
 """Speed/quality frontier of a converted text dLLM (``paradec dllm text-bench``), on held-out
-prompts only (see convert_data.py for the split):
+prompts only (see distill/data.py for the split):
 
 - MT-Bench-style chat: held-out MT-Bench first turns; quality = the perplexity the AR base model
   assigns to the output (lower is better; the AR model's own greedy output is the reference) and

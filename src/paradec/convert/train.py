@@ -1,8 +1,8 @@
 """Convert an AR model into a block-diffusion model with a short LoRA fine-tune (``paradec convert``).
 
-Recipe (see converted.py for the model):
+Recipe (see dllm/converted.py for the model):
 1. data: the AR model's own continuations of the training split of the offline prompts
-   (convert_data.py), so the drafter learns what its target would write;
+   (distill/data.py), so the drafter learns what its target would write;
 2. each training sequence is prompt + continuation. The continuation is cut into consecutive
    blocks of random size in [min_block, max_block]; each block is either fully masked (with
    probability ``full_mask``: how a one-pass draft sees it) or masked at random with a ratio

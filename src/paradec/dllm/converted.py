@@ -17,7 +17,7 @@ Causal across blocks, bidirectional inside a block: decoding block after block, 
 block becomes clean context for the next. The same function is computed two ways: per sequence
 with a KV cache that follows the committed prefix (``BlockState`` / ``block_logits``: the DEER
 drafter and the dLLM adapter) and batched over many blocks at once for training
-(``block_hidden``, in convert.py), and a test checks that the two agree.
+(``block_hidden``, in convert/train.py), and a test checks that the two agree.
 
 Files: ``config.json`` (the base model's name and fingerprint, adapter shape, training recipe
 and measured quality) and ``adapter-*.safetensors`` (LoRA A/B matrices and the mask embedding,
@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..cache import KVCache
+from ..cache import KVCache, reusable_prefix
 from ..errors import ParadecError
+from ..distill.fingerprint import check_fingerprint, fingerprint
 from ..models.torch.hf import HFCausalLM
 from ..distill.lora import TARGETS, apply_lora, load_lora_state, lora_state
 
@@ -59,41 +60,12 @@ class AdapterConfig:
             raise ValueError("adapter needs 2 <= min_block <= block_size <= max_block")
 
 
-def fingerprint(hf_model) -> dict:
-    """Enough of the base model to refuse an adapter trained on another one."""
-    c = hf_model.config
-    emb = hf_model.get_input_embeddings().weight
-    return {
-        "model_type": str(getattr(c, "model_type", "")), "hidden_size": int(c.hidden_size),
-        "num_hidden_layers": int(c.num_hidden_layers), "vocab_size": int(emb.shape[0]),
-        "embed_abs_mean": round(float(emb[:512].detach().float().abs().mean()), 6),
-    }
-
-
-def check_fingerprint(want: dict, hf_model, what: str) -> None:
-    have = fingerprint(hf_model)
-    for k, v in want.items():
-        if k == "embed_abs_mean":
-            ok = abs(have[k] - v) <= 2e-2 * max(abs(v), 1e-6)
-        else:
-            ok = have.get(k) == v
-        if not ok:
-            raise ParadecError(f"{what} was trained on another base model ({k}: {v} vs this model's {have.get(k)})")
-
-
 @dataclass
 class BlockState:
     """One sequence's drafter cache: the clean tokens whose keys/values it holds."""
 
     cache: KVCache
     cached: list[int] = field(default_factory=list)
-
-
-def _common_prefix(cached: list[int], tokens: list[int]) -> int:
-    limit, n = min(len(cached), len(tokens) - 1), 0  # the last token is always fed again
-    while n < limit and cached[n] == tokens[n]:
-        n += 1
-    return n
 
 
 class BlockDiffusionAR:
@@ -155,7 +127,7 @@ class BlockDiffusionAR:
         Returns [k, V]."""
         if not context:
             raise ParadecError("a block needs at least one context token")
-        n = _common_prefix(state.cached, context)
+        n = reusable_prefix(state.cached, context)
         state.cache.truncate(n)
         del state.cached[n:]
         new = context[n:]  # >= 1 token: the last context token is always fed again

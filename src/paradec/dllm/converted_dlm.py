@@ -20,7 +20,8 @@ import torch
 
 from ..errors import ParadecError
 from .protocol import DiffusionSpec
-from .converted import BlockDiffusionAR, BlockState, _common_prefix
+from ..cache import reusable_prefix
+from .converted import BlockDiffusionAR, BlockState
 
 POOL_MAX = 64
 
@@ -55,7 +56,7 @@ class ConvertedDLM:
         best, best_n = None, -1
         for i, st in enumerate(self._pool):
             if i not in taken:
-                n = _common_prefix(st.cached, context)
+                n = reusable_prefix(st.cached, context)
                 if n > best_n:
                     best, best_n = i, n
         if best is None or (best_n == 0 and len(self._pool) < POOL_MAX):

@@ -71,7 +71,8 @@ def converted_for(hf_model, adapter: str = "auto", max_context: int | None = Non
     """A BlockDiffusionAR over a copy of ``hf_model`` (``copy_base="share"``: over its very
     weights): the adapter named (or a directory), or with ``auto`` the shipped one trained on
     this very base model."""
-    from .converted import check_fingerprint, load_converted, read_config
+    from ..distill.fingerprint import check_fingerprint
+    from .converted import load_converted, read_config
 
     if adapter == "auto":
         for name, d in converted_dirs().items():

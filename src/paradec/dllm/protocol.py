@@ -10,7 +10,8 @@ position j).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -57,8 +58,31 @@ class DiffusionLM(Protocol):
         ...
 
 
+@runtime_checkable
+class Named(Protocol):
+    """A model with a name for messages (every loader sets one)."""
+
+    name: str
+
+
+@runtime_checkable
+class Stored(Protocol):
+    """A model loaded from a directory (``loaders`` sets it): files shipped beside the weights,
+    such as config.json or a Learn2PD filter, live there."""
+
+    directory: Path
+
+
+@runtime_checkable
+class ChatPrompted(Protocol):
+    """A model that turns a user message into prompt ids in its own chat format (a converted AR
+    model); other models take task prompts or plain tokenizer ids."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+
 class TinyDLM:
-    """paradec's own transformer (model.py): bidirectional or block-causal, prefix and dual caches."""
+    """paradec's own transformer (toy/model.py): bidirectional or block-causal, prefix and dual caches."""
 
     def __init__(self, model, name: str = "tiny-dllm") -> None:
         c = model.config

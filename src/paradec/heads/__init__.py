@@ -1,5 +1,5 @@
 """Trained draft heads (``--method head``): the model (model.py), its training data (data.py),
-the training loop (train.py) and ``paradec head`` (cli.py). Shipped heads live in
+the training loop (train.py) and ``paradec head`` (cli/head.py). Shipped heads live in
 ``data/heads/<name>/`` and load by name."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def head_dirs() -> dict[str, Path]:
 def head_for(hf_model, head: str = "auto") -> DraftHead:
     """The head named ``head`` (a shipped name or a directory from ``paradec head train``), or
     with ``auto`` the shipped head trained on this very model."""
-    from ..dllm.converted import check_fingerprint
+    from ..distill.fingerprint import check_fingerprint
 
     shipped = head_dirs()
     if head == "auto":

@@ -103,7 +103,7 @@ class DraftHead(nn.Module):
 
     def pack(self) -> "DraftHead":
         """For drafting only: prepack the products for oneDNN where that pays (bfloat16 on a CPU
-        with native bf16, see ``models.packed``); else leave the head as it is."""
+        with native bf16, see ``models.torch.packed``); else leave the head as it is."""
         from ..models.torch.packed import PackedLinear, can_pack
 
         if can_pack(self.lm_trim.device, self.lm_trim.dtype):
@@ -136,7 +136,7 @@ def target_weights(hf_model) -> tuple[torch.Tensor, torch.Tensor, float]:
 
 def new_head(hf_model, vocab_ids: torch.Tensor, intermediate: int, base: str = "") -> DraftHead:
     """A freshly initialized head for ``hf_model``; the output norm starts as the target's final norm."""
-    from ..dllm.converted import fingerprint
+    from ..distill.fingerprint import fingerprint
 
     emb, lm, eps = target_weights(hf_model)
     spec = HeadSpec(hidden=int(emb.shape[1]), intermediate=intermediate, vocab=int(lm.shape[0]), eps=eps,
@@ -165,7 +165,7 @@ def load_head(directory: str | Path, hf_model, what: str = "head") -> DraftHead:
     """The head stored in ``directory`` on ``hf_model``'s weights (in the target's dtype and device)."""
     from safetensors.torch import load_file
 
-    from ..dllm.converted import check_fingerprint
+    from ..distill.fingerprint import check_fingerprint
 
     spec = read_spec(directory)
     check_fingerprint(spec.base_fingerprint, hf_model, what)

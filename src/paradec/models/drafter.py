@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from ..cache import KVCache
+from ..cache import KVCache, reusable_prefix
 from .causal_lm import CausalLM
 
 
@@ -39,14 +39,6 @@ class Drafter(Protocol):
         ...
 
 
-def _common_prefix(cached: list[int], tokens: list[int]) -> int:
-    # the last token is always fed again, so its logits are fresh
-    limit, n = min(len(cached), len(tokens) - 1), 0
-    while n < limit and cached[n] == tokens[n]:
-        n += 1
-    return n
-
-
 class HFDrafter:
     def __init__(self, model: CausalLM) -> None:
         self.model = model
@@ -59,7 +51,7 @@ class HFDrafter:
 
     def _follow_all_but_last(self, tokens: list[int]) -> None:
         """Make the cache hold ``tokens[:-1]``, reusing the longest cached prefix."""
-        n = _common_prefix(self.cached, tokens)
+        n = reusable_prefix(self.cached, tokens)
         self.truncate(n)
         if len(tokens) - 1 > n:
             self.model.prefill(torch.tensor([tokens[n:-1]]), self.cache)
@@ -134,7 +126,7 @@ class LlamaCppDrafter:
 
     def logits_after(self, tokens: list[int]) -> torch.Tensor:
         cached = self.llm.input_ids[: self.llm.n_tokens].tolist()
-        self.llm.n_tokens = _common_prefix(cached, tokens)
+        self.llm.n_tokens = reusable_prefix(cached, tokens)
         return self._eval(tokens[self.llm.n_tokens :])
 
     def feed(self, token: int) -> torch.Tensor:
@@ -143,7 +135,7 @@ class LlamaCppDrafter:
     def score(self, tokens: list[int], chain: list[int]) -> torch.Tensor:
         llm = self.llm
         cached = llm.input_ids[: llm.n_tokens].tolist()
-        llm.n_tokens = _common_prefix(cached, tokens)
+        llm.n_tokens = reusable_prefix(cached, tokens)
         if len(tokens) - 1 > llm.n_tokens:
             llm.eval(tokens[llm.n_tokens : -1])
         run = [tokens[-1], *chain]

@@ -14,11 +14,12 @@ from ...errors import ParadecError
 
 class BlockSchedule:
     name = "blocks"
+    size: int | None = None  # the block size, where the schedule has one
 
-    def check(self, gen_length: int) -> None:
+    def check(self, max_new_tokens: int) -> None:
         pass
 
-    def end(self, lo: int, pred: torch.Tensor, conf: torch.Tensor, gen_length: int) -> int:
+    def end(self, lo: int, pred: torch.Tensor, conf: torch.Tensor, max_new_tokens: int) -> int:
         raise NotImplementedError
 
 
@@ -32,14 +33,14 @@ class FixedBlocks(BlockSchedule):
             raise ParadecError(f"block size must be >= 1, got {size}")
         self.size = int(size) if size else None
 
-    def check(self, gen_length: int) -> None:
-        if self.size and gen_length % self.size:
-            raise ParadecError(f"block size {self.size} does not divide the generation length {gen_length}")
+    def check(self, max_new_tokens: int) -> None:
+        if self.size and max_new_tokens % self.size:
+            raise ParadecError(f"block size {self.size} does not divide the generation length {max_new_tokens}")
 
-    def end(self, lo, pred, conf, gen_length):
+    def end(self, lo, pred, conf, max_new_tokens):
         if not self.size:
-            return gen_length
-        return min(gen_length, (lo // self.size + 1) * self.size)
+            return max_new_tokens
+        return min(max_new_tokens, (lo // self.size + 1) * self.size)
 
 
 class AdaBlock(BlockSchedule):
@@ -54,9 +55,9 @@ class AdaBlock(BlockSchedule):
         self.size, self.min_size, self.max_size, self.tau = int(size), int(min_size), max_size, float(tau)
         self.delimiters = tuple(int(d) for d in delimiters)
 
-    def end(self, lo, pred, conf, gen_length):
-        hi_max = min(gen_length, lo + (self.max_size or gen_length))
+    def end(self, lo, pred, conf, max_new_tokens):
+        hi_max = min(max_new_tokens, lo + (self.max_size or max_new_tokens))
         for j in range(lo + self.min_size - 1, hi_max):
             if int(pred[j]) in self.delimiters and float(conf[j]) >= self.tau:
                 return j + 1
-        return min(gen_length, lo + self.size)
+        return min(max_new_tokens, lo + self.size)

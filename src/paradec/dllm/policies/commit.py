@@ -1,8 +1,9 @@
 """Commit rules: which masked positions of the current block get their predicted token this step.
 
 Every rule sees a StepContext (tensors over the active sequences' answer regions) and returns a
-bool tensor [B, G] of positions to commit (optionally with replacement tokens). The loop always
-commits at least one token per sequence (the most confident candidate) so decoding progresses.
+Commit: a bool tensor [B, G] of positions to commit, and optionally the tokens to commit there
+(default: the predictions). The loop always commits at least one token per sequence (the most
+confident candidate) so decoding progresses.
 """
 
 from __future__ import annotations
@@ -12,6 +13,14 @@ from dataclasses import dataclass, field
 import torch
 
 from ...errors import ParadecError
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A commit rule's choice for one step."""
+
+    mask: torch.Tensor  # [B, G] bool: positions to commit
+    tokens: torch.Tensor | None = None  # [B, G] tokens to commit there (None: ctx.pred)
 
 
 @dataclass
@@ -70,10 +79,10 @@ def topk_mask(score: torch.Tensor, cand: torch.Tensor, k: torch.Tensor) -> torch
 class CommitPolicy:
     name = "policy"
 
-    def reset(self, n_rows: int, gen_length: int, vocab: int, device) -> None:
+    def reset(self, n_rows: int, max_new_tokens: int, vocab: int, device) -> None:
         """Called once per decode call, before the first step."""
 
-    def select(self, ctx: StepContext):
+    def select(self, ctx: StepContext) -> Commit:
         raise NotImplementedError
 
 
@@ -102,7 +111,7 @@ class TopK(CommitPolicy):
         return (remaining + left - 1) // left
 
     def select(self, ctx):
-        return topk_mask(ctx.conf, ctx.cand, self.count(ctx))
+        return Commit(topk_mask(ctx.conf, ctx.cand, self.count(ctx)))
 
 
 class RandomK(TopK):
@@ -114,7 +123,7 @@ class RandomK(TopK):
 
     def select(self, ctx):
         score = torch.stack([torch.rand(ctx.cand.shape[1], generator=g) for g in ctx.gens]).to(ctx.conf)
-        return topk_mask(score, ctx.cand, self.count(ctx))
+        return Commit(topk_mask(score, ctx.cand, self.count(ctx)))
 
 
 class Threshold(CommitPolicy):
@@ -126,7 +135,7 @@ class Threshold(CommitPolicy):
         self.tau = _check_tau("threshold", tau)
 
     def select(self, ctx):
-        return ctx.cand & (ctx.conf >= self.tau)
+        return Commit(ctx.cand & (ctx.conf >= self.tau))
 
 
 class Factor(CommitPolicy):
@@ -145,7 +154,7 @@ class Factor(CommitPolicy):
         ok = ctx.cand & ((rank + 2).to(ctx.conf.dtype) * (1 - ctx.conf) < self.f)
         # the largest n whose n-th confidence passes; all higher-ranked ones are committed too
         n = torch.where(ok, rank + 1, torch.zeros_like(rank)).max(1).values
-        return ctx.cand & (rank < n[:, None])
+        return Commit(ctx.cand & (rank < n[:, None]))
 
 
 class Margin(CommitPolicy):
@@ -157,7 +166,7 @@ class Margin(CommitPolicy):
         self.tau = _check_tau("margin", tau)
 
     def select(self, ctx):
-        return ctx.cand & (ctx.margin >= self.tau)
+        return Commit(ctx.cand & (ctx.margin >= self.tau))
 
 
 class Entropy(CommitPolicy):
@@ -171,7 +180,7 @@ class Entropy(CommitPolicy):
         self.tau = float(tau)
 
     def select(self, ctx):
-        return ctx.cand & (ctx.entropy <= self.tau)
+        return Commit(ctx.cand & (ctx.entropy <= self.tau))
 
 
 class Prophet(CommitPolicy):
@@ -196,7 +205,7 @@ class Prophet(CommitPolicy):
         for p, g in reversed(self.gaps):
             need = torch.where(ctx.progress < p, torch.full_like(need, g), need)
         all_in = mean_gap >= need
-        return torch.where(all_in[:, None], ctx.masked, self.base.select(ctx))
+        return Commit(torch.where(all_in[:, None], ctx.masked, self.base.select(ctx).mask))
 
 
 class LocalLeap(CommitPolicy):
@@ -218,7 +227,7 @@ class LocalLeap(CommitPolicy):
         dist = torch.where(anchors[:, None, :], d, big).min(2).values  # [B, G] distance to nearest anchor
         need = self.local + (self.anchor - self.local) * (dist - 1).clamp(min=0).to(ctx.conf.dtype) / max(self.radius, 1)
         near = (dist >= 1) & (dist <= self.radius)
-        return anchors | (ctx.cand & near & (ctx.conf >= need))
+        return Commit(anchors | (ctx.cand & near & (ctx.conf >= need)))
 
 
 class Credit(CommitPolicy):
@@ -233,9 +242,9 @@ class Credit(CommitPolicy):
         self.gamma, self.alpha, self.beta = float(gamma), float(alpha), float(beta)
         self.credit = None
 
-    def reset(self, n_rows, gen_length, vocab, device):
+    def reset(self, n_rows, max_new_tokens, vocab, device):
         self.credit = None
-        self._shape = (n_rows, gen_length, vocab, device)
+        self._shape = (n_rows, max_new_tokens, vocab, device)
 
     def select(self, ctx):
         if self.credit is None:
@@ -246,5 +255,4 @@ class Credit(CommitPolicy):
         self.credit[ctx.rows] = c
         fused = torch.log_softmax(ctx.probs.clamp_min(1e-30).log() + self.alpha * torch.log1p(c), dim=-1)
         fconf, fpred = fused.max(-1)
-        sel = ctx.cand & (fconf.exp() >= self.tau)
-        return sel, fpred
+        return Commit(ctx.cand & (fconf.exp() >= self.tau), fpred)

@@ -7,10 +7,12 @@ sequence, the rest is filled with EOS instead of being decoded)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from .commit import CommitPolicy, StepContext, TopK, _check_tau
+from .commit import Commit, CommitPolicy, StepContext, TopK, _check_tau
 
 N_FEATURES = 8
 
@@ -61,7 +63,7 @@ class Learned(CommitPolicy):
         if next(self.filt.parameters()).device != f.device:
             self.filt.to(f.device)
         p = torch.sigmoid(self.filt(f))
-        return ctx.cand & (p >= self.tau)
+        return Commit(ctx.cand & (p >= self.tau))
 
 
 class Recorder(TopK):
@@ -76,16 +78,16 @@ class Recorder(TopK):
         return super().select(ctx)
 
 
-def collect(model, prompts: list[list[int]], gen_length: int, batch_size: int = 64, block_size: int | None = None):
+def collect(model, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 64, block_size: int | None = None):
     """Features [N, F] and labels [N] (prediction == final token) from one-token-per-step runs."""
-    from ..loop import Settings, decode
+    from ..loop import Settings, unmask_batch
     from .blocks import FixedBlocks
 
     X, Y = [], []
     for i in range(0, len(prompts), batch_size):
         rec = Recorder()
-        s = Settings(gen_length=gen_length, commit=rec, blocks=FixedBlocks(block_size), eos_stop=False)
-        res = decode(model, prompts[i : i + batch_size], s)
+        s = Settings(max_new_tokens=max_new_tokens, commit=rec, blocks=FixedBlocks(block_size), eos_stop=False)
+        res = unmask_batch(model, prompts[i : i + batch_size], s)
         final = torch.tensor([r.tokens for r in res])
         for rows, f, pred, masked in rec.log:
             X.append(f[masked].cpu())
@@ -129,10 +131,10 @@ def load_filter(path) -> FilterMLP:
 
 
 def filter_of(model) -> FilterMLP | None:
-    """The Learn2PD filter saved beside a model loaded from a folder (``filter.safetensors``), or None."""
-    from pathlib import Path
+    """The Learn2PD filter shipped beside a model loaded from a directory (filter.safetensors), or None."""
+    from ..protocol import Stored
 
-    d = getattr(model, "directory", None)
+    d = model.directory if isinstance(model, Stored) else None
     if d is not None and (Path(d) / "filter.safetensors").is_file():
         return load_filter(Path(d) / "filter.safetensors")
     return None

@@ -11,6 +11,8 @@ import torch
 from .. import freedave
 from ..loop import generate
 from ..policies import make_settings
+from ..protocol import TinyDLM
+from ..result import DllmResult
 from .tasks import (
     EOS,
     GEN_LENGTH,
@@ -50,7 +52,7 @@ class Score:
         return dict(self.__dict__)
 
 
-def score(label, method, options, insts, results, wall, calls) -> Score:
+def score(label, method, options, insts, results: list[DllmResult], wall, calls) -> Score:
     outs = [decode_answer(r.tokens) for r in results]
     ok = [correct(i, o) for i, o in zip(insts, outs)]
     by = {}
@@ -59,14 +61,14 @@ def score(label, method, options, insts, results, wall, calls) -> Score:
         by[t] = sum(ok[k] for k in idx) / len(idx)
     st = [r.stats for r in results]
     fw = sum(s.forwards for s in st)
-    checks = sum(getattr(s, "cache_checks", 0) for s in st)
+    checks = sum(s.cache_checks for s in st)
     return Score(
         label=label, method=method, options=dict(options), n=len(insts), accuracy=sum(ok) / len(ok), by_task=by,
         forwards=fw / len(st), tokens_per_forward=sum(s.committed for s in st) / fw,
         answer_tokens_per_forward=sum(s.new_tokens for s in st) / fw, tokens_per_s=sum(s.new_tokens for s in st) / wall,
-        model_calls=calls, rows_per_forward=sum(getattr(s, "rows", s.forwards) for s in st) / fw,
+        model_calls=calls, rows_per_forward=sum(s.rows for s in st) / fw,
         cache_agreement=(sum(s.cache_agree for s in st) / checks) if checks else None,
-        edits=sum(getattr(s, "edits", 0) for s in st), wall_s=wall,
+        edits=sum(s.edits for s in st), wall_s=wall,
     )
 
 
@@ -89,23 +91,23 @@ def run_method(model, method: str, options: dict, insts, batch_size: int = 64, l
 
 
 @torch.no_grad()
-def ar_generate(model, prompts: list[list[int]], max_new: int = GEN_LENGTH, batch_size: int = 64):
+def ar_generate(model, prompts: list[list[int]], max_new_tokens: int = GEN_LENGTH, batch_size: int = 64):
     """Greedy decoding with the AR reference (a causal TinyTransformer): one token per forward.
     Returns (answers as token lists incl. EOS, forwards per sequence)."""
     outs, fws = [], []
-    tm = model.model if hasattr(model, "model") else model
+    tm = model.model if isinstance(model, TinyDLM) else model  # the TinyTransformer itself
     for i in range(0, len(prompts), batch_size):
         ps = prompts[i : i + batch_size]
         P = max(len(p) for p in ps)
         B = len(ps)
-        ids = torch.zeros(B, P + max_new, dtype=torch.long)
-        km = torch.zeros(B, P + max_new, dtype=torch.bool)
+        ids = torch.zeros(B, P + max_new_tokens, dtype=torch.long)
+        km = torch.zeros(B, P + max_new_tokens, dtype=torch.bool)
         for b, p in enumerate(ps):
             ids[b, P - len(p) : P] = torch.tensor(p)
             km[b, P - len(p) : P] = True
         gen = [[] for _ in range(B)]
         live = list(range(B))
-        for j in range(max_new):
+        for j in range(max_new_tokens):
             rows = torch.tensor(live)
             logits, _ = tm(ids[rows, : P + j], km[rows, : P + j])
             nxt = logits[:, -1].argmax(-1)

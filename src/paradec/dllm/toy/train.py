@@ -40,18 +40,18 @@ class TrainConfig:
     checkpoint_every: int = 0  # also save every n steps (for long runs); 0 = only at the end
 
 
-def batch_tensors(insts, gen_length: int = GEN_LENGTH):
+def batch_tensors(insts, max_new_tokens: int = GEN_LENGTH):
     """Left-padded prompts followed by the answer region (answer + EOS padding).
     Returns ids [B, L], key_mask [B, L], gen_start (int: the answer region is ids[:, gen_start:])."""
     P = max(len(i.prompt_ids) for i in insts)
     B = len(insts)
-    ids = torch.full((B, P + gen_length), PAD, dtype=torch.long)
-    km = torch.zeros(B, P + gen_length, dtype=torch.bool)
+    ids = torch.full((B, P + max_new_tokens), PAD, dtype=torch.long)
+    km = torch.zeros(B, P + max_new_tokens, dtype=torch.bool)
     for b, inst in enumerate(insts):
         p = inst.prompt_ids
         ids[b, P - len(p) : P] = torch.tensor(p)
         km[b, P - len(p) :] = True
-        ans = inst.answer_ids[: gen_length - 1] + [EOS]
+        ans = inst.answer_ids[: max_new_tokens - 1] + [EOS]
         ids[b, P : P + len(ans)] = torch.tensor(ans)
         ids[b, P + len(ans) :] = EOS
     return ids, km, P
