@@ -16,11 +16,11 @@ from conftest import char_tokenizer, tiny_llama
 import paradec.dllm.converted as converted
 from paradec.dllm import freedave
 from paradec.convert.train import ConvertConfig, block_hidden, make_batch, masked_accuracy, train
-from paradec.dllm.converted import AdapterConfig, BlockDiffusionAR, load_converted
+from paradec.dllm.converted import BlockDiffusionAR, load_converted
 from paradec.dllm.converted_dlm import ConvertedDLM
 from paradec.dllm.loaders import is_diffusion, load_diffusion
 from paradec.dllm.loop import generate
-from paradec.dllm.policies import METHODS, make_settings
+from paradec.dllm.methods import METHODS, make_settings
 from paradec.errors import ParadecError
 
 CFG = ConvertConfig(base="tiny", rank=4, alpha=8.0, block_size=4, min_block=2, max_block=6, views=2, full_mask=0.3,

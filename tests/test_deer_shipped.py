@@ -34,7 +34,7 @@ def engine():
 def test_shipped_adapter_loads_by_name_as_a_dllm(engine):
     from paradec.dllm.loaders import load_diffusion
     from paradec.dllm.loop import generate
-    from paradec.dllm.policies import make_settings
+    from paradec.dllm.methods import make_settings
 
     m = load_diffusion(NAME)
     assert m.spec.attention == "block_causal" and m.spec.block_size == 8
@@ -68,7 +68,7 @@ def test_shipped_learn2pd_filter_decodes(engine):
     from paradec.dllm.policies.learned import filter_of
     from paradec.dllm.loaders import load_diffusion
     from paradec.dllm.loop import generate
-    from paradec.dllm.policies import make_settings
+    from paradec.dllm.methods import make_settings
 
     m = load_diffusion(NAME)
     filt = filter_of(m)

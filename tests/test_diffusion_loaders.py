@@ -11,7 +11,7 @@ from dllm_util import MASK, prompts, tiny_dlm, write_hf
 
 from paradec.dllm.loaders import is_diffusion, load_diffusion
 from paradec.dllm.loop import generate, prepare
-from paradec.dllm.policies import make_settings
+from paradec.dllm.methods import make_settings
 from paradec.errors import ParadecError
 
 

@@ -9,14 +9,8 @@ from dllm_util import MASK, prompts, tiny_dlm
 
 from paradec.dllm import freedave
 from paradec.dllm.loop import Settings, generate
-from paradec.dllm.policies import (
-    METHODS,
-    CachePolicy,
-    FixedBlocks,
-    Threshold,
-    TopK,
-    make_settings,
-)
+from paradec.dllm.policies import CachePolicy, FixedBlocks, Threshold, TopK
+from paradec.dllm.methods import METHODS, make_settings
 from paradec.errors import ParadecError
 
 G = 12

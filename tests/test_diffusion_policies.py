@@ -21,8 +21,8 @@ from paradec.dllm.policies import (
     StepContext,
     Threshold,
     TopK,
-    make_settings,
 )
+from paradec.dllm.methods import make_settings
 from paradec.errors import ParadecError
 
 

@@ -21,7 +21,6 @@ from paradec.errors import ParadecError
 from paradec.heads import head_for, load_head, new_head
 from paradec.heads.data import Features, features, head_prompts, keep_vocab
 from paradec.heads.train import TrainConfig, coverage, evaluate, train
-from paradec.models.torch.hf import HFCausalLM
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import ProposeContext
 from paradec.proposers.head import HeadConfig, HeadProposer

@@ -13,7 +13,7 @@ from paradec.server.backend import ModelInfo  # noqa: E402
 from paradec.server.cluster.hub import Report  # noqa: E402
 from paradec.server.cluster.remote import RemoteBackend  # noqa: E402
 from paradec.server.metrics import Metrics  # noqa: E402
-from paradec.server.scheduler import GenParams, Result  # noqa: E402
+from paradec.server.request import GenParams, Result  # noqa: E402
 from paradec.stats import DecodeStats  # noqa: E402
 from server_util import metric  # noqa: E402
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import paradec
-from paradec.server.scheduler import GenParams
+from paradec.server.request import GenParams
 from paradec.server.sessions import SessionDrafters
 
 

@@ -195,7 +195,6 @@ SECRET = "the first line is private: hunter2"
     ],
 )
 def test_bad_corpus_path_is_a_one_line_error_without_the_content(tmp_path, capsys, make, message):
-    from cli_util import run_cli
     from paradec.errors import ParadecError
 
     path = make(tmp_path)

@@ -4,6 +4,6 @@ from .engine import Engine, Generation, GenerationConfig, Stream, load
 from .errors import ParadecError
 from .proposers import METHODS
 from .sampling import SamplingParams
+from .version import __version__
 
-__all__ = ["load", "Engine", "Generation", "GenerationConfig", "Stream", "ParadecError", "SamplingParams", "METHODS"]
-__version__ = "0.1.0"
+__all__ = ["load", "Engine", "Generation", "GenerationConfig", "Stream", "ParadecError", "SamplingParams", "METHODS", "__version__"]

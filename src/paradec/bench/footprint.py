@@ -35,7 +35,7 @@ def _one(method: str, model: str | None, dtype: str, tokens: int) -> list[tuple[
         gc.collect()
         steps.append((name, rss_mib()))
 
-    import paradec  # noqa: F401  (this module's own package: torch comes with it)
+    # paradec itself is imported already (this module is part of it; torch comes with it)
     import transformers  # noqa: F401
 
     mark("python, torch, transformers, paradec imported")

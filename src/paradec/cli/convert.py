@@ -149,7 +149,7 @@ def train_converted_filter(model, tokenizer, prompts, n: int, gen_length: int, d
     from ..distill.data import chat_ids
     from ..convert.evaluate import pick
     from ..dllm.converted_dlm import ConvertedDLM
-    from ..dllm.policies.learned import collect, save_filter, train_filter
+    from ..dllm.learn2pd import collect, save_filter, train_filter
 
     dlm = ConvertedDLM(model, tokenizer)
     chosen = pick(prompts, n)

@@ -54,7 +54,7 @@ def quality(model: BlockDiffusionAR, tokenizer, heldout: list[TextPrompt], cfg: 
             path, log=print) -> dict:
     from ..dllm.converted_dlm import ConvertedDLM
     from ..dllm.loop import generate
-    from ..dllm.policies import make_settings
+    from ..dllm.methods import make_settings
 
     gen, blocks = qcfg.gen, qcfg.blocks
     chosen = pick(heldout, qcfg.prompts)

@@ -155,7 +155,7 @@ class _Suite:
 def _suite_rows(m, suite: _Suite, cfg: TextBenchConfig, log) -> list[dict]:
     """The AR model's row (greedy, one token per forward), then one row per policy."""
     from ..distill.data import generate_batch
-    from ..dllm.policies import make_settings
+    from ..dllm.methods import make_settings
     from ..dllm.policies.learned import filter_of
     from ..dllm.toy.evaluate import decode_all
 

@@ -11,6 +11,6 @@ and SDAR-shaped checkpoints, synthetic tasks, and a tiny masked diffusion LM tra
 from .loaders import is_diffusion, load_diffusion
 from .loop import Settings, generate
 from .result import DllmResult
-from .policies import METHODS, make_settings
+from .methods import METHODS, make_settings
 
 __all__ = ["METHODS", "DllmResult", "Settings", "generate", "is_diffusion", "load_diffusion", "make_settings"]

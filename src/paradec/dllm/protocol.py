@@ -81,6 +81,13 @@ class ChatPrompted(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
 
+@runtime_checkable
+class Tokenized(Protocol):
+    """A dLLM that carries its own tokenizer (Hugging Face checkpoints, converted models; may be None)."""
+
+    tokenizer: object
+
+
 class TinyDLM:
     """paradec's own transformer (toy/model.py): bidirectional or block-causal, prefix and dual caches."""
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..distill.data import TextPrompt, chat_ids
+from ..distill.data import TextPrompt
 
 STDLIB = (
     "abc argparse array ast asyncio base64 bisect bz2 calendar cmath codecs collections colorsys concurrent.futures "

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from .. import __version__
+from ..version import __version__
 from ..engine import Engine
 from .backend import Backend, LocalBackend
 from ..errors import ParadecError
@@ -21,7 +21,8 @@ from ..proposers import METHODS, check_options
 from . import errors
 from .errors import APIError
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .scheduler import GenParams, Job, QueueFull, Result
+from .request import GenParams, Result
+from .scheduler import Job, QueueFull
 from .schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,

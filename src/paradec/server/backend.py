@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.concurrency import run_in_threadpool
 
 from .metrics import Metrics
-from .scheduler import GenParams, Job, Scheduler, tokenized
+from .request import GenParams
+from .scheduler import Job, Scheduler, tokenized
 
 if TYPE_CHECKING:
     from ..engine import Engine
-    from .app import ServerConfig
+    from .config import ServerConfig
 
 
 @dataclass(frozen=True)

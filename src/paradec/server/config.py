@@ -116,3 +116,13 @@ class ServeOptions:
         if self.replica_threads != 1 or not self.affinity:
             raise ParadecError("--replica-threads and --no-affinity apply to --replicas (a Ray Serve deployment)")
         return None
+
+
+def load_checked(launch: LaunchConfig, config: ServerConfig):
+    """The engine for ``launch``, with ``config``'s default method and options checked against it."""
+    from ..engine import load
+    from ..proposers import make_proposer
+
+    engine = load(launch.model, draft=launch.draft_model, dtype=launch.dtype, device=launch.device, backend=launch.backend)
+    make_proposer(config.method, engine.models, config.options)  # a bad --method / --opt fails here, not per request
+    return engine

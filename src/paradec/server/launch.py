@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from ..errors import ParadecError
-from .config import LaunchConfig, ServerConfig
+from .config import LaunchConfig, ServerConfig, load_checked
 from .limits import TransportLimits
 
 
@@ -21,16 +21,6 @@ def check_args(launch: LaunchConfig, config: ServerConfig) -> None:
         raise ParadecError("--max-queue and --max-active must be >= 1")
     if config.timeout <= 0:
         raise ParadecError(f"--timeout must be > 0 seconds, got {config.timeout}")
-
-
-def load_checked(launch: LaunchConfig, config: ServerConfig):
-    """The engine for ``launch``, with ``config``'s default method and options checked against it."""
-    from ..engine import load
-    from ..proposers import make_proposer
-
-    engine = load(launch.model, draft=launch.draft_model, dtype=launch.dtype, device=launch.device, backend=launch.backend)
-    make_proposer(config.method, engine.models, config.options)  # a bad --method / --opt fails here, not per request
-    return engine
 
 
 def serve(launch: LaunchConfig, config: ServerConfig, cluster=None) -> None:

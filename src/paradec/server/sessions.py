@@ -20,7 +20,7 @@ from ..proposers import make_proposer
 
 if TYPE_CHECKING:
     from ..engine import Engine
-    from .scheduler import GenParams
+    from .request import GenParams
 
 
 @dataclass(eq=False)

@@ -10,7 +10,7 @@ import torch
 
 from .. import freedave
 from ..loop import generate
-from ..policies import make_settings
+from ..methods import make_settings
 from ..protocol import TinyDLM
 from ..result import DllmResult
 from .tasks import (

@@ -34,7 +34,7 @@ def _interrupt(signum, frame):
 
 def serve_cluster(launch: LaunchConfig, config: ServerConfig, cluster: ClusterConfig) -> None:
     from ..backend import ModelInfo
-    from ..launch import load_checked
+    from ..config import load_checked
 
     if cluster.ray_address:
         check_reachable(cluster.ray_address)

@@ -27,7 +27,7 @@ from typing import Any
 from ..backend import ModelInfo
 from ..errors import APIError
 from ..metrics import Metrics
-from ..scheduler import GenParams, Result
+from ..request import GenParams, Result
 from .metrics import ClusterMetrics
 
 log = logging.getLogger("paradec.server")

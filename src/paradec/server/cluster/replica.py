@@ -17,7 +17,8 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import APIError
 from ..metrics import Metrics
-from ..scheduler import GenParams, Job, QueueFull, Scheduler, tokenized
+from ..request import GenParams
+from ..scheduler import Job, QueueFull, Scheduler, tokenized
 from .hub import REPORT_S, Report
 
 log = logging.getLogger("paradec.server")
