@@ -9,7 +9,7 @@ from paradec.proposers.base import ProposeContext, StepResult
 from paradec.sampling import SamplingParams
 from paradec.tree import DraftTree
 from paradec.verify import verify_greedy
-from lossless import assert_identical_to_ar, assert_sampling_lossless
+from helpers.lossless import assert_identical_to_ar, assert_sampling_lossless
 
 
 # ---- the n-gram table --------------------------------------------------------------------------

@@ -5,12 +5,12 @@ import time
 
 import pytest
 
-from conftest import tiny_llama
-from lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling_lossless, run
+from helpers.tiny import tiny_llama
+from helpers.lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling_lossless, run
 from paradec.models.torch.hf import HFCausalLM
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import NoDraft
-from paradec.proposers.auto import AutoConfig, AutoDrafter, AutoMemory, _Ema, _size_bucket
+from paradec.proposers.auto import AutoConfig, AutoDrafter, AutoMemory, Ema, size_bucket
 from paradec.proposers.draft_model import DraftModelConfig, DraftModelProposer
 from paradec.sampling import SamplingParams
 from paradec.tree import DraftTree
@@ -110,21 +110,21 @@ def test_auto_sampling_is_lossless(s_target):
 def test_forward_time_model():
     auto = AutoDrafter(None, AutoConfig(growth=1.5))
     assert auto.forward_time(1) > 0  # a positive prior before any measurement
-    e = _Ema(1.0)
+    e = Ema(1.0)
     e.add(0.02)
-    auto.fwd[_size_bucket(1)] = e
+    auto.fwd[size_bucket(1)] = e
     assert auto.forward_time(1) == pytest.approx(0.02)
     assert auto.forward_time(2) == pytest.approx(0.03)  # one doubling up
     assert auto.forward_time(9) == pytest.approx(0.02 * 1.5**3)
-    e2 = _Ema(1.0)
+    e2 = Ema(1.0)
     e2.add(0.05)
-    auto.fwd[_size_bucket(9)] = e2
+    auto.fwd[size_bucket(9)] = e2
     assert auto.forward_time(12) == pytest.approx(0.05)  # same bucket as 9
     assert auto.forward_time(16) == pytest.approx(0.075)
 
 
 def test_ema():
-    e = _Ema(0.5)
+    e = Ema(0.5)
     assert e.get(3.0) == 3.0
     e.add(2.0)
     e.add(4.0)
@@ -166,7 +166,7 @@ def test_model_cost_ignores_catch_up_calls(target, reference):
 
 def _with_accept(auto, bucket, table):
     for n, a in table.items():
-        e = _Ema(1.0)
+        e = Ema(1.0)
         e.add(a)
         auto.lookup_accept[(bucket, n)] = e
 
@@ -294,7 +294,7 @@ def test_model_rate_charges_catch_up_as_in_ski_rental():
     for ema, v in ((auto.model_accept, 5.0), (m.model_cost, 0.08), (m.model_nodes, 6.0), (m.catchup, 0.003)):
         ema.add(v)
     for k, v in ((1, 0.03), (7, 0.04)):
-        m.fwd[_size_bucket(k)] = e = _Ema(1.0)
+        m.fwd[size_bucket(k)] = e = Ema(1.0)
         e.add(v)
     caught_up = auto.model_rate(auto.catch_up_time(2), 0, 128)
     assert caught_up == pytest.approx(6 / (0.08 + 0.04))  # a token or two pending: no charge
@@ -384,7 +384,7 @@ def test_a_step_without_a_proposal_teaches_nothing(target, reference):
     out, stats = run(target, auto, p, n=8)  # 7 tokens from the first step, then 1 with no room
     assert out == ref[:8] and stats.forwards == 2
     assert model.calls == 1
-    assert set(auto.fwd) == {_size_bucket(7)}
+    assert set(auto.fwd) == {size_bucket(7)}
     assert auto.model_accept.value == 6
 
 

@@ -11,13 +11,13 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 import paradec
-from conftest import tiny_llama, tiny_target
+from helpers.tiny import tiny_llama, tiny_target
 from paradec.decode import DecodeConfig, Decoder
 from paradec.models.torch.hf import HFCausalLM
 from paradec.proposers.base import NoDraft
 from paradec.proposers.pld import PLDConfig, PromptLookup
-from rows_util import _forward_rows_matches_single
-from server_util import live_server, metric
+from helpers.rows import _forward_rows_matches_single
+from helpers.server import live_server, metric
 
 PROMPTS = [[5, 6, 7, 8, 9], [11, 12], list(range(20, 50)), [4, 4, 4, 4, 4, 4, 4]]
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from conftest import char_tokenizer, tiny_llama
-from cli_util import run_cli
+from helpers.tiny import char_tokenizer, tiny_llama
+from helpers.cli import run_cli
 
 
 @pytest.fixture(scope="module")

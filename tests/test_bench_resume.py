@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from cli_util import run_cli
-from conftest import char_tokenizer, tiny_llama
+from helpers.cli import run_cli
+from helpers.tiny import char_tokenizer, tiny_llama
 
 from paradec.bench import BenchConfig, run_bench
 from paradec.bench import run as bench_run

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from lossless import PROMPTS, VOCAB, run
+from helpers.lossless import PROMPTS, VOCAB, run
 from paradec.proposers.aded import ADED, ADEDConfig
 from paradec.proposers.auto import AutoConfig, AutoDrafter
 from paradec.proposers.base import NoDraft

@@ -78,7 +78,7 @@ def test_plain_step_without_mask_equals_the_masked_forward(attn):
     """A plain decoding step runs with no attention mask (the kernel's unmasked path); it must
     compute what the explicit all-visible mask computes, on an inference-mode forward whose
     cache stays writable by rollback."""
-    from conftest import tiny_llama
+    from helpers.tiny import tiny_llama
     from paradec.models.torch.hf import HFCausalLM
 
     model = tiny_llama(0)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from cli_util import run_cli
+from helpers.cli import run_cli
 
 
 def test_generate_json(tiny_model_dir, capsys):

@@ -10,8 +10,8 @@ import random
 
 import pytest
 import torch
-from cli_util import run_cli
-from conftest import char_tokenizer, tiny_llama
+from helpers.cli import run_cli
+from helpers.tiny import char_tokenizer, tiny_llama
 
 import paradec.dllm.converted as converted
 from paradec.dllm import freedave

@@ -9,9 +9,9 @@ import json
 
 import pytest
 import torch
-from cli_util import run_cli
-from conftest import save_tiny_chat_model, tiny_llama
-from lossless import PROMPTS, SV, VOCAB, run
+from helpers.cli import run_cli
+from helpers.tiny import save_tiny_chat_model, tiny_llama
+from helpers.lossless import PROMPTS, SV, VOCAB, run
 from test_deer import random_adapter
 
 from paradec.models.torch.hf import HFCausalLM
@@ -84,7 +84,7 @@ def test_cuda_sampling_runs_with_a_cuda_generator(method):
 
 
 def test_cuda_forward_rows_equals_one_forward_per_request(cuda_target):
-    from rows_util import _forward_rows_matches_single
+    from helpers.rows import _forward_rows_matches_single
 
     _forward_rows_matches_single(cuda_target, [[5, 6, 7, 8, 9], [11, 12], list(range(20, 50)), [4, 4, 4, 4, 4, 4, 4]], atol=1e-10)
 

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from conftest import tiny_llama
+from helpers.tiny import tiny_llama
 from paradec.models.torch.hf import HFCausalLM
 from paradec.proposers import Models, make_proposer
 from paradec.proposers.base import NoDraft
@@ -17,8 +17,8 @@ from paradec.proposers.pld import PLDConfig, PromptLookup
 from paradec.proposers.qdraft import QDraftConfig, QuantizedSelfDraft
 from paradec.sampling import SamplingParams
 from paradec.tree import DraftTree
-from lossless import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
-from stats_util import chi2_pvalue
+from helpers.lossless import P_MIN, PROMPTS, SV, VOCAB, exact_distribution, run, sample_sequences
+from helpers.stats import chi2_pvalue
 
 @pytest.fixture(scope="module")
 def drafter_model():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lossless import PROMPTS, SV, assert_identical_to_ar, assert_sampling_lossless, run
+from helpers.lossless import PROMPTS, SV, assert_identical_to_ar, assert_sampling_lossless, run
 
 from paradec.dllm.converted import AdapterConfig, BlockDiffusionAR
 from paradec.errors import ParadecError

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lossless import PROMPTS, SV, assert_identical_to_ar, assert_sampling_lossless, run
+from helpers.lossless import PROMPTS, SV, assert_identical_to_ar, assert_sampling_lossless, run
 from test_deer import random_adapter
 
 from paradec.decode import DecodeConfig, Decoder

@@ -8,7 +8,7 @@ import io
 import pytest
 from rich.console import Console
 
-from conftest import save_tiny_chat_model
+from helpers.tiny import save_tiny_chat_model
 from paradec.demo import FAST_METHODS, DemoConfig, run_demo
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from cli_util import run_cli
+from helpers.cli import run_cli
 from paradec.dllm.toy.model import TinyConfig, TinyTransformer
 from paradec.dllm.toy.tasks import VOCAB_SIZE
 

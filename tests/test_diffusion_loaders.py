@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from dllm_util import MASK, prompts, tiny_dlm, write_hf
+from helpers.dllm import MASK, prompts, tiny_dlm, write_hf
 
 from paradec.dllm.loaders import is_diffusion, load_diffusion
 from paradec.dllm.loop import generate, prepare

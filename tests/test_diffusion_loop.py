@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dllm_util import MASK, prompts, tiny_dlm
+from helpers.dllm import MASK, prompts, tiny_dlm
 
 from paradec.dllm import freedave
 from paradec.dllm.loop import Settings, generate

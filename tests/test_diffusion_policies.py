@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dllm_util import EOS, MASK, FakeDLM
+from helpers.dllm import EOS, MASK, FakeDLM
 
 from paradec.dllm.loop import Settings, generate
 from paradec.dllm.policies import (

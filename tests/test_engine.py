@@ -100,7 +100,7 @@ def test_draft_method_needs_a_draft_model(tiny_model_dir):
 
 
 def test_draft_with_another_tokenizer_is_refused(tiny_model_dir, tmp_path):
-    from conftest import tiny_llama
+    from helpers.tiny import tiny_llama
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
 

@@ -11,9 +11,9 @@ import random
 
 import pytest
 import torch
-from conftest import tiny_llama
-from lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling_lossless, run
-from cli_util import run_cli
+from helpers.tiny import tiny_llama
+from helpers.lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling_lossless, run
+from helpers.cli import run_cli
 
 from paradec.decode import DecodeConfig, Decoder
 from paradec.distill.data import generate_batch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import tiny_target
+from helpers.tiny import tiny_target
 from paradec.decode import DecodeConfig, Decoder
 from paradec.interrupt import Interrupted, checkpoint, interruptible
 from paradec.proposers import NoDraft

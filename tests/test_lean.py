@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_llama
-from lossless import PROMPTS, VOCAB, run
+from helpers.tiny import tiny_llama
+from helpers.lossless import PROMPTS, VOCAB, run
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from paradec.models.torch.hf import HFCausalLM

@@ -8,7 +8,7 @@ from paradec.proposers.base import ProposeContext, StepResult
 from paradec.proposers.lookahead import Lookahead, LookaheadConfig, NGramPool, build_trie
 from paradec.sampling import SamplingParams
 from paradec.verify import verify_greedy
-from lossless import assert_identical_to_ar, assert_sampling_lossless
+from helpers.lossless import assert_identical_to_ar, assert_sampling_lossless
 
 
 # ---- the pool and the trie ---------------------------------------------------------------------

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_util import run_cli
-from conftest import save_tiny_chat_model
+from helpers.cli import run_cli
+from helpers.tiny import save_tiny_chat_model
 from paradec.errors import ParadecError
 from paradec.models import cache_store, loader
 
@@ -149,7 +149,7 @@ def test_a_killed_conversion_is_cleaned_up_and_redone(env, tmp_path):
         f"""
         import os, signal, sys
         sys.path[:0] = {[str(Path(__file__).parent), str(Path(loader.__file__).parents[2])]!r}
-        from conftest import save_tiny_chat_model
+        from helpers.tiny import save_tiny_chat_model
         from paradec.models import loader
         def killed(src, out):
             save_tiny_chat_model(out)

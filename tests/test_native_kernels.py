@@ -317,9 +317,9 @@ def test_default_model_weights():
     stay within the bound and batch invariant on them."""
     from gguf import GGUFReader
 
-    from paradec.models.native.kernel_bench import _gguf_path
+    from paradec.models.native.kernel_bench import gguf_path
 
-    reader = GGUFReader(_gguf_path(None))
+    reader = GGUFReader(gguf_path(None))
     picked = [t for t in reader.tensors if t.name.startswith("blk.0.") and len(t.shape) == 2]
     picked += [t for t in reader.tensors if t.name == "token_embd.weight"]
     assert {t.tensor_type.name for t in picked} >= {"Q4_1", "Q8_0"}

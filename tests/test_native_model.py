@@ -11,8 +11,8 @@ from paradec.models.native import kernels
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"native kernels unavailable: {kernels.unavailable_reason()}")
 
-from lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling_lossless, run  # noqa: E402
-from native_tiny import tiny_hf, write_gguf  # noqa: E402
+from helpers.lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling_lossless, run  # noqa: E402
+from helpers.native_tiny import tiny_hf, write_gguf  # noqa: E402
 from paradec.errors import ParadecError  # noqa: E402
 from paradec.models.torch.hf import HFCausalLM  # noqa: E402
 from paradec.models.native.backend import NativeCausalLM  # noqa: E402

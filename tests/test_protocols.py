@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_llama
-from lossless import PROMPTS, VOCAB, run
+from helpers.tiny import tiny_llama
+from helpers.lossless import PROMPTS, VOCAB, run
 from test_deer import random_adapter
 from test_deer_fused import fused_model
 
@@ -90,7 +90,7 @@ def test_the_native_target(tmp_path):
 
     if not kernels.available():
         pytest.skip(f"native kernels unavailable: {kernels.unavailable_reason()}")
-    from native_tiny import tiny_hf, write_gguf
+    from helpers.native_tiny import tiny_hf, write_gguf
     from paradec.models.native.backend import NativeCausalLM
     from paradec.models.native.gguf_model import read_gguf
 

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from cli_util import run_cli
+from helpers.cli import run_cli
 from paradec.errors import ParadecError
 from paradec.server.cluster import config as cluster_config
-from ray_util import free_port, ray_daemons
+from helpers.ray import free_port, ray_daemons
 
 
 def _serve(tiny_model_dir, capsys, *args: str) -> tuple[int, str]:

@@ -20,8 +20,8 @@ import paradec
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'paradec[ray]')")
 
-from load_util import mixed_jobs, run_load  # noqa: E402
-from ray_util import env, free_port, replica_served, stop_group, wait_health  # noqa: E402
+from helpers.load import mixed_jobs, run_load  # noqa: E402
+from helpers.ray import env, free_port, replica_served, stop_group, wait_health  # noqa: E402
 from test_ray_serve import fresh_suffix, suffix_turns  # noqa: E402
 
 RAY = str(Path(sys.executable).parent / "ray")

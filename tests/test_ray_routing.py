@@ -15,7 +15,7 @@ from paradec.server.cluster.remote import RemoteBackend  # noqa: E402
 from paradec.server.metrics import Metrics  # noqa: E402
 from paradec.server.request import GenParams, Result  # noqa: E402
 from paradec.stats import DecodeStats  # noqa: E402
-from server_util import metric  # noqa: E402
+from helpers.server import metric  # noqa: E402
 
 INFO = ModelInfo("tiny", ("ar", "suffix"), 256)
 

@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'paradec[ray]')")
 
 import paradec  # noqa: E402
-from load_util import Job, mixed_jobs, run_load  # noqa: E402
-from ray_util import deployment, replica_pids, replica_served, wait_health  # noqa: E402
-from server_util import metric  # noqa: E402
+from helpers.load import Job, mixed_jobs, run_load  # noqa: E402
+from helpers.ray import deployment, replica_pids, replica_served, wait_health  # noqa: E402
+from helpers.server import metric  # noqa: E402
 from test_server_load import MAX_TOKENS, METHODS  # noqa: E402
 
 CLIENTS, REQUESTS = 16, 200

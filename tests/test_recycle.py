@@ -17,7 +17,7 @@ from paradec.proposers.recycle import (
 from paradec.sampling import SamplingParams
 from paradec.tree import DraftTree
 from paradec.verify import Verdict
-from lossless import assert_identical_to_ar, assert_sampling_lossless
+from helpers.lossless import assert_identical_to_ar, assert_sampling_lossless
 
 
 def ranked_logits(rankings, vocab=10):

@@ -13,7 +13,7 @@ import pytest
 
 import paradec
 from paradec import cli
-from server_util import live_server, metric
+from helpers.server import live_server, metric
 
 MODEL = "tiny"
 METHODS = ["ar", "pld", "suffix", "recycle", "aded", "lookahead", "qdraft"]

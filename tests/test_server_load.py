@@ -13,27 +13,17 @@ import openai
 import pytest
 
 import paradec
-from server_util import live_server, metric
+from helpers.load import MAX_TOKENS, METHODS, PROMPTS, percentile
+from helpers.server import live_server, metric
 
 MODEL = "tiny"
 CLIENTS = 16
 REQUESTS = 200
-MAX_TOKENS = 16
-PROMPTS = [
-    "abc abc abc", "hello world", "one two one two", "The cat sat on the", "xyz xyz", "aaaa bbbb",
-    "Once upon a time", "1 2 3 4 5", "to be or not to be", "red green blue red",
-]
-METHODS = ["ar", "pld", "suffix", "recycle", "aded", "lookahead", "qdraft"]
 
 
 @pytest.fixture(scope="module")
 def engines(tiny_model_dir):
     return paradec.load(tiny_model_dir, dtype="float64"), paradec.load(tiny_model_dir, dtype="float64")
-
-
-def _percentile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
 def test_concurrent_clients_all_complete_and_correct(engines):
@@ -112,8 +102,8 @@ def test_concurrent_clients_all_complete_and_correct(engines):
     tokens = sum(r[1] for r in results.values())
     print(
         f"\nserver load test (tiny model, {CLIENTS} clients, {REQUESTS} requests, max_tokens {MAX_TOKENS}): "
-        f"{REQUESTS / wall:.1f} req/s, {tokens / wall:.0f} tokens/s, latency p50 {_percentile(latencies, 0.5) * 1000:.0f} ms, "
-        f"p99 {_percentile(latencies, 0.99) * 1000:.0f} ms, mean {statistics.mean(latencies) * 1000:.0f} ms, wall {wall:.2f} s, "
+        f"{REQUESTS / wall:.1f} req/s, {tokens / wall:.0f} tokens/s, latency p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
+        f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, mean {statistics.mean(latencies) * 1000:.0f} ms, wall {wall:.2f} s, "
         f"worker busy {metric(metrics, 'paradec_worker_busy_seconds_total') / wall:.0%}, "
         f"mean batch {metric(metrics, 'paradec_batch_size_sum') / max(1.0, metric(metrics, 'paradec_batch_size_count')):.1f}"
     )

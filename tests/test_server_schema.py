@@ -15,7 +15,7 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 
 import paradec  # noqa: E402
-from server_util import live_server  # noqa: E402
+from helpers.server import live_server  # noqa: E402
 
 MODEL = "tiny"
 EXAMPLES = 60

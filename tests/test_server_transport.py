@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 import paradec
-from conftest import save_tiny_chat_model
+from helpers.tiny import save_tiny_chat_model
 from paradec.server.limits import TransportLimits
-from server_util import live_server, metric
+from helpers.server import live_server, metric
 
 MODEL = "tiny"
 

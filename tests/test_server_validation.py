@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 ANY_CHAR = st.characters(exclude_categories=())  # lone surrogates included
 
 import paradec
-from server_util import live_server
+from helpers.server import live_server
 
 MODEL = "tiny"
 OK = {"model": MODEL, "prompt": "abc abc", "max_tokens": 2}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_llama
-from structured_util import EOS, FORMATS, PROMPTS, TOKENIZER, VOCAB, constraint, run
+from helpers.tiny import tiny_llama
+from helpers.structured import EOS, FORMATS, PROMPTS, TOKENIZER, VOCAB, constraint, run
 from test_decode import RandomTree, _int8
 from test_deer import random_adapter
 from test_deer_fused import fused_model

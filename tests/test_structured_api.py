@@ -11,11 +11,11 @@ from typing import Literal
 import jsonschema
 import openai
 import pytest
-from cli_util import run_cli
-from conftest import tiny_llama
+from helpers.cli import run_cli
+from helpers.tiny import tiny_llama
 from pydantic import BaseModel, Field
-from server_util import live_server
-from structured_util import EOS, SCHEMAS, TOKENIZER, VOCAB
+from helpers.server import live_server
+from helpers.structured import EOS, SCHEMAS, TOKENIZER, VOCAB
 
 import paradec
 from paradec.errors import ParadecError

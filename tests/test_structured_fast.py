@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from structured_util import EOS, FORMATS, VOCAB, constraint
+from helpers.structured import EOS, FORMATS, VOCAB, constraint
 
 from paradec.structured import Guide, masks
 from paradec.tree import DraftTree
@@ -90,7 +90,7 @@ class CountingModel:
 
 
 def _auto_choice(forced, accept=None, forward_time=lambda k: 0.040 + 0.004 * k):
-    from paradec.proposers.auto import AutoDrafter, _Ema
+    from paradec.proposers.auto import AutoDrafter, Ema
     from paradec.proposers.base import ProposeContext
     from paradec.sampling import SamplingParams
 
@@ -100,7 +100,7 @@ def _auto_choice(forced, accept=None, forward_time=lambda k: 0.040 + 0.004 * k):
     auto.forward_time = forward_time
     for b in range(13):
         for n, a in (accept or {}).items():
-            e = _Ema(1.0)
+            e = Ema(1.0)
             e.add(a)
             auto.lookup_accept[(b, n)] = e
     draft = auto.propose(ProposeContext(list(prompt), 10, 16, 16, SamplingParams(), None, forced))
@@ -135,8 +135,8 @@ def test_auto_rates_count_forced_tokens_as_free_drafts():
 
 
 def test_auto_under_a_grammar_skips_a_model_drafter_it_would_catch_up(constraints):
-    from conftest import tiny_llama
-    from structured_util import PROMPTS, run
+    from helpers.tiny import tiny_llama
+    from helpers.structured import PROMPTS, run
 
     from paradec.models.torch.hf import HFCausalLM
     from paradec.proposers.auto import AutoDrafter
@@ -157,8 +157,8 @@ def test_auto_under_a_grammar_skips_a_model_drafter_it_would_catch_up(constraint
 
 
 def test_a_lazy_model_drafter_is_loaded_only_when_auto_runs_it(constraints):
-    from conftest import tiny_llama
-    from structured_util import PROMPTS, run
+    from helpers.tiny import tiny_llama
+    from helpers.structured import PROMPTS, run
 
     from paradec.models.torch.hf import HFCausalLM
     from paradec.proposers.auto import AutoDrafter, LazyModel
@@ -179,7 +179,7 @@ def test_a_lazy_model_drafter_is_loaded_only_when_auto_runs_it(constraints):
 
 
 def test_compiled_constraints_are_reused_and_errors_are_not_cached():
-    from structured_util import TOKENIZER
+    from helpers.structured import TOKENIZER
 
     from paradec.errors import ParadecError
     from paradec.structured import compile_constraint

@@ -9,8 +9,8 @@ import itertools
 
 import pytest
 import torch
-from conftest import tiny_llama
-from structured_util import S_FORMAT, VOCAB, constraint, exact_constrained, pvalue, sample_outputs
+from helpers.tiny import tiny_llama
+from helpers.structured import S_FORMAT, VOCAB, constraint, exact_constrained, pvalue, sample_outputs
 from test_decode import RandomTree
 
 from paradec.models.torch.hf import HFCausalLM

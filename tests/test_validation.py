@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 ANY_CHAR = st.characters(exclude_categories=())  # lone surrogates included
 
 import paradec
-from cli_util import run_cli
+from helpers.cli import run_cli
 from paradec import ParadecError
 from paradec.proposers import Models, make_proposer
 

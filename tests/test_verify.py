@@ -4,7 +4,7 @@ from paradec.sampling import SamplingParams, target_probs
 from paradec.tree import DraftTree
 from paradec.verify import verify_greedy, verify_sampling
 
-from stats_util import chi2_pvalue
+from helpers.stats import chi2_pvalue
 
 
 def onehot_logits(best: list[int], vocab: int = 6) -> torch.Tensor:

@@ -122,7 +122,7 @@ _CATCHUP_FREE = 2  # pending tokens read within an ordinary drafting step (the r
 _CATCHUP_MIN = 8  # catch-ups shorter than this are too noisy to learn the per-token rate from
 
 
-def _size_bucket(k: int) -> int:
+def size_bucket(k: int) -> int:
     return max(1, k).bit_length()  # 1 | 2-3 | 4-7 | 8-15 | ...
 
 
@@ -130,7 +130,7 @@ def _match_bucket(match_len: int) -> int:
     return min(match_len, 12)
 
 
-class _Ema:
+class Ema:
     def __init__(self, weight: float) -> None:
         self.w, self.value = weight, None
 
@@ -148,18 +148,18 @@ class AutoMemory:
 
     def __init__(self, ema: float) -> None:
         self.ema = ema
-        self.fwd: dict[int, _Ema] = {}  # size bucket -> forward seconds
-        self.lookup_cost = _Ema(ema)  # seconds per lookup proposal
-        self.model_cost = _Ema(ema)  # seconds per model draft, caught up
-        self.catchup = _Ema(ema)  # seconds per token the model drafter reads to catch up
-        self.model_nodes = _Ema(ema)
-        self._accept: dict[bool, tuple[_Ema, dict[tuple[int, int], _Ema]]] = {}
+        self.fwd: dict[int, Ema] = {}  # size bucket -> forward seconds
+        self.lookup_cost = Ema(ema)  # seconds per lookup proposal
+        self.model_cost = Ema(ema)  # seconds per model draft, caught up
+        self.catchup = Ema(ema)  # seconds per token the model drafter reads to catch up
+        self.model_nodes = Ema(ema)
+        self._accept: dict[bool, tuple[Ema, dict[tuple[int, int], Ema]]] = {}
 
-    def acceptance(self, greedy: bool) -> tuple[_Ema, dict[tuple[int, int], _Ema]]:
+    def acceptance(self, greedy: bool) -> tuple[Ema, dict[tuple[int, int], Ema]]:
         """(the model drafter's accepted tokens, the lookup's per (match bucket, tree size)) for
         greedy or sampled requests."""
         if greedy not in self._accept:
-            self._accept[greedy] = (_Ema(self.ema), {})
+            self._accept[greedy] = (Ema(self.ema), {})
         return self._accept[greedy]
 
 
@@ -241,7 +241,7 @@ class AutoDrafter:
     # ---- the cost model ------------------------------------------------------------------------
     def forward_time(self, k: int) -> float:
         """Estimated seconds of one target forward over ``k`` tokens."""
-        b = _size_bucket(k)
+        b = size_bucket(k)
         if b in self.fwd:
             return self.fwd[b].get(0.0)
         known = sorted(self.fwd)
@@ -413,14 +413,14 @@ class AutoDrafter:
             return
         elapsed = time.perf_counter() - self._t_proposed
         self._t_proposed = 0.0
-        b = _size_bucket(len(result.draft) + 1)
-        self.fwd.setdefault(b, _Ema(c.ema)).add(elapsed)
+        b = size_bucket(len(result.draft) + 1)
+        self.fwd.setdefault(b, Ema(c.ema)).add(elapsed)
 
         new = result.verdict.tokens  # accepted + the target's own token
         tree = self._lookup_tree
         for n in self.sizes(len(tree)):  # what the target would have accepted of each size
             seen = tree.truncated(n).match_length(new)
-            e = self.lookup_accept.setdefault((self._bucket, n), _Ema(c.ema))
+            e = self.lookup_accept.setdefault((self._bucket, n), Ema(c.ema))
             # A tree that spelled every committed token might have gone on (censored): such a
             # lower bound may only raise the estimate. Exact observations always count.
             if seen < len(new) or e.value is None or seen > e.value:

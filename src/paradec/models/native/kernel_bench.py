@@ -22,7 +22,7 @@ from ...errors import ParadecError
 from . import kernels, quants
 
 
-def _gguf_path(name: str | None) -> str:
+def gguf_path(name: str | None) -> str:
     from ..loader import resolve
 
     src = resolve(name)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [int(r) for r in a.rows.split(",")]
         path = a.path or kernels.best_path()
         kernels.set_threads(a.threads)
-        gguf = _gguf_path(a.model)
+        gguf = gguf_path(a.model)
         mats = load_matrices(gguf)
     except (ParadecError, ValueError) as e:
         print(f"error: {e}")

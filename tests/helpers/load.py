@@ -2,7 +2,7 @@
 and not, cycling through the methods), sent to any URL, and reported.
 
 Run it against a live server (``paradec serve ...``) to measure:
-    python tests/load_util.py http://127.0.0.1:8000 --model smollm2-135m --requests 200 --clients 16
+    python tests/helpers/load.py http://127.0.0.1:8000 --model smollm2-135m --requests 200 --clients 16
 or, with ``--mt-bench N``, N multi-turn MT-Bench conversations (each turn sends the history back;
 ``--clients`` conversations at once), reporting tokens per forward by turn and tokens/s.
 """
@@ -15,12 +15,21 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import openai
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_server_load import MAX_TOKENS, METHODS, PROMPTS, _percentile  # noqa: E402
+# The load test_server_load sends: its prompts, methods and answer length.
+MAX_TOKENS = 16
+PROMPTS = [
+    "abc abc abc", "hello world", "one two one two", "The cat sat on the", "xyz xyz", "aaaa bbbb",
+    "Once upon a time", "1 2 3 4 5", "to be or not to be", "red green blue red",
+]
+METHODS = ["ar", "pld", "suffix", "recycle", "aded", "lookahead", "qdraft"]
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,7 @@ def summary(results: dict[int, Outcome], wall: float) -> str:
     lat = [r.latency for r in ok] or [0.0]
     tokens = sum(r.tokens for r in ok)
     return (f"{len(ok)}/{len(results)} ok, {len(ok) / wall:.1f} req/s, {tokens / wall:.0f} tokens/s, "
-            f"latency p50 {_percentile(lat, 0.5) * 1000:.0f} ms, p99 {_percentile(lat, 0.99) * 1000:.0f} ms, "
+            f"latency p50 {percentile(lat, 0.5) * 1000:.0f} ms, p99 {percentile(lat, 0.99) * 1000:.0f} ms, "
             f"mean {statistics.mean(lat) * 1000:.0f} ms, wall {wall:.2f} s")
 
 

@@ -78,7 +78,7 @@ def assert_identical_to_ar(target, reference, make, label: str) -> int:
 def assert_sampling_lossless(s_target, make, sampling=SamplingParams(temperature=1.0)) -> None:
     """Sampled continuations with proposers from ``make()`` follow the exact target
     distribution (chi-square), and the run exercised both acceptance and rejection."""
-    from stats_util import chi2_pvalue
+    from helpers.stats import chi2_pvalue
 
     exact = exact_distribution(s_target, sampling)
     samples, drafted, accepted = sample_sequences(s_target, make, sampling)

@@ -110,7 +110,7 @@ def sample_outputs(target, make, c, sampling, trials, seed=0):
 
 def pvalue(samples, exact) -> float:
     """Chi-square p-value; 0 when an output of probability 0 was sampled."""
-    from stats_util import chi2_pvalue
+    from helpers.stats import chi2_pvalue
 
     if any(exact.get(s, 0.0) <= 0 for s in samples):
         return 0.0
