@@ -59,7 +59,7 @@ def quality(model: BlockDiffusionAR, tokenizer, heldout: list[TextPrompt], cfg: 
     gen, blocks = qcfg.gen, qcfg.blocks
     chosen = pick(heldout, qcfg.prompts)
     log(f"quality: greedy AR continuations of {len(chosen)} held-out prompts")
-    generate_data(model.hf, tokenizer, path, chosen, DataConfig(max_new=gen, samples=0, batch=8), log=log)
+    generate_data(model.hf, tokenizer, path, chosen, DataConfig(max_new_tokens=gen, samples=0, batch=8), log=log)
     rows = [r for r in read_data(path) if r["response_ids"]]
     acc = {str(b): masked_accuracy(model, rows, b, cfg) for b in blocks if b <= cfg.max_block}
     for b, a in acc.items():

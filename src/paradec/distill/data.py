@@ -75,7 +75,7 @@ def eos_ids(model, tokenizer) -> set[int]:
 
 
 @torch.no_grad()
-def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int], pad_id: int,
+def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, eos: set[int], pad_id: int,
                    temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[list[int]]:
     """Continue each prompt (left-padded batch, KV cache). Returns each continuation, up to and
     including its first EOS."""
@@ -86,7 +86,7 @@ def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int],
     B, P = len(prompts), max(len(p) for p in prompts)
     dev = next(model.parameters()).device
     ids = torch.full((B, P), pad_id, dtype=torch.long)
-    am = torch.zeros(B, P + max_new, dtype=torch.long)
+    am = torch.zeros(B, P + max_new_tokens, dtype=torch.long)
     for b, p in enumerate(prompts):
         ids[b, P - len(p):] = torch.tensor(p)
         am[b, P - len(p):P] = 1
@@ -99,7 +99,7 @@ def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int],
     logits = model(input_ids=ids, attention_mask=am[:, :P], position_ids=pos, **{kw: cache},
                    use_cache=True, logits_to_keep=1).logits[:, -1]  # [B, V]
     nxt_pos = pos[:, -1:] + 1  # [B, 1]
-    for j in range(max_new):
+    for j in range(max_new_tokens):
         if temperature > 0:
             probs = torch.softmax(logits.float() / temperature, -1)
             if top_p < 1.0:
@@ -114,7 +114,7 @@ def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int],
             out[b].append(host[b])
             if host[b] in eos:
                 live[b] = False
-        if not live.any() or j == max_new - 1:
+        if not live.any() or j == max_new_tokens - 1:
             break
         am[:, P + j] = 1
         logits = model(input_ids=tok[:, None], attention_mask=am[:, : P + j + 1], position_ids=nxt_pos,
@@ -127,7 +127,7 @@ def generate_batch(model, prompts: list[list[int]], max_new: int, eos: set[int],
 class DataConfig:
     """How ``generate_data`` continues each prompt."""
 
-    max_new: int = 160  # tokens per continuation
+    max_new_tokens: int = 160  # tokens per continuation
     samples: int = 1  # sampled continuations per prompt, besides the greedy one
     batch: int = 32  # continuations generated together
     seed: int = 0
@@ -138,7 +138,7 @@ def generate_data(model, tokenizer, out_path: str | Path, prompts: list[TextProm
                   log=print) -> int:
     """Write one JSON line per continuation: source, index, mode, prompt_ids, response_ids.
     Greedy continuations come first, shortest prompts first. Returns the number of response tokens."""
-    max_new, samples, batch, minutes = cfg.max_new, cfg.samples, cfg.batch, cfg.minutes
+    max_new_tokens, samples, batch, minutes = cfg.max_new_tokens, cfg.samples, cfg.batch, cfg.minutes
     gen = torch.Generator().manual_seed(cfg.seed)
     eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
@@ -160,7 +160,7 @@ def generate_data(model, tokenizer, out_path: str | Path, prompts: list[TextProm
                 if not grp:
                     continue
                 g = grp[0][1] == "greedy"
-                conts = generate_batch(model, [c[2] for c in grp], max_new, eos, pad, 0.0 if g else 0.8, 0.95, gen)
+                conts = generate_batch(model, [c[2] for c in grp], max_new_tokens, eos, pad, 0.0 if g else 0.8, 0.95, gen)
                 for (p, mode, ids), cont in zip(grp, conts):
                     f.write(json.dumps({"source": p.source, "index": p.index, "mode": mode, "prompt_ids": ids,
                                         "response_ids": cont}) + "\n")

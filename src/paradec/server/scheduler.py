@@ -371,13 +371,13 @@ class Scheduler:
                     f"has {len(ids)}: at most {room} new tokens fit",
                     "max_tokens",
                 )
-            max_new = p.max_tokens
+            max_new_tokens = p.max_tokens
         else:
-            max_new = min(p.default_max_tokens or room, room)
+            max_new_tokens = min(p.default_max_tokens or room, room)
         drafter = self.sessions.checkout(p)
         try:
             stream = engine.stream(
-                ids, method=p.method, max_new_tokens=max_new, temperature=p.temperature, top_p=p.top_p,
+                ids, method=p.method, max_new_tokens=max_new_tokens, temperature=p.temperature, top_p=p.top_p,
                 top_k=p.top_k, seed=p.seed, stop=list(p.stop), options=p.options,
                 proposer=drafter.proposer if drafter else None, response_format=p.response_format,
             )
