@@ -199,3 +199,9 @@ def test_converted_model_capabilities_are_named_protocols(dlm):
     from paradec.dllm.protocol import ChatPrompted, Named, Stored
 
     assert isinstance(dlm, ChatPrompted) and isinstance(dlm, Named) and not isinstance(dlm, Stored)
+
+
+def test_converted_model_carries_its_tokenizer(dlm):
+    from paradec.dllm.protocol import Tokenized
+
+    assert isinstance(dlm, Tokenized)

@@ -108,3 +108,13 @@ def test_capabilities_are_named_protocols():
     assert filter_of(shipped) is not None  # shipped beside the weights
     fresh = tiny_dlm(0)
     assert not isinstance(fresh, Stored) and filter_of(fresh) is None
+
+
+def test_tokenizer_capability_is_a_named_protocol(hf_dirs):
+    """paradec generate decodes a dLLM's answer with the model's own tokenizer only when it is
+    ``Tokenized``: Hugging Face checkpoints carry one (possibly None), the tiny dLLM does not."""
+    from paradec.dllm.protocol import Tokenized
+
+    llada = load_diffusion(str(hf_dirs["llada"]), dtype="float64")
+    assert isinstance(llada, Tokenized)
+    assert not isinstance(load_diffusion("tiny-dllm"), Tokenized) and not isinstance(tiny_dlm(0), Tokenized)

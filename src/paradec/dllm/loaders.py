@@ -173,7 +173,4 @@ def _load_hf(d: Path, cfg: dict, family: str, dt, device, block_size):
         shifted=family == "dream", attention="block_causal" if family == "sdar" else "bidirectional",
         block_size=int(bs) if family == "sdar" else None, caches=("none",),
     )
-    m = HFDiffusionLM(model, spec, name=d.name)
-    m.tokenizer = tok
-    m.family = family
-    return m
+    return HFDiffusionLM(model, spec, name=d.name, tokenizer=tok)

@@ -113,8 +113,8 @@ class HFDiffusionLM:
     """A Hugging Face masked / block diffusion model (LLaDA-, Dream- or SDAR-shaped, see loaders.py).
     No cache: every forward is a full one."""
 
-    def __init__(self, model, spec: DiffusionSpec, name: str = "") -> None:
-        self.model, self.spec, self.name = model.eval(), spec, name
+    def __init__(self, model, spec: DiffusionSpec, name: str = "", tokenizer=None) -> None:
+        self.model, self.spec, self.name, self.tokenizer = model.eval(), spec, name, tokenizer
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
 

@@ -3,7 +3,6 @@
 (learned.py) and each named method's options (configs.py). ``paradec.dllm.methods`` puts them
 together by name; nothing here runs the loop."""
 
-
 from __future__ import annotations
 
 from .blocks import AdaBlock, BlockSchedule, FixedBlocks
