@@ -216,66 +216,113 @@ static void attend_one(const attn_job *j, int64_t r, int64_t h, float *scores, i
 
 /* Rows of one attention item: up to ATT_ROWS rows of a tree for one head. */
 #define ATT_ROWS 16
+/* Keys scored per tile: a tile's keys stay in L1 while every row of the item reads them. */
+#define ATT_KTILE 64
+/* Room past each row's scores, so the last group of 4 (and of 8) may be written whole. */
+#define ATT_PAD 8
 
-/* One head h for the rows [ra, rb), which share one cache: each allowed key is read once for
- * all the rows (its score for every row while it sits in registers); then each row sums its
- * weighted values in slot order with its accumulator in registers. Each row's arithmetic is its
- * own and fixed: one fma chain per score, its maximum, exp8 of each score, its total in slot
- * order and its weighted values in slot order; the other rows only share the loads. NV (= dim / 8) is a constant in each instantiation. */
-static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job *j, int64_t ra, int64_t rb, int64_t h, float *scores, const int NV) {
+/* The scores of 4 keys (k0..k3) for one query q (NV vectors of 8): each key's products in 8
+ * lanes, one fma chain per lane over the vectors in order, then the fixed tree
+ * ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)), times scale. The tree is taken by horizontal adds
+ * that never mix two keys, so a key's score is the same whichever keys share its group. */
+static inline __attribute__((always_inline)) __m128 score4(const float *q, const float *k0, const float *k1,
+                                                           const float *k2, const float *k3, const int NV, __m128 scale) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int i = 0; i < NV; i++) {
+        const __m256 qv = _mm256_loadu_ps(q + 8 * i);
+        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 8 * i), a0);
+        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + 8 * i), a1);
+        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + 8 * i), a2);
+        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + 8 * i), a3);
+    }
+    /* hadd(x, y) = [x01 x23 y01 y23 | x45 x67 y45 y67]; twice gives [k0..k3 of l0-3 | of l4-7] */
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    return _mm_mul_ps(s, scale);
+}
+
+/* A row's allowed-key flags for slots [s, s + 8) as lane masks (slots at or past nk: not allowed). */
+static inline __m256 allowed8(const uint8_t *m, int64_t s, int64_t nk) {
+    uint8_t b[8] = {0};
+    if (s + 8 <= nk) memcpy(b, m + s, 8);
+    else
+        for (int64_t t = s; t < nk; t++) b[t - s] = m[t];
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(v, _mm256_setzero_si256()));
+}
+
+/* One head h for the rows [ra, rb), which share one cache. Each row's arithmetic is its own and
+ * fixed, whatever other rows or masked keys exist:
+ * - the score of slot s: score4's fma chain and tree (computed for every slot below the row's
+ *   nkeys; a masked slot's score is never used);
+ * - the maximum over the allowed slots (exact, so in any order);
+ * - weights w_s = exp8(score - max); their total over the allowed slots in 8 lanes, the k-th
+ *   allowed slot in lane k % 8, in slot order, then hsum8's fixed tree (a tree node's path has
+ *   the same allowed slots in the same order as the same tokens computed alone, at other slots);
+ * - the output: sum over allowed slots, in slot order, of w_s * v_s (one fma chain per element),
+ *   times 1 / total.
+ * The rows share only the loads: keys are scored a tile at a time for all the rows. NV (= dim /
+ * 8) is a constant in each instantiation. */
+static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job *j, int64_t ra, int64_t rb, int64_t h, float *scores,
+                                                                  int32_t *idx, const int NV) {
     const int64_t dim = 8 * NV, kvh = j->kvh, g = h / (j->heads / kvh), nr = rb - ra;
-    const int64_t stride = j->max_keys > 0 ? j->max_keys : 1;
+    const int64_t stride = (j->max_keys > 0 ? j->max_keys : 1) + ATT_PAD;
     const float *K = (const float *)(intptr_t)j->kptr[ra], *V = (const float *)(intptr_t)j->vptr[ra];
     const float *Kg = K + (j->layer * kvh + g) * j->cap[ra] * dim;
     const float *Vg = V + (j->layer * kvh + g) * j->cap[ra] * dim;
-    int64_t cnt[ATT_ROWS], n = 0;
-    float mx[ATT_ROWS];
-    const uint8_t *mrow[ATT_ROWS];
-    for (int64_t r = 0; r < nr; r++) {
-        cnt[r] = 0;
-        mx[r] = -INFINITY;
-        mrow[r] = j->mask + (ra + r) * j->mask_stride;
+    const __m128 scale = _mm_set1_ps(j->scale);
+    int64_t n = 0;
+    for (int64_t r = 0; r < nr; r++)
         if (j->nkeys[ra + r] > n) n = j->nkeys[ra + r];
-    }
-    for (int64_t s = 0; s < n; s++) {
-        const float *ks = Kg + s * dim;
-        __m256 kv[NV];
-        for (int i = 0; i < NV; i++) kv[i] = _mm256_loadu_ps(ks + 8 * i);
+    for (int64_t s0 = 0; s0 < n; s0 += ATT_KTILE)
         for (int64_t r = 0; r < nr; r++) {
-            if (s >= j->nkeys[ra + r] || !mrow[r][s]) continue;
+            const int64_t nk = j->nkeys[ra + r], end = s0 + ATT_KTILE < nk ? s0 + ATT_KTILE : nk;
             const float *qh = j->q + (ra + r) * j->qstride + h * dim;
-            __m256 a = _mm256_setzero_ps();
-            for (int i = 0; i < NV; i++) a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + 8 * i), kv[i], a);
-            const float sc = hsum8(a) * j->scale;
-            scores[r * stride + cnt[r]++] = sc;
-            if (sc > mx[r]) mx[r] = sc;
+            float *sr = scores + r * stride;
+            for (int64_t s = s0; s < end; s += 4) {
+                /* past the row's last key: repeat it (that lane's score is written to the padding) */
+                const float *k0 = Kg + s * dim;
+                const float *k1 = s + 1 < end ? k0 + dim : k0, *k2 = s + 2 < end ? k0 + 2 * dim : k0;
+                const float *k3 = s + 3 < end ? k0 + 3 * dim : k0;
+                _mm_storeu_ps(sr + s, score4(qh, k0, k1, k2, k3, NV, scale));
+            }
         }
-    }
     for (int64_t r = 0; r < nr; r++) {
         float *sr = scores + r * stride, *o = j->out + ((ra + r) * j->heads + h) * dim;
-        const int64_t cr = cnt[r], nk = j->nkeys[ra + r];
-        if (cr == 0) { /* no allowed key: zeros (the decode loop never asks this) */
+        const int64_t nk = j->nkeys[ra + r];
+        const uint8_t *m = j->mask + (ra + r) * j->mask_stride;
+        const __m256 ninf = _mm256_set1_ps(-INFINITY);
+        __m256 vmx = ninf;
+        for (int64_t s = 0; s < nk; s += 8)
+            vmx = _mm256_max_ps(vmx, _mm256_blendv_ps(ninf, _mm256_loadu_ps(sr + s), allowed8(m, s, nk)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmx), _mm256_extractf128_ps(vmx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        const float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
+        if (mx == -INFINITY) { /* no allowed key: zeros (the decode loop never asks this) */
             for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
             continue;
         }
+        vmx = _mm256_set1_ps(mx);
+        for (int64_t s = 0; s < nk; s += 8)
+            _mm256_storeu_ps(sr + s, exp8(_mm256_sub_ps(_mm256_loadu_ps(sr + s), vmx)));
+        /* the allowed slots and their weights, packed (c <= s: in place), then the total: the
+         * k-th allowed slot's weight in lane k % 8; the weighted values over the packed list
+         * (a loop without branches or stores keeps its accumulators in registers) */
         int64_t c = 0;
-        __m256 vmx = _mm256_set1_ps(mx[r]);
-        for (; c + 8 <= cr; c += 8) _mm256_storeu_ps(sr + c, exp8(_mm256_sub_ps(_mm256_loadu_ps(sr + c), vmx)));
-        if (c < cr) {
-            float tmp[8] = {0};
-            for (int64_t t = c; t < cr; t++) tmp[t - c] = sr[t] - mx[r];
-            _mm256_storeu_ps(tmp, exp8(_mm256_loadu_ps(tmp)));
-            for (int64_t t = c; t < cr; t++) sr[t] = tmp[t - c];
-        }
-        float total = 0.0f;
-        for (c = 0; c < cr; c++) total += sr[c];
+        for (int64_t s = 0; s < nk; s++)
+            if (m[s]) {
+                idx[c] = (int32_t)s;
+                sr[c++] = sr[s];
+            }
+        for (int64_t t = c; t < c + 8; t++) sr[t] = 0.0f; /* c <= nk: within the row's padding */
+        __m256 tot = _mm256_setzero_ps();
+        for (int64_t t = 0; t < c; t += 8) tot = _mm256_add_ps(tot, _mm256_loadu_ps(sr + t));
+        const float total = hsum8(tot);
         __m256 acc[NV];
         for (int i = 0; i < NV; i++) acc[i] = _mm256_setzero_ps();
-        c = 0;
-        for (int64_t s = 0; s < nk; s++) {
-            if (!mrow[r][s]) continue;
-            const float *vs = Vg + s * dim;
-            const __m256 p = _mm256_set1_ps(sr[c++]);
+        for (int64_t t = 0; t < c; t++) {
+            const float *vs = Vg + (int64_t)idx[t] * dim;
+            const __m256 p = _mm256_set1_ps(sr[t]);
             for (int i = 0; i < NV; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vs + 8 * i), acc[i]);
         }
         const __m256 inv = _mm256_set1_ps(1.0f / total);
@@ -285,12 +332,12 @@ static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job 
 
 /* the head sizes the models use get their own unrolled copy; other multiples of 8 up to
  * PD_MAX_DIM share a general one (the same arithmetic) */
-static void attend_rows(const attn_job *j, int64_t ra, int64_t rb, int64_t h, float *scores) {
+static void attend_rows(const attn_job *j, int64_t ra, int64_t rb, int64_t h, float *scores, int32_t *idx) {
     switch (j->dim) {
-    case 64: attend_rows_nv(j, ra, rb, h, scores, 8); break;
-    case 128: attend_rows_nv(j, ra, rb, h, scores, 16); break;
-    case 256: attend_rows_nv(j, ra, rb, h, scores, 32); break;
-    default: attend_rows_nv(j, ra, rb, h, scores, (int)(j->dim / 8)); break;
+    case 64: attend_rows_nv(j, ra, rb, h, scores, idx, 8); break;
+    case 128: attend_rows_nv(j, ra, rb, h, scores, idx, 16); break;
+    case 256: attend_rows_nv(j, ra, rb, h, scores, idx, 32); break;
+    default: attend_rows_nv(j, ra, rb, h, scores, idx, (int)(j->dim / 8)); break;
     }
 }
 
@@ -306,8 +353,8 @@ static void attn_task(void *arg, int tid, int nth) {
     const attn_job *j = (const attn_job *)arg;
     const int vec = j->dim % 8 == 0 && j->dim <= PD_MAX_DIM;
     size_t n = (size_t)(j->max_keys > 0 ? j->max_keys : 1);
-    float *scores = (float *)malloc(sizeof(float) * n * (vec ? ATT_ROWS : 1));
-    int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * n);
+    float *scores = (float *)malloc(sizeof(float) * (vec ? (n + ATT_PAD) * ATT_ROWS : n));
+    int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (n + ATT_PAD));
     if (scores && idx) {
         int64_t item = 0;
         for (int64_t ra = 0, rb; ra < j->rows; ra = rb) {
@@ -315,7 +362,7 @@ static void attn_task(void *arg, int tid, int nth) {
             for (int64_t h = 0; h < j->heads; h++, item++) {
                 if (item % nth != tid) continue;
                 if (vec)
-                    attend_rows(j, ra, rb, h, scores);
+                    attend_rows(j, ra, rb, h, scores, idx);
                 else
                     attend_one(j, ra, h, scores, idx);
             }
