@@ -4,16 +4,18 @@ decoding when no draft pays."""
 import time
 
 import pytest
+import torch
 
 from helpers.tiny import tiny_llama
 from helpers.lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling_lossless, run
 from paradec.models.torch.hf import HFCausalLM
 from paradec.proposers import Models, make_proposer
-from paradec.proposers.base import NoDraft
-from paradec.proposers.auto import AutoConfig, AutoDrafter, AutoMemory, Ema, size_bucket
+from paradec.proposers.base import NoDraft, ProposeContext, StepResult
+from paradec.proposers.auto import AutoConfig, AutoDrafter, AutoMemory, Ema, context_class, size_bucket
 from paradec.proposers.draft_model import DraftModelConfig, DraftModelProposer
 from paradec.sampling import SamplingParams
 from paradec.tree import DraftTree
+from paradec.verify import verify_greedy
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +123,44 @@ def test_forward_time_model():
     auto.fwd[size_bucket(9)] = e2
     assert auto.forward_time(12) == pytest.approx(0.05)  # same bucket as 9
     assert auto.forward_time(16) == pytest.approx(0.075)
+
+
+def test_forward_times_are_kept_per_context_class():
+    """A forward after a long context costs more (every draft token attends to all of it): the
+    times are learned per context class, a class with nothing measured borrows the nearest
+    class's table, and a short context's estimate is not the long one's."""
+    auto = AutoDrafter(None, AutoConfig(growth=1.5))
+    auto.begin([1, 2, 3], SamplingParams())
+    m = auto.memory
+    assert context_class(10) == context_class(127) < context_class(128) < context_class(512) < context_class(1024)
+    for n, k, v in ((100, 9, 0.012), (1000, 9, 0.020)):
+        e = Ema(1.0)
+        e.add(v)
+        m.forward_table(context_class(n))[size_bucket(k)] = e
+    auto.propose(ProposeContext(list(range(100)), 90, 8, 8, SamplingParams()))
+    assert auto.forward_time(12) == pytest.approx(0.012)
+    auto.propose(ProposeContext(list(range(1000)), 990, 8, 8, SamplingParams()))
+    assert auto.forward_time(12) == pytest.approx(0.020)
+    auto.propose(ProposeContext(list(range(2500)), 2490, 8, 8, SamplingParams()))
+    assert auto.forward_time(12) == pytest.approx(0.020)  # 2048+: nothing yet, the nearest class's
+
+
+def test_a_stale_high_estimate_is_capped_and_an_outlier_clipped():
+    """A size whose estimate went up (one slow step) would never be sent, so never measured
+    again: no size is estimated above a larger measured size, and one observation raises an
+    estimate at most twofold."""
+    auto = AutoDrafter(None, AutoConfig(growth=1.5))
+    for k, v in ((1, 0.010), (9, 0.050), (40, 0.020)):
+        auto.fwd[size_bucket(k)] = e = Ema(1.0)
+        e.add(v)
+    assert auto.forward_time(9) == pytest.approx(0.020)  # capped by the 32-63 bucket
+    assert auto.forward_time(1) == pytest.approx(0.010)
+    auto.begin([1, 2, 3], SamplingParams())
+    auto.propose(ProposeContext([1, 2, 3], 3, 8, 8, SamplingParams()))
+    time.sleep(0.1)  # a 0.1 s "forward" (a pause), one token
+    logits = torch.zeros(1, 4)
+    auto.observe(StepResult(DraftTree(), verify_greedy(DraftTree(), logits), [1, 2, 3, 0], logits))
+    assert auto.forward_time(1) == pytest.approx(0.020)
 
 
 def test_ema():
@@ -294,7 +334,7 @@ def test_model_rate_charges_catch_up_as_in_ski_rental():
     for ema, v in ((auto.model_accept, 5.0), (m.model_cost, 0.08), (m.model_nodes, 6.0), (m.catchup, 0.003)):
         ema.add(v)
     for k, v in ((1, 0.03), (7, 0.04)):
-        m.fwd[size_bucket(k)] = e = Ema(1.0)
+        auto.fwd[size_bucket(k)] = e = Ema(1.0)
         e.add(v)
     caught_up = auto.model_rate(auto.catch_up_time(2), 0, 128)
     assert caught_up == pytest.approx(6 / (0.08 + 0.04))  # a token or two pending: no charge

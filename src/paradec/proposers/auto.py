@@ -10,9 +10,17 @@ Candidates
 
 Cost model, learned online from the request itself (nothing is hard-coded per machine):
 - ``f(k)``: target forward time for k input tokens, an exponential moving average per size
-  bucket (1, 2-3, 4-7, ... tokens), measured as the time between the end of ``propose`` and
-  ``observe`` (forward + verify + rollback); unmeasured sizes are extrapolated from the nearest
-  measured one with a conservative growth per doubling;
+  bucket (1, 2-3, 4-7, ... tokens) *and context class* (under 128 tokens of context, then
+  each doubling), measured as the time between the end of ``propose`` and ``observe`` (forward
+  + verify + rollback). The context matters: every draft token attends to the whole context,
+  so after 900 tokens of context (summaries) a 12-token forward costs 3.0x one token on the
+  2-core Xeon where after 100 it costs 2.2x; one table for both drafted too
+  little on short contexts and too much on long ones. Unmeasured sizes are extrapolated from
+  the nearest measured one of the same class with a conservative growth per doubling (a class
+  with no measurement yet borrows the nearest class's table); a size's estimate never exceeds
+  that of a larger measured size (a stale high estimate would otherwise keep the size from
+  ever being sent, and so from ever being measured again), and one observation may at most
+  double an estimate (a garbage-collector pause is not the forward's cost);
 - ``d_c``: drafting time of candidate c (moving average of its measured ``propose`` time; for the
   model drafter without catching up on a prompt or on tokens the lookup committed, which is
   not what a drafting step costs; until measured it counts as free);
@@ -126,6 +134,15 @@ def size_bucket(k: int) -> int:
     return max(1, k).bit_length()  # 1 | 2-3 | 4-7 | 8-15 | ...
 
 
+def context_class(n: int) -> int:
+    """Forward times are kept apart per class of context length: under 128 tokens, 128-255,
+    256-511, ... (attention's share of a forward grows with the context)."""
+    return max(n, 127).bit_length()
+
+
+_CLIP = 2.0  # one observation may raise a forward-time estimate at most this many times
+
+
 def _match_bucket(match_len: int) -> int:
     return min(match_len, 12)
 
@@ -148,12 +165,21 @@ class AutoMemory:
 
     def __init__(self, ema: float) -> None:
         self.ema = ema
-        self.fwd: dict[int, Ema] = {}  # size bucket -> forward seconds
+        self.fwd_by_context: dict[int, dict[int, Ema]] = {}  # context class -> size bucket -> forward seconds
         self.lookup_cost = Ema(ema)  # seconds per lookup proposal
         self.model_cost = Ema(ema)  # seconds per model draft, caught up
         self.catchup = Ema(ema)  # seconds per token the model drafter reads to catch up
         self.model_nodes = Ema(ema)
         self._accept: dict[bool, tuple[Ema, dict[tuple[int, int], Ema]]] = {}
+
+    def forward_table(self, context_class: int) -> dict[int, Ema]:
+        """The forward times (size bucket -> seconds) after a context of this class."""
+        return self.fwd_by_context.setdefault(context_class, {})
+
+    def nearest_table(self, context_class: int) -> dict[int, Ema]:
+        """The measured table of the class nearest ``context_class`` ({} when none is)."""
+        known = [c for c, t in self.fwd_by_context.items() if t]
+        return self.fwd_by_context[min(known, key=lambda c: (abs(c - context_class), c))] if known else {}
 
     def acceptance(self, greedy: bool) -> tuple[Ema, dict[tuple[int, int], Ema]]:
         """(the model drafter's accepted tokens, the lookup's per (match bucket, tree size)) for
@@ -221,7 +247,9 @@ class AutoDrafter:
             self.fused_forward = model.fused_forward
         self.memory = m = memory if memory is not None else AutoMemory(c.ema)
         # the learned cost model, shared with every auto given the same memory
-        self.fwd, self.lookup_cost, self.model_cost, self.catchup = m.fwd, m.lookup_cost, m.model_cost, m.catchup
+        self.lookup_cost, self.model_cost, self.catchup = m.lookup_cost, m.model_cost, m.catchup
+        self._context = context_class(0)
+        self.fwd = m.forward_table(self._context)  # the current context's table (set by every propose)
         self.model_nodes = m.model_nodes
         self.model_accept, self.lookup_accept = m.acceptance(True)  # until begin() says otherwise
         self.lookup_sizes: dict[int, int] = {}  # tree size sent -> steps (this request)
@@ -240,16 +268,21 @@ class AutoDrafter:
 
     # ---- the cost model ------------------------------------------------------------------------
     def forward_time(self, k: int) -> float:
-        """Estimated seconds of one target forward over ``k`` tokens."""
+        """Estimated seconds of one target forward over ``k`` tokens after the current context."""
         b = size_bucket(k)
-        if b in self.fwd:
-            return self.fwd[b].get(0.0)
-        known = sorted(self.fwd)
+        measured = any(e.value is not None for e in self.fwd.values())
+        table = self.fwd if measured else self.memory.nearest_table(self._context)
+        known = sorted(x for x, e in table.items() if e.value is not None)
         if not known:
             return 0.05 * self.config.growth ** (b - 1)  # any positive prior; replaced after one step
-        below = [x for x in known if x < b]
-        ref = below[-1] if below else known[0]
-        return self.fwd[ref].get(0.0) * self.config.growth ** (b - ref)
+        if b in known:
+            est = table[b].value
+        else:
+            below = [x for x in known if x < b]
+            ref = below[-1] if below else known[0]
+            est = table[ref].value * self.config.growth ** (b - ref)
+        above = [table[x].value for x in known if x > b]
+        return min([est] + above)  # never above a larger measured size
 
     def _rate(self, accepted: float, draft_s: float, nodes: int) -> float:
         return (accepted + 1.0) / max(draft_s + self.forward_time(nodes + 1), 1e-6)
@@ -340,6 +373,8 @@ class AutoDrafter:
     def propose(self, ctx: ProposeContext) -> DraftTree:
         c = self.config
         t0 = time.perf_counter()
+        self._context = context_class(len(ctx.tokens))
+        self.fwd = self.memory.forward_table(self._context)
         tree = self.lookup.propose(ctx)
         self.lookup_cost.add(time.perf_counter() - t0)
         self._lookup_tree = tree
@@ -414,7 +449,8 @@ class AutoDrafter:
         elapsed = time.perf_counter() - self._t_proposed
         self._t_proposed = 0.0
         b = size_bucket(len(result.draft) + 1)
-        self.fwd.setdefault(b, Ema(c.ema)).add(elapsed)
+        e = self.fwd.setdefault(b, Ema(c.ema))
+        e.add(elapsed if e.value is None else min(elapsed, _CLIP * e.value))
 
         new = result.verdict.tokens  # accepted + the target's own token
         tree = self._lookup_tree
