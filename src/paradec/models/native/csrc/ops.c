@@ -287,8 +287,11 @@ static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job 
                 _mm_storeu_ps(sr + s, score4(qh, k0, k1, k2, k3, NV, scale));
             }
         }
+    int64_t cnt[ATT_ROWS], cur[ATT_ROWS]; /* allowed slots of each row; the next one to add */
+    float inv[ATT_ROWS];
     for (int64_t r = 0; r < nr; r++) {
         float *sr = scores + r * stride, *o = j->out + ((ra + r) * j->heads + h) * dim;
+        int32_t *ir = idx + r * stride;
         const int64_t nk = j->nkeys[ra + r];
         const uint8_t *m = j->mask + (ra + r) * j->mask_stride;
         const __m256 ninf = _mm256_set1_ps(-INFINITY);
@@ -298,35 +301,54 @@ static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job 
         __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmx), _mm256_extractf128_ps(vmx, 1));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         const float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
-        if (mx == -INFINITY) { /* no allowed key: zeros (the decode loop never asks this) */
-            for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
-            continue;
-        }
+        for (int64_t i = 0; i < dim; i++) o[i] = 0.0f; /* the accumulators, from slot 0 on */
+        cnt[r] = cur[r] = 0;
+        inv[r] = 0.0f;
+        if (mx == -INFINITY) continue; /* no allowed key: zeros (the decode loop never asks this) */
         vmx = _mm256_set1_ps(mx);
         for (int64_t s = 0; s < nk; s += 8)
             _mm256_storeu_ps(sr + s, exp8(_mm256_sub_ps(_mm256_loadu_ps(sr + s), vmx)));
         /* the allowed slots and their weights, packed (c <= s: in place), then the total: the
-         * k-th allowed slot's weight in lane k % 8; the weighted values over the packed list
-         * (a loop without branches or stores keeps its accumulators in registers) */
+         * k-th allowed slot's weight in lane k % 8 */
         int64_t c = 0;
         for (int64_t s = 0; s < nk; s++)
             if (m[s]) {
-                idx[c] = (int32_t)s;
+                ir[c] = (int32_t)s;
                 sr[c++] = sr[s];
             }
         for (int64_t t = c; t < c + 8; t++) sr[t] = 0.0f; /* c <= nk: within the row's padding */
         __m256 tot = _mm256_setzero_ps();
         for (int64_t t = 0; t < c; t += 8) tot = _mm256_add_ps(tot, _mm256_loadu_ps(sr + t));
-        const float total = hsum8(tot);
-        __m256 acc[NV];
-        for (int i = 0; i < NV; i++) acc[i] = _mm256_setzero_ps();
-        for (int64_t t = 0; t < c; t++) {
-            const float *vs = Vg + (int64_t)idx[t] * dim;
-            const __m256 p = _mm256_set1_ps(sr[t]);
-            for (int i = 0; i < NV; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vs + 8 * i), acc[i]);
+        cnt[r] = c;
+        inv[r] = 1.0f / hsum8(tot);
+    }
+    /* The weighted values, a tile of slots at a time for all the rows (the tile's values stay in
+     * L1 while every row reads them): each row's accumulators wait in its output between tiles,
+     * so each element is still one fma chain over the allowed slots in slot order. The inner
+     * loop has no branch and no store, which keeps its accumulators in registers. */
+    for (int64_t s0 = 0; s0 < n; s0 += ATT_KTILE)
+        for (int64_t r = 0; r < nr; r++) {
+            const float *sr = scores + r * stride;
+            const int32_t *ir = idx + r * stride;
+            int64_t t = cur[r], e = t;
+            while (e < cnt[r] && ir[e] < s0 + ATT_KTILE) e++;
+            if (e == t) continue;
+            float *o = j->out + ((ra + r) * j->heads + h) * dim;
+            __m256 acc[NV];
+            for (int i = 0; i < NV; i++) acc[i] = _mm256_loadu_ps(o + 8 * i);
+            for (; t < e; t++) {
+                const float *vs = Vg + (int64_t)ir[t] * dim;
+                const __m256 p = _mm256_set1_ps(sr[t]);
+                for (int i = 0; i < NV; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vs + 8 * i), acc[i]);
+            }
+            for (int i = 0; i < NV; i++) _mm256_storeu_ps(o + 8 * i, acc[i]);
+            cur[r] = e;
         }
-        const __m256 inv = _mm256_set1_ps(1.0f / total);
-        for (int i = 0; i < NV; i++) _mm256_storeu_ps(o + 8 * i, _mm256_mul_ps(acc[i], inv));
+    for (int64_t r = 0; r < nr; r++) {
+        float *o = j->out + ((ra + r) * j->heads + h) * dim;
+        const __m256 iv = _mm256_set1_ps(inv[r]);
+        if (cnt[r])
+            for (int i = 0; i < NV; i++) _mm256_storeu_ps(o + 8 * i, _mm256_mul_ps(_mm256_loadu_ps(o + 8 * i), iv));
     }
 }
 
@@ -354,7 +376,7 @@ static void attn_task(void *arg, int tid, int nth) {
     const int vec = j->dim % 8 == 0 && j->dim <= PD_MAX_DIM;
     size_t n = (size_t)(j->max_keys > 0 ? j->max_keys : 1);
     float *scores = (float *)malloc(sizeof(float) * (vec ? (n + ATT_PAD) * ATT_ROWS : n));
-    int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (n + ATT_PAD));
+    int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (n + ATT_PAD) * (vec ? ATT_ROWS : 1));
     if (scores && idx) {
         int64_t item = 0;
         for (int64_t ra = 0, rb; ra < j->rows; ra = rb) {
