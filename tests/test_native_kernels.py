@@ -164,6 +164,23 @@ def test_avx2_and_best_path_are_bit_identical(weights, qtype):
 
 
 @needs_native
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_amx_tiles_at_every_row_count_match_avx2(weights, qtype):
+    """The AMX kernels run their float steps over 4, 8 or 16 rows of a tile (whichever covers
+    the rows): forced onto tiles from one row on, every row count 1..20 gives the avx2 path's
+    bits."""
+    _path("amx")
+    _, qw = weights[qtype]
+    before = kernels.set_amx_min_rows(1)
+    try:
+        for m in range(1, 21):
+            x = _x(m, qw.k, seed=20 + m)
+            assert torch.equal(kernels.qmatmul(x, qw, path="amx"), kernels.qmatmul(x, qw, path="avx2")), (qtype, m)
+    finally:
+        kernels.set_amx_min_rows(before)
+
+
+@needs_native
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q4_0"])
 def test_float16_and_float32_scales_agree(weights, qtype):
     """Scales stored as float16 where exact (fewer bytes) give the very same results as float32."""

@@ -1,7 +1,7 @@
 """Time the native matrix kernels on a GGUF's own weights: one forward's matmuls at M rows.
 
     python -m paradec.models.native.kernel_bench [--model NAME_OR_GGUF] [--rows 1,2,4,8,16,32,64]
-        [--path avx2|avx512vnni] [--threads N] [--repeat 5] [--cpu-time]
+        [--path avx2|avx512vnni|amx] [--amx-min-rows N] [--threads N] [--repeat 5] [--cpu-time]
 
 Per distinct weight shape it prints the median time of one call at each M, and for the whole
 set of a forward's matmuls (every layer's, plus the output head) the time per forward, the
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default="1,2,4,8,16,32,64")
     ap.add_argument("--path", default=None)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--amx-min-rows", type=int, default=0, help="amx path: tiles from this many rows (default: the library's)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-check", action="store_true", help="skip the exactness check of the weights")
     ap.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time (the work, on a busy machine)")
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [int(r) for r in a.rows.split(",")]
         path = a.path or kernels.best_path()
         kernels.set_threads(a.threads)
+        if a.amx_min_rows > 0:
+            kernels.set_amx_min_rows(a.amx_min_rows)
         gguf = gguf_path(a.model)
         mats = load_matrices(gguf)
     except (ParadecError, ValueError) as e:

@@ -125,6 +125,17 @@ def threads() -> int:
     return library().pd_get_threads()
 
 
+def set_amx_min_rows(rows: int) -> int:
+    """From how many rows a product on the ``amx`` path runs AMX tiles (below: the AVX512-VNNI
+    kernels, the same bits); returns the previous value. For measurements and tests."""
+    lib = library()
+    lib.pd_get_amx_min_rows.restype = ctypes.c_int
+    lib.pd_set_amx_min_rows.argtypes = [ctypes.c_int]
+    old = lib.pd_get_amx_min_rows()
+    lib.pd_set_amx_min_rows(int(rows))
+    return old
+
+
 class _WDesc(ctypes.Structure):  # csrc/qgemm.h pd_wdesc
     _fields_ = [(f, ctypes.c_int) for f in ("kind", "n", "k", "kp", "group", "half", "biased")] + [
         (f, ctypes.c_void_p) for f in ("q", "a", "off")

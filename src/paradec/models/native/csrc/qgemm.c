@@ -195,6 +195,12 @@ static void quant_task(void *p, int c, int unused) {
 
 #define PD_QUANT_ROWS 4 /* rows a chunk (up to 4 rows the caller quantizes them alone) */
 
+/* From how many rows a product takes the AMX path (below: AVX512-VNNI, the same bits). Settable
+ * for measurements and tests; the default is PD_AMX_MIN_ROWS. */
+static int amx_min_rows = PD_AMX_MIN_ROWS;
+void pd_set_amx_min_rows(int rows) { amx_min_rows = rows < 1 ? 1 : rows; }
+int pd_get_amx_min_rows(void) { return amx_min_rows; }
+
 /* Scratch for the quantized activations of the calling thread. */
 static __thread void *scratch = 0;
 static __thread size_t scratch_size = 0;
@@ -211,7 +217,7 @@ int pd_qgemm_desc(int path, const pd_wdesc *wd, const float *x, int m, int ldx, 
     /* AMX: blocks of 16 rows, the last one padded with zero rows */
     int mpad = m;
     if (path == PD_PATH_AMX) {
-        if (m >= PD_AMX_MIN_ROWS) {
+        if (m >= amx_min_rows) {
             mpad = (m + 15) / 16 * 16;
         } else {
             path = PD_PATH_AVX512VNNI;

@@ -80,6 +80,8 @@ typedef void (*pd_task)(void *arg, int tid, int nthreads);
 void pd_parallel(pd_task fn, void *arg);
 int pd_get_threads(void);
 void pd_set_threads(int n);
+void pd_set_amx_min_rows(int rows); /* the AMX path from this many rows (default PD_AMX_MIN_ROWS) */
+int pd_get_amx_min_rows(void);
 
 /* Exported entry points (called through ctypes). */
 int pd_paths(void); /* bitmask of PD_PATH_* this CPU runs */

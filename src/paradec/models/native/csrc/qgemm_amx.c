@@ -169,11 +169,12 @@ PD_INLINE void products(const int8_t *xa, int kp, const uint8_t *const *wb, int 
     if (nbk > 3) _tile_stored(3, c[3], 64);
 }
 
-/* Column tile t for the rows [r0, r0 + rows) of a block of R rows (rows <= R; the rows past
- * `rows` are padding: computed, never stored). */
+/* Column tile t for the rows [r0, r0 + rows) of a block of 16: the tile products cover all 16
+ * (padding rows are zeros), the float steps only the first R (4, 8 or 16, a constant in each
+ * instantiation; rows <= R): the float steps are most of the cost, so a few rows pay for a
+ * few. The rows past `rows` are padding: computed, never stored. */
 PD_INLINE void tile_rows(const pd_qweight *w, const pd_qact *x, int t, int r0, int rows, int kind, int g16, int half,
-                         int biased, float *y, int ldy) {
-    enum { R = 16 }; /* rows computed (the block, padding rows included); `rows` of them stored */
+                         int biased, float *y, int ldy, const int R) {
     const int nb = x->nb, kp = x->kp, G = g16 ? 2 : 1, step = g16 ? 2 : GB;
     __attribute__((aligned(64))) int32_t cbuf[2][GB][16][16]; /* results: this group's, the last one's */
     __attribute__((aligned(64))) uint8_t wq[2][GB][512]; /* Q4 widened: this group's, the next one's */
@@ -204,7 +205,7 @@ PD_INLINE void tile_rows(const pd_qweight *w, const pd_qact *x, int t, int r0, i
             const __m512 a0 = pd_load16(w->a, ab, half), a1 = g16 ? pd_load16(w->a, ab + 16, half) : a0;
             const __m512 ov = w->off ? pd_load16(w->off, tb * 16, half) : a0;
 #pragma GCC unroll 16
-            for (int r = 0; r < R; r++) { /* every row of the block (padding rows are zeros) */
+            for (int r = 0; r < R; r++) { /* the first R rows of the block (padding rows are zeros) */
                 __m512i ilo = _mm512_load_si512(clo + 16 * r), ihi = _mm512_setzero_si512();
                 if (g16) ihi = _mm512_load_si512(chi + 16 * r);
                 if (biased) { /* stored q + 128: the dot is sum((q + 128) x) - 128 sum(x) */
@@ -226,6 +227,18 @@ PD_INLINE void tile_rows(const pd_qweight *w, const pd_qact *x, int t, int r0, i
     for (int r = 0; r < rows; r++) _mm512_mask_storeu_ps(y + (size_t)(r0 + r) * ldy + n0, keep, acc[r]);
 }
 
+#define PD_KINDS(R)                                                                                  \
+    do {                                                                                             \
+        if (w->kind == PD_KIND_Q4)                                                                   \
+            tile_rows(w, x, t, r0, rows, PD_KIND_Q4, 0, w->half, 0, y, ldy, R);                      \
+        else if (w->biased && g16)                                                                   \
+            tile_rows(w, x, t, r0, rows, PD_KIND_Q8, 1, w->half, 1, y, ldy, R);                      \
+        else if (w->biased)                                                                          \
+            tile_rows(w, x, t, r0, rows, PD_KIND_Q8, 0, w->half, 1, y, ldy, R);                      \
+        else                                                                                         \
+            tile_rows(w, x, t, r0, rows, PD_KIND_Q8, 0, w->half, 0, y, ldy, R);                      \
+    } while (0)
+
 /* x->m rows in blocks of 16 rows; x->q, d, s and x16 hold whole blocks (the padding rows zeros). */
 void pd_cols_amx(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t0, int t1) {
     const int g16 = w->kind == PD_KIND_Q8 && w->group == 16;
@@ -233,13 +246,11 @@ void pd_cols_amx(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int t
     for (int t = t0; t < t1; t++)
         for (int r0 = 0; r0 < x->m; r0 += 16) {
             const int rows = x->m - r0 < 16 ? x->m - r0 : 16;
-            if (w->kind == PD_KIND_Q4)
-                tile_rows(w, x, t, r0, rows, PD_KIND_Q4, 0, w->half, 0, y, ldy);
-            else if (w->biased && g16)
-                tile_rows(w, x, t, r0, rows, PD_KIND_Q8, 1, w->half, 1, y, ldy);
-            else if (w->biased)
-                tile_rows(w, x, t, r0, rows, PD_KIND_Q8, 0, w->half, 1, y, ldy);
+            if (rows <= 4)
+                PD_KINDS(4);
+            else if (rows <= 8)
+                PD_KINDS(8);
             else
-                tile_rows(w, x, t, r0, rows, PD_KIND_Q8, 0, w->half, 0, y, ldy);
+                PD_KINDS(16);
         }
 }
