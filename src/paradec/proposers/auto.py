@@ -13,14 +13,15 @@ Cost model, learned online from the request itself (nothing is hard-coded per ma
   bucket (1, 2-3, 4-7, ... tokens) *and context class* (under 128 tokens of context, then
   each doubling), measured as the time between the end of ``propose`` and ``observe`` (forward
   + verify + rollback). The context matters: every draft token attends to the whole context,
-  so after 900 tokens of context (summaries) a 12-token forward costs 3.0x one token on the
-  2-core Xeon where after 100 it costs 2.2x; one table for both drafted too
-  little on short contexts and too much on long ones. Unmeasured sizes are extrapolated from
-  the nearest measured one of the same class with a conservative growth per doubling (a class
-  with no measurement yet borrows the nearest class's table); a size's estimate never exceeds
-  that of a larger measured size (a stale high estimate would otherwise keep the size from
-  ever being sent, and so from ever being measured again), and one observation may at most
-  double an estimate (a garbage-collector pause is not the forward's cost);
+  so a big tree costs more, relative to one token, after a long prompt than after a short one
+  (measured in docs/benchmarks.md, "Figures the code's comments rely on"); one table for both
+  drafted too little on short contexts and too much on long ones. Unmeasured sizes are
+  extrapolated from the nearest measured one of the same class with a conservative growth per
+  doubling (a class with no measurement yet borrows the nearest class's table); a size's
+  estimate never exceeds that of a larger measured size (a stale high estimate would otherwise
+  keep the size from ever being sent, and so from ever being measured again), and one
+  observation may at most double an estimate (a garbage-collector pause is not the forward's
+  cost);
 - ``d_c``: drafting time of candidate c (moving average of its measured ``propose`` time; for the
   model drafter without catching up on a prompt or on tokens the lookup committed, which is
   not what a drafting step costs; until measured it counts as free);
