@@ -164,6 +164,33 @@ def test_avx2_and_best_path_are_bit_identical(weights, qtype):
 
 
 @needs_native
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+def test_wide_products_split_in_runs_of_tiles_are_the_same_bits(qtype):
+    """A product's column tiles go to the threads in runs of several (14 tiles here: runs of 7,
+    4 or 3 tiles for 1, 2 or 3 threads, the last run short); every thread count and the
+    one-row-at-a-time product give the same bits, and they are the float64 reference's values
+    within its bound."""
+    n, k = 16 * 13 + 5, 608
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    raw = quants.quantize(w, qtype)
+    qw = kernels.QuantWeight.from_gguf(raw, qtype, (n, k))
+    x = _x(9, k, seed=9)
+    before = kernels.threads()
+    try:
+        outs = []
+        for nth in (1, 2, 3):
+            kernels.set_threads(nth)
+            outs.append(kernels.qmatmul(x, qw))
+            outs.append(torch.cat([kernels.qmatmul(x[i : i + 1], qw) for i in range(9)]))
+    finally:
+        kernels.set_threads(before)
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+    ref = x.double().numpy() @ quants.dequantize(raw, qtype, n, k).T
+    assert np.all(np.abs(outs[0].numpy() - ref) <= _bound(x.double().numpy(), quants.dequantize(raw, qtype, n, k)))
+
+
+@needs_native
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_amx_tiles_at_every_row_count_match_avx2(weights, qtype):
     """The AMX kernels run their float steps over 4, 8 or 16 rows of a tile (whichever covers
