@@ -249,8 +249,7 @@ class AutoDrafter:
         self.memory = m = memory if memory is not None else AutoMemory(c.ema)
         # the learned cost model, shared with every auto given the same memory
         self.lookup_cost, self.model_cost, self.catchup = m.lookup_cost, m.model_cost, m.catchup
-        self._context = context_class(0)
-        self.fwd = m.forward_table(self._context)  # the current context's table (set by every propose)
+        self._context = context_class(0)  # the current context's class (set by every propose)
         self.model_nodes = m.model_nodes
         self.model_accept, self.lookup_accept = m.acceptance(True)  # until begin() says otherwise
         self.lookup_sizes: dict[int, int] = {}  # tree size sent -> steps (this request)
@@ -268,11 +267,17 @@ class AutoDrafter:
         self._t_model = time.perf_counter()  # when the model drafter last ran (or the request began)
 
     # ---- the cost model ------------------------------------------------------------------------
+    @property
+    def fwd(self) -> dict[int, Ema]:
+        """The forward times (size bucket -> seconds) of the current context's class."""
+        return self.memory.forward_table(self._context)
+
     def forward_time(self, k: int) -> float:
         """Estimated seconds of one target forward over ``k`` tokens after the current context."""
         b = size_bucket(k)
-        measured = any(e.value is not None for e in self.fwd.values())
-        table = self.fwd if measured else self.memory.nearest_table(self._context)
+        table = self.fwd
+        if not any(e.value is not None for e in table.values()):
+            table = self.memory.nearest_table(self._context)
         known = sorted(x for x, e in table.items() if e.value is not None)
         if not known:
             return 0.05 * self.config.growth ** (b - 1)  # any positive prior; replaced after one step
@@ -375,7 +380,6 @@ class AutoDrafter:
         c = self.config
         t0 = time.perf_counter()
         self._context = context_class(len(ctx.tokens))
-        self.fwd = self.memory.forward_table(self._context)
         tree = self.lookup.propose(ctx)
         self.lookup_cost.add(time.perf_counter() - t0)
         self._lookup_tree = tree

@@ -135,7 +135,7 @@ void pd_kv_write(const float *k, const float *v, int64_t rows, int64_t kvh, int6
 
 /* Attention: q [rows, heads, dim] (row r at q + r * qstride) -> out [rows, heads, dim]. Row r
  * attends to the slots s < nkeys[r] of its cache with mask[r * mask_stride + s] != 0, in slot
- * order (two passes: the scores and their maximum, then exp-weighted values). Grouped heads:
+ * order (the scores, then their maximum and weights, then the weighted values). Grouped heads:
  * head h reads kv head h / (heads / kv_heads). The (row, head) items are split over the
  * kernels' thread pool; each item is computed by one thread, the same way whatever the split. */
 typedef struct {

@@ -160,14 +160,13 @@ typedef struct {
     const pd_qweight *w;
     const pd_qact *x;
     float *y;
-    int ldy, path;
+    int ldy, path, tiles; /* tiles: column tiles of the product */
 } qgemm_job;
 
 /* Chunk c: the column tiles [c * per, (c + 1) * per) (param = per). */
 static void qgemm_task(void *p, int c, int per) {
     const qgemm_job *j = (const qgemm_job *)p;
-    const int tiles = (j->w->n + PD_TILE_COLS - 1) / PD_TILE_COLS;
-    const int t0 = c * per, t1 = t0 + per < tiles ? t0 + per : tiles;
+    const int t0 = c * per, t1 = t0 + per < j->tiles ? t0 + per : j->tiles;
     if (j->path == PD_PATH_AMX)
         pd_cols_amx(j->w, j->x, j->y, j->ldy, t0, t1);
     else if (j->path == PD_PATH_AVX512VNNI)
@@ -254,11 +253,11 @@ int pd_qgemm_desc(int path, const pd_wdesc *wd, const float *x, int m, int ldx, 
     }
     const pd_qweight w = {wd->kind, n, kp, wd->group, wd->half != 0, wd->biased != 0, wd->q, wd->a, wd->off};
     const pd_qact act = {m, kp, nb, xq, xd, xs, x16};
-    qgemm_job job = {&w, &act, y, ldy, path};
-    pd_tilecfg saved;
-    if (path == PD_PATH_AMX) pd_amx_enter(&saved);
     const int tiles = (n + PD_TILE_COLS - 1) / PD_TILE_COLS, want = PD_CHUNKS_PER_THREAD * pd_get_threads();
     const int per = tiles <= want ? 1 : (tiles + want - 1) / want;
+    qgemm_job job = {&w, &act, y, ldy, path, tiles};
+    pd_tilecfg saved;
+    if (path == PD_PATH_AMX) pd_amx_enter(&saved);
     pd_parallel_chunks(qgemm_task, &job, (tiles + per - 1) / per, per);
     if (path == PD_PATH_AMX) pd_amx_leave(&saved);
     return 0;

@@ -8,12 +8,13 @@
  * a scale per 16 weights (Q6_K) take two half-depth products, one a scale group.
  *
  * Rows are processed in blocks of 16 (the quantized activations are padded to whole blocks with
- * zero rows by the caller). The float steps run over all 16 rows with their accumulators in
- * registers; only the real rows are stored. A block's product is
- * stored to a small buffer and scaled per row exactly as the VNNI path does. Measured on a Xeon
- * with AMX (docs/benchmarks.md): the tile product itself is cheap, but storing each block's
- * int32 results and scaling them in float costs about what 8 rows of VNNI dot products cost, so
- * below PD_AMX_MIN_ROWS rows the AVX512-VNNI path runs instead (same bits).
+ * zero rows by the caller). The float steps run over the first 4, 8 or 16 rows of a block
+ * (whichever covers the real ones) with their accumulators in registers; only the real rows are
+ * stored. A block's product is stored to a small buffer and scaled per row exactly as the VNNI
+ * path does. Measured on a Xeon with AMX (docs/benchmarks.md): the tile product itself is cheap,
+ * but the tile loads, the nibble widening and storing each block's int32 results still cost more
+ * than 8 rows of VNNI dot products, so below PD_AMX_MIN_ROWS rows (pd_set_amx_min_rows) the
+ * AVX512-VNNI path runs instead (same bits).
  *
  * Linux hands out the tile registers only on request (arch_prctl ARCH_REQ_XCOMP_PERM); pd_amx_ok
  * asks once and reports whether the path may run. Each thread loads its tile configuration the
