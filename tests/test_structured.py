@@ -22,7 +22,7 @@ from paradec.proposers.deer_fused import FusedDeer, FusedDeerConfig
 from paradec.proposers.draft_model import DraftModelConfig, DraftModelProposer
 from paradec.proposers.head import HeadConfig, HeadProposer
 from paradec.proposers.qdraft import QDraftConfig, QuantizedSelfDraft
-from paradec.structured import masks
+from paradec.structured import Guide, masks
 from paradec.structured.draft import shape_draft
 from paradec.tree import DraftTree
 
@@ -87,14 +87,16 @@ def _random_head(t):
 
 @pytest.mark.parametrize("name", list(DRAFTERS))
 def test_greedy_identical_to_constrained_ar(name, jt, jdraft, constraints, reference):
-    own_accepted = pruned = 0
+    own_accepted = pruned = likely = 0
     for k, c in constraints.items():
         for p in PROMPTS:
             out, st = run(jt, DRAFTERS[name](jt, jdraft), p, c)
             assert out == reference[(k, tuple(p))], f"{name} diverged from constrained ar on {k}, prompt {p}"
             own_accepted += st.accepted - st.forced_accepted
             pruned += st.pruned_nodes
+            likely += st.likely_tokens
     assert pruned > 0 or name in ("head",), f"{name}: no draft node was ever pruned (pruning not exercised)"
+    assert likely > 0, f"{name}: no likely node (the forced bytes' spelling) was drafted"
 
 
 def test_constrained_ar_output_matches_the_grammar(jt, constraints, reference):
@@ -169,6 +171,33 @@ def test_forced_tokens_extend_the_draft_and_respect_the_budget():
     # a drafter proposing something else keeps nothing, the forced chain replaces it
     other = shape_draft(m, DraftTree.chain(_ids("abc")), max_nodes=10, max_depth=10, vocab=VOCAB)
     assert other.kept == 0 and other.pruned == len(_ids("abc")) and list(other.tree.tokens) == forced
+
+
+def test_forced_bytes_past_the_forced_tokens_are_drafted_as_likely_nodes():
+    # "ab:" is forced, but ":" may join a space that follows (": " is one token): "ab" is a
+    # forced token, ":" only the likely spelling
+    c = constraint({"type": "grammar", "grammar": 'start: "ab:" NAME\nNAME: /[ "a-z]+/'})
+    ab, colon, z = (_ids(x)[0] for x in ("ab", ":", "z"))
+    m = c.matcher()
+    assert list(m.compute_ff_tokens()) == [ab] and bytes(m.compute_ff_bytes()) == b"ab:"
+    s = shape_draft(m, DraftTree(), max_nodes=10, max_depth=10, vocab=VOCAB, tokenize=c.tokenizer.tokenize_bytes)
+    assert s.tree.tokens == (ab, colon) and s.tree.is_chain
+    assert (s.kept, s.forced, s.likely, s.forced_nodes) == (0, 1, 1, frozenset({0}))
+    assert masks.allowed(s.rows[1], colon)  # the likely node's token is allowed after "ab"
+    plain = shape_draft(m, DraftTree(), max_nodes=10, max_depth=10, vocab=VOCAB)  # no tokenizer: forced only
+    assert plain.tree.tokens == (ab,) and (plain.forced, plain.likely) == (1, 0)
+    # the budget and the depth cap cut the chain like any other
+    assert shape_draft(m, DraftTree(), 1, 10, VOCAB, c.tokenizer.tokenize_bytes).tree.tokens == (ab,)
+    # a spelling the mask rules out is never drafted (it could not be accepted)
+    odd = shape_draft(m, DraftTree(), 10, 10, VOCAB, lambda b: [ab, z])
+    assert odd.tree.tokens == (ab,) and odd.likely == 0
+    # a spelling that disagrees with the forced tokens is ignored: the forced ones stay
+    assert shape_draft(m, DraftTree(), 10, 10, VOCAB, lambda b: [z, ab]).tree.tokens == (ab,)
+    # the decode loop counts them apart: accepted forced and likely nodes
+    g = Guide(c, frozenset({EOS}))
+    g.shape(DraftTree(), 10, 10)
+    assert (g.forced_accepted((0, 1)), g.likely_accepted((0, 1)), g.likely_accepted((0,))) == (1, 1, 0)
+    assert m.consume_tokens([ab, colon]) and not m.is_error()  # the matcher was left at the root
 
 
 def test_sampled_draft_rows_are_restricted_to_the_grammar():

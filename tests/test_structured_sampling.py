@@ -115,13 +115,14 @@ def test_check_fails_without_masking_the_draft_rows(st, sd, sc, monkeypatch):
 def test_check_fails_with_unrestricted_draft_distributions(st, sd, sc, monkeypatch):
     """Negative control: pruning sampled nodes but verifying against their unrestricted draft
     distribution (the renormalization over the grammar's tokens left out) is lossy too."""
+    import dataclasses
+
     import paradec.structured.draft as draft_mod
-    from paradec.structured.draft import Shaped
 
     shape = draft_mod.shape_draft
 
-    def unrestricted(matcher, draft, max_nodes, max_depth, vocab):
-        s = shape(matcher, draft, max_nodes, max_depth, vocab)
+    def unrestricted(matcher, draft, max_nodes, max_depth, vocab, tokenize=None):
+        s = shape(matcher, draft, max_nodes, max_depth, vocab, tokenize)
         if draft.q is None or not s.kept:
             return s
         kept = [i for i in range(len(draft)) if draft.tokens[i] in s.tree.tokens[: s.kept]]
@@ -133,7 +134,7 @@ def test_check_fails_with_unrestricted_draft_distributions(st, sd, sc, monkeypat
             q[j] = draft.q[src[s.tree.tokens[j]].pop(0)]
         from paradec.tree import DraftTree
 
-        return Shaped(DraftTree(s.tree.tokens, s.tree.parents, q), s.rows, s.kept, s.pruned, s.forced)
+        return dataclasses.replace(s, tree=DraftTree(s.tree.tokens, s.tree.parents, q))
 
     monkeypatch.setattr("paradec.structured.guide.shape_draft", unrestricted)
     sampling = CASES["t1"]

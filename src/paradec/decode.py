@@ -180,6 +180,7 @@ class Decoder:
             draft = self.guide.shape(draft, max(max_nodes, 0) if self._forced else 0, room - 1)
             self.stats.pruned_nodes += self.guide.shaped.pruned
             self.stats.forced_tokens += self.guide.shaped.forced
+            self.stats.likely_tokens += self.guide.shaped.likely
         self._draft = draft
         self._base = base = self.cache.seq_len  # == len(tokens) - 1; the root sits at position `base`
         step = ForwardInput(
@@ -224,6 +225,7 @@ class Decoder:
         new = verdict.tokens
         if guide is not None:
             stats.forced_accepted += guide.forced_accepted(verdict.accepted)
+            stats.likely_accepted += guide.likely_accepted(verdict.accepted)
             new = guide.advance(new)  # cut after a complete match
         self.tokens.extend(new)
         self.proposer.observe(StepResult(draft, verdict, self.tokens, logits))

@@ -28,11 +28,14 @@ class DecodeStats:
     total_s: float = 0.0
     stop_reason: str = ""  # "length", "eos", "stop", "context"
     # structured output (a response_format): forced draft tokens the grammar added (and how many
-    # of them were accepted), proposer nodes it pruned, time in the grammar engine and masking,
-    # and whether generation ended before the grammar accepted (the output is then not valid)
+    # of them were accepted), likely ones (the forced bytes' spelling past the forced tokens),
+    # proposer nodes it pruned, time in the grammar engine and masking, and whether generation
+    # ended before the grammar accepted (the output is then not valid)
     constrained: bool = False
     forced_tokens: int = 0
     forced_accepted: int = 0
+    likely_tokens: int = 0
+    likely_accepted: int = 0
     pruned_nodes: int = 0
     mask_s: float = 0.0
     incomplete: bool = False

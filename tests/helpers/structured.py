@@ -102,8 +102,8 @@ def sample_outputs(target, make, c, sampling, trials, seed=0):
         sp = SamplingParams(sampling.temperature, sampling.top_k, sampling.top_p, seed=seed * 100000 + i)
         toks, st = run(target, make(), S_PROMPT, c, n=S_LEN, sampling=sp)
         outs.append(tuple(toks))
-        drafted += st.drafted - st.forced_tokens
-        accepted += st.accepted - st.forced_accepted
+        drafted += st.drafted - st.forced_tokens - st.likely_tokens  # the drafter's own nodes
+        accepted += st.accepted - st.forced_accepted - st.likely_accepted
         pruned += st.pruned_nodes
     return outs, drafted, accepted, pruned
 

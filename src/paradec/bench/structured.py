@@ -58,6 +58,8 @@ class Row:
             "tokens_per_forward": committed / fwd if fwd else None,
             "forced_tokens": sum(i.get("forced_tokens") or 0 for i in it) if self.kind == "paradec" else None,
             "forced_accepted": sum(i.get("forced_accepted") or 0 for i in it) if self.kind == "paradec" else None,
+            "likely_tokens": sum(i.get("likely_tokens") or 0 for i in it) if self.kind == "paradec" else None,
+            "likely_accepted": sum(i.get("likely_accepted") or 0 for i in it) if self.kind == "paradec" else None,
             "pruned_nodes": sum(i.get("pruned_nodes") or 0 for i in it) if self.kind == "paradec" else None,
             "mask_us_per_token": 1e6 * sum(mask) / tokens if mask and tokens else None,
             "identical_to_ar": f"{sum(same)}/{len(same)}" if same else None,
@@ -96,6 +98,7 @@ def _paradec(engine, method: str, item: dict, ids: list[int], cfg: StructuredCon
         body = body[:-1]  # the EOS (counted in tokens, as for every row; compared without it)
     return dict(token_ids=body, text=g.text, tokens=s.new_tokens, seconds=time.perf_counter() - t0,
                 forwards=s.forwards, committed=s.committed, forced_tokens=s.forced_tokens, forced_accepted=s.forced_accepted,
+                likely_tokens=s.likely_tokens, likely_accepted=s.likely_accepted,
                 pruned_nodes=s.pruned_nodes, mask_s=s.mask_s, complete=not s.incomplete)
 
 
@@ -232,16 +235,17 @@ def _result(engine, cfg: StructuredConfig, items: list[dict], rows: list[Row]) -
 
 def table(result: dict) -> str:
     """The summary as a markdown table."""
-    head = ("row", "valid", "complete", "tok/s", "x ar", "tok/forward", "forced (acc.)", "pruned", "mask us/tok", "= ar", "note")
+    head = ("row", "valid", "complete", "tok/s", "x ar", "tok/forward", "forced (acc.)", "likely (acc.)", "pruned", "mask us/tok", "= ar", "note")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         n = r["schemas"] - r["failed"]
         f = lambda v, fmt: "" if v is None else format(v, fmt)  # noqa: E731
         forced = "" if r["forced_tokens"] is None else f"{r['forced_tokens']} ({r['forced_accepted']})"
+        likely = "" if r.get("likely_tokens") is None else f"{r['likely_tokens']} ({r['likely_accepted']})"
         note = r["error"] or (f"{r['failed']} failed" if r["failed"] else "")
         lines.append("| " + " | ".join([
             r["row"], f"{r['valid']}/{n}", f"{r['complete']}/{n}", f(r["tokens_per_s"], ".1f"), f(r["speedup_vs_ar"], ".2f"),
-            f(r["tokens_per_forward"], ".2f"), forced, f(r["pruned_nodes"], "d"), f(r["mask_us_per_token"], ".0f"),
+            f(r["tokens_per_forward"], ".2f"), forced, likely, f(r["pruned_nodes"], "d"), f(r["mask_us_per_token"], ".0f"),
             r["identical_to_ar"] or "", note]) + " |")
     return "\n".join(lines)
 

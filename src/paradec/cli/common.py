@@ -134,7 +134,7 @@ class Generation:
             return line
         line += f" | {self.backend}"
         if s.constrained:
-            line += f" | forced {s.forced_tokens}, pruned {s.pruned_nodes}" + (
+            line += f" | forced {s.forced_tokens}, likely {s.likely_tokens}, pruned {s.pruned_nodes}" + (
                 " | INCOMPLETE (not a full match)" if s.incomplete else "")
         return line
 

@@ -65,9 +65,11 @@ Under a grammar (structured output) the loop adds the grammar's forced tokens to
 drafted, so they are free accepted draft: with F forced tokens after the root, plain decoding
 is rated ``(F + 1) / f(F + 1)`` and a lookup tree of n nodes ``(max(a(n), F) + 1) / (d +
 f(n + F + 1))`` (the rates a head that rides the forward is weighed against). The lookup's tree
-is sent whole whenever it has one: the grammar prunes the nodes it rejects before the forward,
-and forced tokens follow every right branch, which the counterfactual acceptance does not see
-(on the structured suite the whole tree matched ``suffix`` and the sized one was slower). A
+is sent whenever it has one, sized as ``suffix`` sizes its own (a budget and a depth growing
+with the match), not by the cost model: the grammar prunes the nodes it rejects before the
+forward, and its tokens follow every right branch, which the counterfactual acceptance does
+not see (on the structured suite the cost model's size was slower than the whole tree, and the
+whole tree slower than ``suffix``'s size). A
 model drafter that must catch up (a draft model, ``qdraft``) does not run under a grammar:
 constrained answers are short and the prompt it would have to read first is seldom paid back
 (``auto`` with it was slower than ``suffix`` on the structured suite); one that rides the
@@ -87,6 +89,7 @@ the cost model (``AutoMemory``) is a handful of moving averages per size and mat
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -95,6 +98,7 @@ from ..tree import DraftTree
 from .base import FusedProposer, ProposeContext, Proposer, StepResult, TimedProposer
 from .suffix import SuffixConfig, SuffixDrafter
 
+_SUFFIX = SuffixConfig()  # under a grammar the lookup's tree is sized as `suffix` sizes its own
 MODEL_CHOICES = ("auto", "none", "qdraft", "draft", "head")
 
 
@@ -391,11 +395,16 @@ class AutoDrafter:
         best, best_rate = "none", (forced + 1.0) / max(self.forward_time(forced + 1), 1e-6)
         size = 0
         if len(tree) and ctx.forced is not None:
-            # Under a grammar the lookup's whole tree goes: the nodes the grammar rejects are
-            # pruned before the forward (they cost no slot), and a right branch is followed by
-            # the forced tokens after it (``0,`` then the next key), which the counterfactual
-            # acceptance does not see; measured on the structured suite, sending it whole
-            # matched `suffix` where the sized tree was 2-4% slower.
+            # Under a grammar the lookup's tree goes as `suffix` would size it (a node budget and a
+            # depth cap growing with the match), not by the cost model: the nodes the grammar
+            # rejects are pruned before the forward (they cost no slot), and a right branch is
+            # followed by the grammar's tokens after it (``0,`` then the next key), which the
+            # counterfactual acceptance does not see. Measured on the structured suite: the
+            # cost model's size was 2-4% slower than the whole tree, and the whole tree 3-5%
+            # slower than `suffix`'s size (its extra nodes were seldom accepted).
+            m = self.lookup.last_match
+            tree = tree.limit_depth(math.ceil(_SUFFIX.depth_alpha * m))
+            tree = tree.truncated(min(_SUFFIX.max_nodes, math.ceil(_SUFFIX.match_alpha * m)))
             size = len(tree)
             best, best_rate = "lookup", self.best_lookup_size(tree, self._bucket, self.lookup_cost.get(0.0), forced, [size])[1]
         elif len(tree):

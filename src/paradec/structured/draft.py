@@ -8,8 +8,16 @@ logits row. Then, where the grammar forces the next tokens (its fast-forward tok
 it allows are fixed) and no kept child starts them, they are added as a chain of deterministic
 draft nodes: free drafts, verified like any other.
 
+Forced bytes are more than forced tokens: after ``"age":`` the grammar fixes the bytes `` "``
+but not the token, since a token may join them to what follows (`` "J``). So the chain goes on
+with the tokens of the forced bytes that are not forced (``tokenize``: the tokenizer's own
+spelling of those bytes, usually the one the model writes), as *likely* nodes: a guess like
+any drafter's, taken only where the grammar's mask allows it, and verified like any other node
+(lossless either way; it only costs a verification slot when wrong). On the structured suite
+this spelling was the model's next token 33 times in 57 (a forward saved each time).
+
 Kept nodes keep their order and come first, so a tree the grammar allows whole is unchanged;
-forced nodes follow them. A kept sampled node's draft distribution is restricted to the tokens
+the grammar's nodes (forced, then likely, chain by chain) follow them. A kept sampled node's draft distribution is restricted to the tokens
 the grammar allows there and renormalized: a kept sample is a sample of that restricted
 distribution (the samples the grammar rejected were dropped), which keeps rejection sampling
 exact.
@@ -18,6 +26,7 @@ exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -31,17 +40,27 @@ class Shaped:
     rows: torch.Tensor  # [n+1, words] int32: row 0 the root's state, row i+1 the state after node i
     kept: int  # nodes of the proposer's draft kept (the first ``kept`` nodes of ``tree``)
     pruned: int  # nodes of the proposer's draft dropped
-    forced: int  # forced nodes added (the last ``forced`` nodes of ``tree``)
+    forced: int  # forced nodes added (among the nodes after the kept ones)
+    likely: int = 0  # likely nodes added (the forced bytes' tokens that are not forced)
+    forced_nodes: frozenset[int] = frozenset()  # which nodes of ``tree`` are forced
+
+    @property
+    def added(self) -> int:
+        """Nodes the grammar added (forced and likely), after the kept ones."""
+        return self.forced + self.likely
 
 
-def shape_draft(matcher, draft: DraftTree, max_nodes: int, max_depth: int, vocab: int) -> Shaped:
-    """``matcher`` sits at the committed state (the step's root) and is left there."""
+def shape_draft(
+    matcher, draft: DraftTree, max_nodes: int, max_depth: int, vocab: int, tokenize: Callable[[bytes], list[int]] | None = None
+) -> Shaped:
+    """``matcher`` sits at the committed state (the step's root) and is left there. ``tokenize``
+    (bytes -> token ids): spells the forced bytes for the likely nodes (None: forced tokens only)."""
     n = len(draft)
     kids = draft.children()
     rows = masks.new_rows(n + 1, vocab)  # by proposer index + 1 (0 = root)
     masks.fill(matcher, rows, 0)
     keep: list[int] = []
-    forks: list[tuple[int, int, list[int], object]] = []  # (proposer node or -1, depth, forced, matcher)
+    forks: list[tuple[int, int, list[int], int, object]] = []  # (proposer node or -1, depth, chain, forced in it, matcher)
 
     def visit(node: int, depth: int) -> None:  # the matcher is at ``node``'s state
         row = rows[node + 1]
@@ -55,9 +74,14 @@ def shape_draft(matcher, draft: DraftTree, max_nodes: int, max_depth: int, vocab
                 visit(c, depth + 1)
                 matcher.rollback(1)
         if depth < max_depth and max_nodes > 0:  # (no room for forced tokens: ar, the baseline)
-            ff = matcher.compute_ff_tokens()
-            if ff and ff[0] not in kept_tokens:
-                forks.append((node, depth, list(ff), matcher.deep_copy()))
+            ff = [int(t) for t in matcher.compute_ff_tokens()]
+            chain = ff
+            if tokenize is not None and (fb := matcher.compute_ff_bytes()):
+                spelled = [int(t) for t in tokenize(bytes(fb))]
+                if spelled[: len(ff)] == ff:  # forced tokens first, then the likely ones
+                    chain = spelled
+            if chain and chain[0] not in kept_tokens:
+                forks.append((node, depth, chain, len(ff), matcher.deep_copy()))
 
     visit(-1, 0)
     keep.sort()
@@ -67,26 +91,30 @@ def shape_draft(matcher, draft: DraftTree, max_nodes: int, max_depth: int, vocab
     parents = [-1 if draft.parents[i] < 0 else index[draft.parents[i]] for i in keep]
     out_rows = [rows[0]] + [rows[i + 1] for i in keep]
 
-    # forced chains: the root's first, then in node order, while the budget lasts
+    # the grammar's chains: the root's first, then in node order, while the budget lasts
     room = max_nodes - len(keep)
     forks.sort(key=lambda f: f[0])
-    for node, depth, ff, m in forks:
+    forced_nodes: set[int] = set()
+    for node, depth, chain, n_forced, m in forks:
         if room <= 0:
             break
         if node >= 0 and node not in index:
             continue
         parent = -1 if node < 0 else index[node]
-        for t in ff[: min(room, max_depth - depth)]:
-            if not m.consume_token(t):
+        for k, t in enumerate(chain[: min(room, max_depth - depth)]):
+            # a likely token the mask rules out could never be accepted (the mask is the constraint)
+            if not masks.allowed(out_rows[parent + 1], t) or not m.consume_token(t):
                 break
-            tokens.append(int(t))
+            if k < n_forced:
+                forced_nodes.add(len(tokens))
+            tokens.append(t)
             parents.append(parent)
             parent = len(tokens) - 1
             extra = masks.new_rows(1, vocab)
             masks.fill(m, extra, 0)
             out_rows.append(extra[0])
             room -= 1
-    forced = len(tokens) - len(keep)
+    forced = len(forced_nodes)
 
     q = None
     if draft.q is not None:
@@ -98,4 +126,4 @@ def shape_draft(matcher, draft: DraftTree, max_nodes: int, max_depth: int, vocab
             mass = restricted.sum(-1, keepdim=True)
             q[: len(keep)] = torch.where(mass > 0, restricted / mass.clamp_min(1e-30), torch.zeros_like(restricted))
     tree = DraftTree(tuple(tokens), tuple(parents), q)
-    return Shaped(tree, torch.stack(out_rows), len(keep), n - len(keep), forced)
+    return Shaped(tree, torch.stack(out_rows), len(keep), n - len(keep), forced, len(tokens) - len(keep) - forced, frozenset(forced_nodes))

@@ -47,7 +47,7 @@ class Guide:
     def shape(self, draft: DraftTree, max_nodes: int, max_depth: int) -> DraftTree:
         """The draft to verify: ``draft`` pruned to what the grammar allows, plus forced tokens."""
         t0 = time.perf_counter()
-        self.shaped = shape_draft(self.matcher, draft, max_nodes, max_depth, self.vocab)
+        self.shaped = shape_draft(self.matcher, draft, max_nodes, max_depth, self.vocab, self.constraint.tokenizer.tokenize_bytes)
         self.mask_s += time.perf_counter() - t0
         return self.shaped.tree
 
@@ -117,5 +117,10 @@ class Guide:
 
     def forced_accepted(self, accepted: tuple[int, ...]) -> int:
         """How many of the accepted draft nodes were forced tokens."""
-        first = self.shaped.kept
-        return sum(1 for i in accepted if i >= first)
+        forced = self.shaped.forced_nodes
+        return sum(1 for i in accepted if i in forced)
+
+    def likely_accepted(self, accepted: tuple[int, ...]) -> int:
+        """How many of the accepted draft nodes were likely tokens (the forced bytes' spelling)."""
+        forced, first = self.shaped.forced_nodes, self.shaped.kept
+        return sum(1 for i in accepted if i >= first and i not in forced)
