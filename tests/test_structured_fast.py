@@ -1,6 +1,7 @@
-"""The decode loop's fast paths under a constraint: greedy verification masks only the rows
-whose own argmax the grammar rules out (same tokens as masking every row), and ``auto`` under a
-grammar drafts with the lookup plus the grammar's forced tokens."""
+"""The decode loop's fast paths under a constraint: greedy verification computes the masks of
+the rows on its path only and masks only the rows whose own argmax the grammar rules out (the
+same verdict as masking every row), and ``auto`` under a grammar drafts with the lookup plus the
+grammar's forced tokens."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from helpers.structured import EOS, FORMATS, VOCAB, constraint
 
 from paradec.structured import Guide, masks
 from paradec.tree import DraftTree
+from paradec.verify import verify_greedy_best
 
 PAD = 3  # a second end-of-sequence token of the model (follows the grammar's EOS)
 
@@ -19,41 +21,70 @@ def constraints():
     return {k: constraint(f) for k, f in FORMATS.items()}
 
 
-def test_greedy_best_equals_argmax_of_every_masked_row(constraints):
+def _path_rows(tree: DraftTree, best: list[int]) -> list[int]:
+    """The rows greedy verification reads given ``best``: the root, then each accepted node's."""
+    v = verify_greedy_best(tree, best)
+    return [0] + [i + 1 for i in v.accepted]
+
+
+@pytest.mark.parametrize("with_masks", [True, False], ids=["masks-when-shaped", "masks-on-the-path"])
+def test_greedy_best_gives_the_verdict_of_every_masked_row(constraints, with_masks):
     g = torch.Generator().manual_seed(0)
-    fast = slow = other_eos = 0
+    fast = slow = other_eos = deep = 0
     for k, c in constraints.items():
         guide = Guide(c, frozenset({EOS, PAD}))
-        for _ in range(16):
+        for _ in range(24):
             tokens = torch.randint(4, VOCAB, (6,), generator=g).tolist()
-            guide.shape(DraftTree(tuple(tokens), (-1, 0, 1, -1, 3, 0)), 16, 16)
-            n = len(guide.shaped.tree) + 1
+            tree = guide.shape(DraftTree(tuple(tokens), (-1, 0, 1, -1, 3, 0)), 16, 16, with_masks)
+            assert (guide.shaped.rows is None) == (not with_masks)
+            n = len(tree) + 1
             logits = torch.randn(n, VOCAB, generator=g, dtype=torch.float32)
-            allow = masks.unpack(guide.shaped.rows, VOCAB)
+            allow = masks.unpack(guide.rows(), VOCAB)  # every row's mask (computed now when shaped without)
+            kids = tree.children()
             for i in range(n):
                 ok = allow[i].nonzero().flatten().tolist()
                 r = float(torch.rand((), generator=g))
-                if r < 0.35 and ok:  # the row's own argmax is allowed
+                if r < 0.3 and kids[i]:  # a child's token on top: verification goes down (if allowed)
+                    logits[i, tree.tokens[kids[i][int(torch.randint(len(kids[i]), (), generator=g))]]] = 9.0
+                elif r < 0.5 and ok:  # the row's own argmax is allowed
                     logits[i, ok[int(torch.randint(len(ok), (), generator=g))]] = 9.0
-                elif r < 0.5:  # the model's other EOS on top
+                elif r < 0.65:  # the model's other EOS on top
                     logits[i, PAD] = 9.0
-                elif r < 0.65 and ok:  # a tie between a ruled-out token and an allowed one after it
+                elif r < 0.8 and ok:  # a tie between a ruled-out token and an allowed one after it
                     bad = [t for t in range(VOCAB) if t not in ok and t < ok[-1]]
                     if bad:
                         logits[i, bad[0]] = logits[i, ok[-1]] = 9.0
             want = guide.mask(logits).argmax(-1).tolist()
             got = guide.greedy_best(logits)
-            assert got == want, f"{k}: fast greedy rows differ from masked rows"
+            assert verify_greedy_best(tree, got) == verify_greedy_best(tree, want), f"{k}: greedy verdict differs"
+            path = _path_rows(tree, want)
+            assert [got[i] for i in path] == [want[i] for i in path], f"{k}: a row on the path differs"
             raw = logits.argmax(-1).tolist()
-            fast += sum(1 for a, b in zip(raw, want) if a == b)
-            slow += sum(1 for a, b in zip(raw, want) if a != b)
-            other_eos += sum(1 for a in raw if a == PAD)
+            fast += sum(1 for i in path if raw[i] == want[i])
+            slow += sum(1 for i in path if raw[i] != want[i])
+            other_eos += sum(1 for i in path if raw[i] == PAD)
+            deep += len(path) > 2
             step = [want[0]]
             guide.advance(step)
             if guide.complete or step[0] in (EOS, PAD):
                 guide = Guide(c, frozenset({EOS, PAD}))
-    # both paths ran: rows kept unmasked, and rows whose raw argmax the grammar rules out
-    assert fast > 20 and slow > 20 and other_eos > 5, (fast, slow, other_eos)
+    # every path ran: rows kept unmasked, rows whose raw argmax the grammar rules out, the
+    # model's other EOS, and paths that went two nodes down or more
+    assert fast > 20 and slow > 20 and other_eos > 5 and deep > 5, (fast, slow, other_eos, deep)
+
+
+def test_greedy_walk_leaves_the_matcher_at_the_root(constraints):
+    """After greedy_best (which walks the matcher down the path) the guide's state is the
+    committed one: the next masks and forced tokens are those of the root."""
+    c = constraints["schema-record"]
+    a, b = Guide(c, frozenset({EOS})), Guide(c, frozenset({EOS}))
+    for guide in (a, b):
+        guide.shape(DraftTree(), 8, 8, with_masks=False)
+    logits = torch.randn(len(a.shaped.tree) + 1, VOCAB, generator=torch.Generator().manual_seed(3))
+    best = a.greedy_best(logits)  # the forced chain: the walk goes all the way down
+    assert len(_path_rows(a.shaped.tree, best)) == len(a.shaped.tree) + 1
+    assert a.forced() == b.forced() and a.shape(DraftTree(), 8, 8).tokens == b.shape(DraftTree(), 8, 8).tokens
+    assert torch.equal(a.rows(), b.rows())
 
 
 def test_greedy_best_on_bfloat16_and_wide_logits(constraints):

@@ -121,8 +121,8 @@ def test_check_fails_with_unrestricted_draft_distributions(st, sd, sc, monkeypat
 
     shape = draft_mod.shape_draft
 
-    def unrestricted(matcher, draft, max_nodes, max_depth, vocab, tokenize=None):
-        s = shape(matcher, draft, max_nodes, max_depth, vocab, tokenize)
+    def unrestricted(matcher, draft, max_nodes, max_depth, vocab, tokenize=None, with_masks=True):
+        s = shape(matcher, draft, max_nodes, max_depth, vocab, tokenize, with_masks)
         if draft.q is None or not s.kept:
             return s
         kept = [i for i in range(len(draft)) if draft.tokens[i] in s.tree.tokens[: s.kept]]

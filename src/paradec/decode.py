@@ -177,7 +177,8 @@ class Decoder:
             ctx = ProposeContext(self.tokens, len(self.prompt), max_nodes, room - 1, self.cfg.sampling, self._draft_generator, forced)
             draft = self.proposer.propose(ctx).limit_depth(room - 1).truncated(max_nodes)
         if self.guide is not None:  # prune what the grammar rejects, add what it forces
-            draft = self.guide.shape(draft, max(max_nodes, 0) if self._forced else 0, room - 1)
+            # (greedy verification computes the masks of the rows it reads itself)
+            draft = self.guide.shape(draft, max(max_nodes, 0) if self._forced else 0, room - 1, not self.cfg.sampling.greedy)
             self.stats.pruned_nodes += self.guide.shaped.pruned
             self.stats.forced_tokens += self.guide.shaped.forced
             self.stats.likely_tokens += self.guide.shaped.likely

@@ -4,7 +4,8 @@ Walk the tree depth-first with one matcher (consume a node's token going down, r
 coming up): a node whose token the grammar rejects after its parent's path is pruned with its
 subtree (it would take a verification slot and could never be accepted). Every kept node
 records its mask, the grammar state after its path, which verification applies to that node's
-logits row. Then, where the grammar forces the next tokens (its fast-forward tokens: the bytes
+logits row (sampling; greedy verification computes only the masks of the rows it reads, see
+``with_masks``). Then, where the grammar forces the next tokens (its fast-forward tokens: the bytes
 it allows are fixed) and no kept child starts them, they are added as a chain of deterministic
 draft nodes: free drafts, verified like any other.
 
@@ -37,40 +38,49 @@ from . import masks
 @dataclass(frozen=True)
 class Shaped:
     tree: DraftTree
-    rows: torch.Tensor  # [n+1, words] int32: row 0 the root's state, row i+1 the state after node i
+    rows: torch.Tensor | None  # [n+1, words] int32: row 0 the root's state, row i+1 the state after node i (None: not computed)
     kept: int  # nodes of the proposer's draft kept (the first ``kept`` nodes of ``tree``)
     pruned: int  # nodes of the proposer's draft dropped
     forced: int  # forced nodes added (among the nodes after the kept ones)
     likely: int = 0  # likely nodes added (the forced bytes' tokens that are not forced)
     forced_nodes: frozenset[int] = frozenset()  # which nodes of ``tree`` are forced
 
-    @property
-    def added(self) -> int:
-        """Nodes the grammar added (forced and likely), after the kept ones."""
-        return self.forced + self.likely
-
 
 def shape_draft(
-    matcher, draft: DraftTree, max_nodes: int, max_depth: int, vocab: int, tokenize: Callable[[bytes], list[int]] | None = None
+    matcher, draft: DraftTree, max_nodes: int, max_depth: int, vocab: int, tokenize: Callable[[bytes], list[int]] | None = None,
+    with_masks: bool = True,
 ) -> Shaped:
     """``matcher`` sits at the committed state (the step's root) and is left there. ``tokenize``
-    (bytes -> token ids): spells the forced bytes for the likely nodes (None: forced tokens only)."""
+    (bytes -> token ids): spells the forced bytes for the likely nodes (None: forced tokens only).
+    ``with_masks=False``: no mask rows (``rows`` None) and no restricted draft distributions, for
+    greedy verification, which computes the masks of the rows it reads itself
+    (``Guide.greedy_best``); a node is then kept when the grammar's parser takes its token, a
+    test a little wider than the mask (a token kept that the mask rules out costs a slot but is
+    never accepted: the masked argmax cannot be it)."""
     n = len(draft)
     kids = draft.children()
-    rows = masks.new_rows(n + 1, vocab)  # by proposer index + 1 (0 = root)
-    masks.fill(matcher, rows, 0)
+    rows = masks.new_rows(n + 1, vocab) if with_masks else None  # by proposer index + 1 (0 = root)
+    if with_masks:
+        masks.fill(matcher, rows, 0)
+
+    def takes(m, row, t: int) -> bool:
+        """Whether ``m`` (at the state of mask ``row``) takes token ``t``; if so it has consumed it."""
+        if rows is None:
+            return m.try_consume_tokens([t]) == 1
+        return masks.allowed(row, t) and m.consume_token(t)
     keep: list[int] = []
     forks: list[tuple[int, int, list[int], int, object]] = []  # (proposer node or -1, depth, chain, forced in it, matcher)
 
     def visit(node: int, depth: int) -> None:  # the matcher is at ``node``'s state
-        row = rows[node + 1]
+        row = None if rows is None else rows[node + 1]
         kept_tokens = set()
         for c in kids[node + 1]:
             t = draft.tokens[c]
-            if depth < max_depth and masks.allowed(row, t) and matcher.consume_token(t):
+            if depth < max_depth and takes(matcher, row, t):
                 keep.append(c)
                 kept_tokens.add(t)
-                masks.fill(matcher, rows, c + 1)
+                if rows is not None:
+                    masks.fill(matcher, rows, c + 1)
                 visit(c, depth + 1)
                 matcher.rollback(1)
         if depth < max_depth and max_nodes > 0:  # (no room for forced tokens: ar, the baseline)
@@ -89,7 +99,7 @@ def shape_draft(
     index = {old: new for new, old in enumerate(keep)}
     tokens = [draft.tokens[i] for i in keep]
     parents = [-1 if draft.parents[i] < 0 else index[draft.parents[i]] for i in keep]
-    out_rows = [rows[0]] + [rows[i + 1] for i in keep]
+    out_rows = None if rows is None else [rows[0]] + [rows[i + 1] for i in keep]
 
     # the grammar's chains: the root's first, then in node order, while the budget lasts
     room = max_nodes - len(keep)
@@ -103,21 +113,22 @@ def shape_draft(
         parent = -1 if node < 0 else index[node]
         for k, t in enumerate(chain[: min(room, max_depth - depth)]):
             # a likely token the mask rules out could never be accepted (the mask is the constraint)
-            if not masks.allowed(out_rows[parent + 1], t) or not m.consume_token(t):
+            if not takes(m, None if out_rows is None else out_rows[parent + 1], t):
                 break
             if k < n_forced:
                 forced_nodes.add(len(tokens))
             tokens.append(t)
             parents.append(parent)
             parent = len(tokens) - 1
-            extra = masks.new_rows(1, vocab)
-            masks.fill(m, extra, 0)
-            out_rows.append(extra[0])
+            if out_rows is not None:
+                extra = masks.new_rows(1, vocab)
+                masks.fill(m, extra, 0)
+                out_rows.append(extra[0])
             room -= 1
     forced = len(forced_nodes)
 
     q = None
-    if draft.q is not None:
+    if draft.q is not None and out_rows is not None:
         q = draft.q.new_zeros(len(tokens), draft.q.shape[1])
         if keep:
             parent_rows = torch.stack([out_rows[0 if p < 0 else p + 1] for p in parents[: len(keep)]])
@@ -126,4 +137,4 @@ def shape_draft(
             mass = restricted.sum(-1, keepdim=True)
             q[: len(keep)] = torch.where(mass > 0, restricted / mass.clamp_min(1e-30), torch.zeros_like(restricted))
     tree = DraftTree(tuple(tokens), tuple(parents), q)
-    return Shaped(tree, torch.stack(out_rows), len(keep), n - len(keep), forced, len(tokens) - len(keep) - forced, frozenset(forced_nodes))
+    return Shaped(tree, None if out_rows is None else torch.stack(out_rows), len(keep), n - len(keep), forced, len(tokens) - len(keep) - forced, frozenset(forced_nodes))

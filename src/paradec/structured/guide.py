@@ -3,6 +3,7 @@ mask the logits rows before verification, advance by the committed tokens after 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -44,20 +45,42 @@ class Guide:
         self.mask_s += time.perf_counter() - t0
         return ff
 
-    def shape(self, draft: DraftTree, max_nodes: int, max_depth: int) -> DraftTree:
-        """The draft to verify: ``draft`` pruned to what the grammar allows, plus forced tokens."""
+    def shape(self, draft: DraftTree, max_nodes: int, max_depth: int, with_masks: bool = True) -> DraftTree:
+        """The draft to verify: ``draft`` pruned to what the grammar allows, plus forced tokens.
+        ``with_masks=False`` (greedy verification): no mask rows yet, ``greedy_best`` computes the
+        ones it reads."""
         t0 = time.perf_counter()
-        self.shaped = shape_draft(self.matcher, draft, max_nodes, max_depth, self.vocab, self.constraint.tokenizer.tokenize_bytes)
+        self.shaped = shape_draft(self.matcher, draft, max_nodes, max_depth, self.vocab,
+                                  self.constraint.tokenizer.tokenize_bytes, with_masks)
         self.mask_s += time.perf_counter() - t0
         return self.shaped.tree
+
+    def rows(self) -> torch.Tensor:
+        """The shaped draft's mask rows [n+1, words] (computed now if it was shaped without)."""
+        if self.shaped.rows is None:
+            tree, m = self.shaped.tree, self.matcher.deep_copy()
+            rows = masks.new_rows(len(tree) + 1, self.vocab)
+            kids = tree.children()
+
+            def visit(r: int) -> None:  # m at the state of row r (0: the root, i + 1: node i)
+                masks.fill(m, rows, r)
+                for c in kids[r]:
+                    if m.try_consume_tokens([tree.tokens[c]]) == 1:  # (always: it was taken when shaped)
+                        visit(c + 1)
+                        m.rollback(1)
+
+            visit(0)
+            self.shaped = dataclasses.replace(self.shaped, rows=rows)
+        return self.shaped.rows
 
     def mask(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """logits [n+1, V] of the shaped draft -> the same with every token the grammar rules
         out at that node set to -inf (the constrained target, before sampling parameters).
         ``rows``: the bitmask rows of ``logits``' rows (default all the shaped draft's)."""
+        if rows is None:
+            rows = self.rows()
         t0 = time.perf_counter()
-        bits = (self.shaped.rows if rows is None else rows).numpy()
-        out = masks.apply(logits, torch.from_numpy(self._allow(bits, logits.shape[-1])))
+        out = masks.apply(logits, torch.from_numpy(self._allow(rows.numpy(), logits.shape[-1])))
         self.mask_s += time.perf_counter() - t0
         return out
 
@@ -72,32 +95,48 @@ class Guide:
         return allow
 
     def greedy_best(self, logits: torch.Tensor) -> list[int]:
-        """The argmax of every row of ``mask(logits)`` (greedy verification's input), without
-        masking a whole row where it is not needed: where a row's own argmax is a token the
-        grammar allows there, it is also the argmax of the masked row (the first maximum among
-        the allowed tokens: every token before it is smaller), so only the other rows are
-        masked. Same tokens as ``mask(logits).argmax(-1)``, ties included."""
+        """What greedy verification reads of ``mask(logits).argmax(-1)``: the argmax of every
+        masked row on the path it takes (root, then the child spelling that row's argmax, while
+        there is one); the other rows keep their unmasked argmax, which it never reads. So
+        ``verify_greedy_best(tree, greedy_best(logits))`` is greedy verification against the
+        constrained target, ties included. Each path row's mask is computed here with the
+        matcher walked down the path (none were computed when shaping, see ``shape``), and a
+        row is masked in full only where its own argmax is a token the grammar rules out: an
+        allowed argmax is also the masked row's (the first maximum among the allowed tokens:
+        every token before it is smaller)."""
         t0 = time.perf_counter()
         x = logits.detach()
         on_numpy = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.float16)
         best = argmax_rows(x)
-        bits = self.shaped.rows.numpy()  # [n+1, words] int32
-        width = 32 * bits.shape[1]
-        need = []
-        for i, t in enumerate(best):
-            u = self.eos if t in self._other_eos else t  # the other EOS tokens follow the grammar's
-            if not (u < width and (int(bits[i, u >> 5]) >> (u & 31)) & 1):
-                need.append(i)
-        if need and on_numpy:  # these rows masked in full, as mask() does, in numpy
-            vals = np.where(self._allow(bits[need], x.shape[-1]), x.numpy()[need], -np.inf)
-            for i, t in zip(need, vals.argmax(-1).tolist()):
-                best[i] = t
-            need = []
+        tree, given = self.shaped.tree, self.shaped.rows
+        kids = tree.children()
+        words = masks.words(self.vocab)
+        bits = np.zeros(words, np.int32)
+        m, depth, node = self.matcher, 0, -1
+        try:
+            while True:
+                r = node + 1
+                row = given[r].numpy() if given is not None else bits
+                if given is None:
+                    masks.fill_numpy(m, row)
+                t = best[r]
+                u = self.eos if t in self._other_eos else t  # the other EOS tokens follow the grammar's
+                if not (u < 32 * words and (int(row[u >> 5]) >> (u & 31)) & 1):  # masked in full, as mask() does
+                    allow = self._allow(row[None], x.shape[-1])
+                    if on_numpy:
+                        best[r] = int(np.where(allow[0], x[r].numpy(), -np.inf).argmax())
+                    else:  # a dtype numpy lacks
+                        best[r] = int(masks.apply(x[r : r + 1], torch.from_numpy(allow)).argmax(-1))
+                nxt = next((c for c in kids[r] if tree.tokens[c] == best[r]), None)
+                if nxt is None:
+                    break
+                m.consume_token(best[r])  # the parser took it when the node was kept, in this state
+                depth += 1
+                node = nxt
+        finally:
+            if depth:
+                m.rollback(depth)  # back at the root
         self.mask_s += time.perf_counter() - t0
-        if need:  # masked in full (and timed) by mask()
-            fixed = self.mask(logits[need], self.shaped.rows[need]).argmax(-1).tolist()
-            for i, t in zip(need, fixed):
-                best[i] = t
         return best
 
     def advance(self, tokens: list[int]) -> list[int]:

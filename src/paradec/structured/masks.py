@@ -22,6 +22,11 @@ def fill(matcher, rows: torch.Tensor, i: int) -> None:
     matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
 
 
+def fill_numpy(matcher, row: np.ndarray) -> None:
+    """``fill`` into a numpy row [words] int32."""
+    matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.nbytes)
+
+
 def allowed(row: torch.Tensor, token: int) -> bool:
     """Whether bitmask ``row`` [words] allows ``token``."""
     w = token >> 5
