@@ -89,7 +89,6 @@ the cost model (``AutoMemory``) is a handful of moving averages per size and mat
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -384,7 +383,8 @@ class AutoDrafter:
         c = self.config
         t0 = time.perf_counter()
         self._context = context_class(len(ctx.tokens))
-        tree = self.lookup.propose(ctx)
+        # under a grammar the tree is built at `suffix`'s size (see below), not at the cost model's
+        tree = self.lookup.propose(ctx, _SUFFIX if ctx.forced is not None else None)
         self.lookup_cost.add(time.perf_counter() - t0)
         self._lookup_tree = tree
         self._bucket = _match_bucket(self.lookup.last_match)
@@ -395,16 +395,14 @@ class AutoDrafter:
         best, best_rate = "none", (forced + 1.0) / max(self.forward_time(forced + 1), 1e-6)
         size = 0
         if len(tree) and ctx.forced is not None:
-            # Under a grammar the lookup's tree goes as `suffix` would size it (a node budget and a
-            # depth cap growing with the match), not by the cost model: the nodes the grammar
-            # rejects are pruned before the forward (they cost no slot), and a right branch is
-            # followed by the grammar's tokens after it (``0,`` then the next key), which the
-            # counterfactual acceptance does not see. Measured on the structured suite: the
-            # cost model's size was 2-4% slower than the whole tree, and the whole tree 3-5%
-            # slower than `suffix`'s size (its extra nodes were seldom accepted).
-            m = self.lookup.last_match
-            tree = tree.limit_depth(math.ceil(_SUFFIX.depth_alpha * m))
-            tree = tree.truncated(min(_SUFFIX.max_nodes, math.ceil(_SUFFIX.match_alpha * m)))
+            # Under a grammar the lookup's tree goes whole, built as `suffix` sizes its own (a node
+            # budget and a depth cap growing with the match), not sized by the cost model: the
+            # nodes the grammar rejects are pruned before the forward (they cost no slot), and a
+            # right branch is followed by the grammar's tokens after it (``0,`` then the next
+            # key), which the counterfactual acceptance does not see. Measured on the structured
+            # suite: the cost model's size was 2-4% slower than auto's whole (48-node budget)
+            # tree, and that tree 3-5% slower than `suffix`'s size (its extra nodes were seldom
+            # accepted).
             size = len(tree)
             best, best_rate = "lookup", self.best_lookup_size(tree, self._bucket, self.lookup_cost.get(0.0), forced, [size])[1]
         elif len(tree):

@@ -306,15 +306,18 @@ class SuffixDrafter:
         self._start_request()
         self._sync(prompt)
 
-    def propose(self, ctx: ProposeContext) -> DraftTree:
+    def propose(self, ctx: ProposeContext, size: SuffixConfig | None = None) -> DraftTree:
+        """The draft from the longest suffix match; ``size``: another configuration's tree
+        budget and depth (its max_nodes, max_depth, match_alpha, depth_alpha) for this one."""
         c = self.config
+        s = size or c
         self._sync(ctx.tokens)
         state, match_len = self.sam.match()
         self.last_match = match_len
         if match_len < c.min_match:
             return DraftTree()
-        budget = min(c.max_nodes, ctx.max_nodes, math.ceil(c.match_alpha * match_len))
-        depth = min(c.max_depth, ctx.max_depth, math.ceil(c.depth_alpha * match_len))
+        budget = min(s.max_nodes, ctx.max_nodes, math.ceil(s.match_alpha * match_len))
+        depth = min(s.max_depth, ctx.max_depth, math.ceil(s.depth_alpha * match_len))
         if budget < 1 or depth < 1:
             return DraftTree()
         return build_tree(self.sam, state, budget, depth, c.max_width, c.min_prob)
