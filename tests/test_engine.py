@@ -178,3 +178,14 @@ def test_context_room_is_the_one_window_check():
         context_room(8, 8)
     with pytest.raises(ParadecError, match=r"^the prompt has 9 tokens; the context window of 'm' is 8$"):
         context_room(9, 8, "m")
+
+
+def test_prefix_cache_argument(engine):
+    """A torch-backend engine keeps no prompt prefixes (its prefill is not exact when split);
+    the argument is checked on every backend."""
+    assert engine.prefixes is None
+    for choice in (True, False, paradec.PrefixCache()):
+        g = engine.generate("hello hello", method="ar", max_new_tokens=4, prefix_cache=choice)
+        assert g.stats.cached_prompt_tokens == 0
+    with pytest.raises(ParadecError, match="prefix_cache"):
+        engine.generate("hello", method="ar", max_new_tokens=4, prefix_cache="yes")

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "paradec"
 
 LAYERS: list[set[str]] = [
     {"errors"},  # the core, flat modules: ordered by what they use
-    {"outpath", "interrupt", "version", "sampling", "stats", "tree", "cache", "suites"},
+    {"outpath", "interrupt", "version", "sampling", "stats", "tree", "cache", "prefix", "suites"},
     {"params", "verify"},
     {"options"},
     {"models"},

@@ -56,6 +56,7 @@ def test_greedy_completion_equals_library(client, ref, method):
     assert r.usage.completion_tokens == len(want.token_ids)
     assert r.usage.prompt_tokens == len(ref.encode(prompt, chat=False))
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.usage.prompt_tokens_details.cached_tokens == 0  # a torch-backend server keeps no prefixes
     stats = extra(r)
     assert stats["method"] == method
     assert 1 <= stats["forwards"] <= 24

@@ -2,8 +2,9 @@
 
 from .engine import Engine, Generation, GenerationConfig, Stream, load
 from .errors import ParadecError
+from .prefix import PrefixCache
 from .proposers import METHODS
 from .sampling import SamplingParams
 from .version import __version__
 
-__all__ = ["load", "Engine", "Generation", "GenerationConfig", "Stream", "ParadecError", "SamplingParams", "METHODS", "__version__"]
+__all__ = ["load", "Engine", "Generation", "GenerationConfig", "Stream", "ParadecError", "PrefixCache", "SamplingParams", "METHODS", "__version__"]

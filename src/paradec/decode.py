@@ -23,6 +23,7 @@ import torch
 from .cache import KVCache
 from .errors import ParadecError
 from .models.causal_lm import CausalLM, NativeLM, backend_label
+from .prefix import PrefixCache
 from .proposers.base import DraftsFlag, FusedProposer, ProposeContext, Proposer, StepResult
 from .sampling import SamplingParams, target_probs
 from .stats import DecodeStats
@@ -67,10 +68,12 @@ def decode(
     cfg: DecodeConfig,
     stats: DecodeStats | None = None,
     stop: Callable[[list[int]], bool] | None = None,
+    prefixes: PrefixCache | None = None,
 ) -> Iterator[list[int]]:
     """Yield the tokens committed by each step (after stop handling). ``stats`` is filled in
-    place. ``stop(generated)`` is asked after every token; True ends generation after it."""
-    dec = Decoder(target, proposer, prompt, cfg, stats, stop)
+    place. ``stop(generated)`` is asked after every token; True ends generation after it.
+    ``prefixes``: kept prompt prefixes (see ``Decoder``)."""
+    dec = Decoder(target, proposer, prompt, cfg, stats, stop, prefixes)
     try:
         while (emitted := dec.step()) is not None:
             yield emitted
@@ -119,13 +122,17 @@ class Decoder:
         cfg: DecodeConfig,
         stats: DecodeStats | None = None,
         stop: Callable[[list[int]], bool] | None = None,
+        prefixes: PrefixCache | None = None,
     ) -> None:
+        """``prefixes``: kept prompt prefixes to start from (and to keep this prompt in); used
+        only on a target whose prefill is exact when split (``prefix.py``)."""
         self.stats = stats if stats is not None else DecodeStats()
         prompt = [int(t) for t in prompt]
         if not prompt:
             raise ParadecError("the prompt is empty")
         context_room(len(prompt), target.max_context)
         self.target, self.proposer, self.prompt, self.cfg, self.stop = target, proposer, prompt, cfg, stop
+        self._prefixes = prefixes if getattr(target, "prefill_splits_exactly", False) else None
         self.stats.method = proposer.name if isinstance(proposer, Proposer) else type(proposer).__name__
         self.stats.backend = backend_label(target)
         self._native = isinstance(target, NativeLM) and bool(target.native)  # its own thread pool (see commit)
@@ -152,8 +159,13 @@ class Decoder:
 
     def _start(self) -> None:
         self.cache = self.target.new_cache(capacity=self._limit + self.cfg.max_draft + 1)
-        if len(self.prompt) > 1:
-            self.target.prefill(torch.tensor([self.prompt[:-1]]), self.cache)
+        head = self.prompt[:-1]  # the prompt's last token is the first step's root
+        reused = 0 if self._prefixes is None or not head else self._prefixes.restore(head, self.cache)
+        if len(head) > reused:
+            self.target.prefill(torch.tensor([head[reused:]]), self.cache)
+        if self._prefixes is not None and head:
+            self._prefixes.keep(head, self.cache)
+        self.stats.cached_prompt_tokens = reused
         self.stats.prefill_s = time.perf_counter() - self._t_start
         self.proposer.begin(self.prompt, self.cfg.sampling)
 

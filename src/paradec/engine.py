@@ -13,6 +13,7 @@ from .decode import DecodeConfig, Decoder, context_room
 from .errors import ParadecError
 from .models.torch.hf import HFCausalLM
 from .models.loader import Loaded, load_hf
+from .prefix import PrefixCache
 from .proposers import METHODS, Models, make_proposer
 from . import params
 from .stats import DecodeStats
@@ -72,8 +73,10 @@ def _stop_prefix_len(text: str, stops: Sequence[str]) -> int:
 class Stream:
     """Iterate for text pieces; afterwards ``text``, ``token_ids`` and ``stats`` hold the result."""
 
-    def __init__(self, engine: "Engine", prompt_ids: list[int], proposer, cfg: DecodeConfig, stop: Sequence[str]):
+    def __init__(self, engine: "Engine", prompt_ids: list[int], proposer, cfg: DecodeConfig, stop: Sequence[str],
+                 prefixes: PrefixCache | None = None):
         self.engine, self.prompt_ids, self.stop = engine, prompt_ids, [s for s in stop if s]
+        self._prefixes = prefixes
         self.stats = DecodeStats()
         self.token_ids: list[int] = []
         self.text = ""
@@ -97,7 +100,8 @@ class Stream:
         forwards across requests drives it with ``prepare``/``commit`` and reads ``absorb``."""
         if self._decoder is None:
             stop_fn = self._hit if self.stop else None
-            self._decoder = Decoder(self.engine.target, self._proposer, self.prompt_ids, self._cfg, self.stats, stop_fn)
+            self._decoder = Decoder(self.engine.target, self._proposer, self.prompt_ids, self._cfg, self.stats, stop_fn,
+                                    self._prefixes)
         return self._decoder
 
     def steps(self) -> Iterator[str]:
@@ -161,6 +165,9 @@ class Engine:
             getattr(self.tokenizer, "chat_template", None)
         )
         self.eos_ids = self._eos_ids()
+        # kept prompt prefixes, shared by this engine's requests (a backend whose prefill is not
+        # exact when split never uses them: prefix.py)
+        self.prefixes = PrefixCache() if getattr(self.target, "prefill_splits_exactly", False) else None
 
     @property
     def hf_model(self):
@@ -224,6 +231,7 @@ class Engine:
         *,
         config: GenerationConfig | None = None,
         proposer=None,
+        prefix_cache: PrefixCache | bool = True,
         **settings: Any,
     ) -> Stream:
         """Generate from ``prompt`` as a stream of text pieces. The request's settings are a
@@ -235,7 +243,9 @@ class Engine:
         JSON Schema (dict or pydantic model class), ``{"type": "json_object"}``, OpenAI's
         ``{"type": "json_schema", "json_schema": {...}}``, ``{"type": "regex", "regex": ...}``,
         ``{"type": "grammar", "grammar": ...}`` (llguidance's Lark-like syntax), or a compiled
-        ``Constraint``."""
+        ``Constraint``. ``prefix_cache``: the kept prompt prefixes to start from and keep this
+        prompt in: True (default) the engine's own (``prefixes``), False none (every prompt
+        prefilled in full), or a ``PrefixCache`` of the caller's."""
         if method is not None:
             settings["method"] = method
         g = (config or GenerationConfig()).replace(**settings)
@@ -248,7 +258,13 @@ class Engine:
         stops = params.stops(g.stop)
         ids = self.prompt_ids(prompt, g.chat)
         proposer = proposer if proposer is not None else make_proposer(g.method, self.models, g.options)
-        return Stream(self, ids, proposer, cfg, stops)
+        if isinstance(prefix_cache, bool):
+            prefixes = self.prefixes if prefix_cache else None
+        elif isinstance(prefix_cache, PrefixCache):
+            prefixes = prefix_cache
+        else:
+            raise ParadecError(f"prefix_cache must be True, False or a PrefixCache, got {type(prefix_cache).__name__}")
+        return Stream(self, ids, proposer, cfg, stops, prefixes)
 
     def constraint(self, response_format: Any) -> Constraint | None:
         """Compile ``response_format`` for this model (None: unconstrained); ParadecError if bad."""
@@ -263,10 +279,11 @@ class Engine:
         *,
         config: GenerationConfig | None = None,
         proposer=None,
+        prefix_cache: PrefixCache | bool = True,
         **settings: Any,
     ) -> Generation:
         """The whole generation at once; the arguments are ``stream``'s."""
-        s = self.stream(prompt, method, config=config, proposer=proposer, **settings)
+        s = self.stream(prompt, method, config=config, proposer=proposer, prefix_cache=prefix_cache, **settings)
         for _ in s:
             pass
         return Generation(s.text, s.token_ids, s.stats, s.prompt_ids)

@@ -10,6 +10,7 @@ class DecodeStats:
     method: str = ""
     backend: str = ""  # what ran the target ("native Q4_1 avx512vnni", "torch float32 (lean)")
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens whose keys and values came from a kept prefix (not prefilled)
     new_tokens: int = 0  # tokens returned to the caller (after stop handling)
     forwards: int = 0  # target forwards while decoding (prefill not counted)
     committed: int = 0  # tokens produced by verification (accepted + bonus/recovered), before truncation

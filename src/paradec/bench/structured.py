@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ParadecError
+from ..prefix import PrefixCache
 from ..suites import DATA_DIR, _read_jsonl, spread
 
 PEERS = ("hf", "llama.cpp")
@@ -42,6 +43,10 @@ class Row:
     kind: str  # paradec | peer
     items: list[dict] = field(default_factory=list)
     error: str = ""
+    # a paradec row's own kept prompt prefixes, as its own server would have them: it reuses
+    # what its previous request left (the chat template's system prompt), never another row's
+    # run of the same prompt; the llama.cpp row likewise reuses its previous prompt's prefix
+    prefixes: PrefixCache | bool = False
 
     def summary(self) -> dict[str, Any]:
         it = [i for i in self.items if "error" not in i]
@@ -89,9 +94,10 @@ def validate(text: str, schema: Any) -> bool:
     return True
 
 
-def _paradec(engine, method: str, item: dict, ids: list[int], cfg: StructuredConfig) -> dict:
+def _paradec(engine, row: "Row", item: dict, ids: list[int], cfg: StructuredConfig) -> dict:
     t0 = time.perf_counter()
-    g = engine.generate(list(ids), method=method, max_new_tokens=cfg.max_new_tokens, response_format=item["schema"])
+    g = engine.generate(list(ids), method=row.name, max_new_tokens=cfg.max_new_tokens, response_format=item["schema"],
+                        prefix_cache=row.prefixes)
     s = g.stats
     body = list(g.token_ids)
     if body and body[-1] in engine.eos_ids | {engine.constraint(item["schema"]).eos}:
@@ -181,7 +187,7 @@ def run_structured(cfg: StructuredConfig, log=print) -> dict:
         engine.constraint(it["schema"])
     # warm up (tokenizer conversion, first mask, kernels) outside the timings
     engine.generate(prompts[0], method="ar", max_new_tokens=8, response_format=items[0]["schema"])
-    rows = [Row(m, "paradec") for m in methods] + [Row(p, "peer") for p in cfg.peers]
+    rows = [Row(m, "paradec", prefixes=PrefixCache()) for m in methods] + [Row(p, "peer") for p in cfg.peers]
     llama = None
     if "llama.cpp" in cfg.peers:
         try:
@@ -195,7 +201,7 @@ def run_structured(cfg: StructuredConfig, log=print) -> dict:
                 continue
             try:
                 if row.kind == "paradec":
-                    out = _paradec(engine, row.name, it, ids, cfg)
+                    out = _paradec(engine, row, it, ids, cfg)
                 elif row.name == "hf":
                     out = _hf(engine, it, ids, cfg)
                 else:

@@ -31,6 +31,7 @@ from .schemas import (
     ErrorResponse,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     Usage,
 )
 from .config import ServerConfig
@@ -177,8 +178,9 @@ def _stats_field(r: Result) -> dict[str, Any]:
     return d
 
 
-def _usage(r: Result) -> dict[str, int]:
+def _usage(r: Result) -> dict[str, Any]:
     return Usage(prompt_tokens=r.prompt_tokens, completion_tokens=len(r.token_ids),
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=r.stats.cached_prompt_tokens),
                  total_tokens=r.prompt_tokens + len(r.token_ids)).model_dump()
 
 

@@ -46,6 +46,25 @@ class Shaped:
     forced_nodes: frozenset[int] = frozenset()  # which nodes of ``tree`` are forced
 
 
+def _takes(m, row: torch.Tensor | None, t: int) -> bool:
+    """Whether matcher ``m`` takes token ``t`` (if so, it has consumed it): by the mask ``row`` of
+    its state and its parser, or (no row: shaped for greedy) by its parser alone."""
+    if row is None:
+        return m.try_consume_tokens([t]) == 1
+    return masks.allowed(row, t) and m.consume_token(t)
+
+
+def _chain_after(matcher, tokenize) -> tuple[list[int], int]:
+    """The grammar's chain at ``matcher``'s state: its forced tokens, then (with ``tokenize``)
+    the likely ones spelling the rest of the forced bytes; and how many are forced."""
+    ff = [int(t) for t in matcher.compute_ff_tokens()]
+    if tokenize is not None and (fb := matcher.compute_ff_bytes()):
+        spelled = [int(t) for t in tokenize(bytes(fb))]
+        if spelled[: len(ff)] == ff:
+            return spelled, len(ff)
+    return ff, len(ff)
+
+
 def shape_draft(
     matcher, draft: DraftTree, max_nodes: int, max_depth: int, vocab: int, tokenize: Callable[[bytes], list[int]] | None = None,
     with_masks: bool = True,
@@ -62,21 +81,14 @@ def shape_draft(
     rows = masks.new_rows(n + 1, vocab) if with_masks else None  # by proposer index + 1 (0 = root)
     if with_masks:
         masks.fill(matcher, rows, 0)
-
-    def takes(m, row, t: int) -> bool:
-        """Whether ``m`` (at the state of mask ``row``) takes token ``t``; if so it has consumed it."""
-        if rows is None:
-            return m.try_consume_tokens([t]) == 1
-        return masks.allowed(row, t) and m.consume_token(t)
     keep: list[int] = []
     forks: list[tuple[int, int, list[int], int, object]] = []  # (proposer node or -1, depth, chain, forced in it, matcher)
 
     def visit(node: int, depth: int) -> None:  # the matcher is at ``node``'s state
-        row = None if rows is None else rows[node + 1]
         kept_tokens = set()
         for c in kids[node + 1]:
             t = draft.tokens[c]
-            if depth < max_depth and takes(matcher, row, t):
+            if depth < max_depth and _takes(matcher, None if rows is None else rows[node + 1], t):
                 keep.append(c)
                 kept_tokens.add(t)
                 if rows is not None:
@@ -84,28 +96,30 @@ def shape_draft(
                 visit(c, depth + 1)
                 matcher.rollback(1)
         if depth < max_depth and max_nodes > 0:  # (no room for forced tokens: ar, the baseline)
-            ff = [int(t) for t in matcher.compute_ff_tokens()]
-            chain = ff
-            if tokenize is not None and (fb := matcher.compute_ff_bytes()):
-                spelled = [int(t) for t in tokenize(bytes(fb))]
-                if spelled[: len(ff)] == ff:  # forced tokens first, then the likely ones
-                    chain = spelled
+            chain, n_forced = _chain_after(matcher, tokenize)
             if chain and chain[0] not in kept_tokens:
-                forks.append((node, depth, chain, len(ff), matcher.deep_copy()))
+                forks.append((node, depth, chain, n_forced, matcher.deep_copy()))
 
     visit(-1, 0)
-    keep.sort()
-    keep = keep[:max_nodes]
+    keep = sorted(keep)[:max_nodes]
     index = {old: new for new, old in enumerate(keep)}
     tokens = [draft.tokens[i] for i in keep]
     parents = [-1 if draft.parents[i] < 0 else index[draft.parents[i]] for i in keep]
     out_rows = None if rows is None else [rows[0]] + [rows[i + 1] for i in keep]
+    forced_nodes = _add_chains(forks, index, tokens, parents, out_rows, max_nodes - len(keep), max_depth, vocab)
+    q = None if draft.q is None or out_rows is None else _restricted_q(draft.q, keep, parents, out_rows, len(tokens))
+    tree = DraftTree(tuple(tokens), tuple(parents), q)
+    forced = len(forced_nodes)
+    return Shaped(tree, None if out_rows is None else torch.stack(out_rows), len(keep), n - len(keep), forced,
+                  len(tokens) - len(keep) - forced, frozenset(forced_nodes))
 
-    # the grammar's chains: the root's first, then in node order, while the budget lasts
-    room = max_nodes - len(keep)
-    forks.sort(key=lambda f: f[0])
+
+def _add_chains(forks, index: dict[int, int], tokens: list[int], parents: list[int], out_rows: list | None, room: int,
+                max_depth: int, vocab: int) -> set[int]:
+    """Append the grammar's chains (the root's first, then in node order, while ``room`` lasts)
+    to ``tokens``/``parents`` (and their mask rows to ``out_rows``); returns the forced nodes."""
     forced_nodes: set[int] = set()
-    for node, depth, chain, n_forced, m in forks:
+    for node, depth, chain, n_forced, m in sorted(forks, key=lambda f: f[0]):
         if room <= 0:
             break
         if node >= 0 and node not in index:
@@ -113,7 +127,7 @@ def shape_draft(
         parent = -1 if node < 0 else index[node]
         for k, t in enumerate(chain[: min(room, max_depth - depth)]):
             # a likely token the mask rules out could never be accepted (the mask is the constraint)
-            if not takes(m, None if out_rows is None else out_rows[parent + 1], t):
+            if not _takes(m, None if out_rows is None else out_rows[parent + 1], t):
                 break
             if k < n_forced:
                 forced_nodes.add(len(tokens))
@@ -125,16 +139,17 @@ def shape_draft(
                 masks.fill(m, extra, 0)
                 out_rows.append(extra[0])
             room -= 1
-    forced = len(forced_nodes)
+    return forced_nodes
 
-    q = None
-    if draft.q is not None and out_rows is not None:
-        q = draft.q.new_zeros(len(tokens), draft.q.shape[1])
-        if keep:
-            parent_rows = torch.stack([out_rows[0 if p < 0 else p + 1] for p in parents[: len(keep)]])
-            allow = masks.unpack(parent_rows, draft.q.shape[1]).to(draft.q.device)  # [kept, V]
-            restricted = draft.q[keep] * allow
-            mass = restricted.sum(-1, keepdim=True)
-            q[: len(keep)] = torch.where(mass > 0, restricted / mass.clamp_min(1e-30), torch.zeros_like(restricted))
-    tree = DraftTree(tuple(tokens), tuple(parents), q)
-    return Shaped(tree, None if out_rows is None else torch.stack(out_rows), len(keep), n - len(keep), forced, len(tokens) - len(keep) - forced, frozenset(forced_nodes))
+
+def _restricted_q(q_draft: torch.Tensor, keep: list[int], parents: list[int], out_rows: list, n: int) -> torch.Tensor:
+    """Draft distributions [n, V]: each kept node's restricted to what the grammar allows at its
+    parent and renormalized; the grammar's nodes (deterministic) zero."""
+    q = q_draft.new_zeros(n, q_draft.shape[1])
+    if keep:
+        parent_rows = torch.stack([out_rows[0 if p < 0 else p + 1] for p in parents[: len(keep)]])
+        allow = masks.unpack(parent_rows, q_draft.shape[1]).to(q_draft.device)  # [kept, V]
+        restricted = q_draft[keep] * allow
+        mass = restricted.sum(-1, keepdim=True)
+        q[: len(keep)] = torch.where(mass > 0, restricted / mass.clamp_min(1e-30), torch.zeros_like(restricted))
+    return q

@@ -24,6 +24,7 @@ class ParadecRunner(Runner):
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             seed=seed if temperature > 0 else None,
+            prefix_cache=False,  # every row prefills its prompt in full (the llama.cpp rows reset theirs)
         )
         _sync(self.engine.device)
         seconds = time.perf_counter() - t0

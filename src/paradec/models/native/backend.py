@@ -56,6 +56,28 @@ class NativeKVCache:
             setattr(self, name, new)
         self.capacity = cap
 
+    @property
+    def slot_bytes(self) -> int:
+        """Bytes of keys and values per slot."""
+        layers, heads, dim = self.dims
+        return 2 * layers * heads * dim * 4
+
+    def export_prefix(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """A copy of the first ``n`` slots' keys and values (``prefix.PrefixCache`` keeps it)."""
+        if n > self.length:
+            raise ValueError(f"cannot export {n} slots of a cache of {self.length}")
+        return self.keys[:, :, :n].copy(), self.values[:, :, :n].copy()
+
+    def import_prefix(self, payload: tuple[np.ndarray, np.ndarray], n: int) -> None:
+        """Fill the first ``n`` slots from an ``export_prefix`` of at least ``n`` slots."""
+        keys, values = payload
+        if keys.shape[2] < n or keys.shape[:2] + keys.shape[3:] != (self.dims[0], self.dims[1], self.dims[2]):
+            raise ValueError("a kept prefix of another shape")
+        self.reserve(n)
+        self.keys[:, :, :n] = keys[:, :, :n]
+        self.values[:, :, :n] = values[:, :, :n]
+        self.length = n
+
     def truncate(self, n: int) -> None:
         """Keep the first ``n`` slots."""
         if n < 0 or n > self.length:
@@ -128,6 +150,7 @@ class NativeCausalLM:
     build their own copy of the target from it (``head``, ``deer``, ``qdraft`` int8)."""
 
     native = True  # the ``NativeLM`` marker: its own thread pool, no transformers forward (deer-fused needs one)
+    prefill_splits_exactly = True  # batch-invariant: a prompt prefilled in parts leaves the same bits (prefix.py)
 
     def __init__(self, model: GGUFModel, hf_loader: Callable[[], object] | None = None) -> None:
         if not kernels.available():
