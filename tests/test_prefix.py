@@ -193,3 +193,25 @@ def test_the_benches_decide_who_shares_kept_prefixes():
         _paradec(eng, row, {"schema": {"type": "object"}}, [1, 2, 3], StructuredConfig())
         assert eng.kwargs[-1]["prefix_cache"] is row.prefixes
     assert a.prefixes is not b.prefixes
+
+
+@pytest.mark.slow
+def test_real_model_reuses_the_system_prompt_with_the_same_output():
+    """The default model on the native backend: chat requests share the chat template's system
+    prompt, so the second and later take it from the engine's store; the tokens are those of a
+    full prefill, for plain decoding and a drafter, unconstrained and under a schema."""
+    import paradec
+
+    eng = paradec.load()
+    assert eng.backend == "native" and eng.prefixes is not None
+    eng.prefixes.clear()
+    questions = ["Name three primary colors.", "What is the capital of France?", "Count from one to five."]
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 40}}, "required": ["answer"]}
+    for i, q in enumerate(questions):
+        for method, fmt in (("ar", None), ("suffix", None), ("auto", schema)):
+            full = eng.generate([{"role": "user", "content": q}], method=method, max_new_tokens=24, response_format=fmt,
+                                prefix_cache=False)
+            kept = eng.generate([{"role": "user", "content": q}], method=method, max_new_tokens=24, response_format=fmt)
+            assert kept.token_ids == full.token_ids, f"{method} on {q!r}"
+            assert full.stats.cached_prompt_tokens == 0
+            assert kept.stats.cached_prompt_tokens >= (10 if i or method != "ar" else 0)

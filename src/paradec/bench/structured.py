@@ -5,7 +5,14 @@ same model and schemas: transformers ``generate`` with the same grammar engine a
 processor (``hf``), and llama.cpp with the same JSON Schema (``llama.cpp``: llama-cpp-python's
 ``response_format``, its own schema-to-grammar converter, on the GGUF the target came from).
 Per row: validity (``jsonschema``), tokens/s, tokens committed per target forward, forced draft
-tokens, mask time per token, and identity of the token ids with constrained ``ar``.
+tokens (and likely ones: the forced bytes' spelling past the forced tokens), mask time per token,
+and identity of the token ids with constrained ``ar``.
+
+Prompt prefixes: each paradec row keeps its own (``prefix.PrefixCache``), as its own server
+would, so a request reuses what the row's previous request left (the chat template's system
+prompt) and never another row's run of the same prompt; llama-cpp-python's row does the same on
+its own (it keeps the longest prefix shared with its previous prompt). Tokens/s include the
+prefill of the rest of the prompt.
 """
 
 from __future__ import annotations
