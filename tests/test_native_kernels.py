@@ -154,13 +154,16 @@ def test_batch_invariance_bit_for_bit(weights, qtype, path):
 @needs_native
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_avx2_and_best_path_are_bit_identical(weights, qtype):
-    """The paths share one arithmetic (csrc/qgemm.h), so they agree bit for bit."""
-    best = kernels.best_path()
-    if best == "avx2":
+    """The paths share one arithmetic (csrc/qgemm.h), so they agree bit for bit: at every row
+    count of the wide paths' row tiles (1..8 rows, one unrolled instantiation each) and past them."""
+    wide = [p for p in kernels.paths() if p != "avx2"]
+    if not wide:
         pytest.skip("this CPU runs only the avx2 path")
     _, qw = weights[qtype]
-    x = _x(33, qw.k, seed=11)
-    assert torch.equal(kernels.qmatmul(x, qw, path="avx2"), kernels.qmatmul(x, qw, path=best))
+    for m in list(range(1, 10)) + [15, 33]:
+        x = _x(m, qw.k, seed=11 + m)
+        for path in wide:
+            assert torch.equal(kernels.qmatmul(x, qw, path="avx2"), kernels.qmatmul(x, qw, path=path)), (qtype, path, m)
 
 
 @needs_native

@@ -82,6 +82,7 @@ PD_INLINE void tile8(const pd_qweight *w, const pd_qact *x, int t, int h, int r0
 #define PD_TILE(CALL)                                                      \
     switch (mt) {                                                          \
     case 4: { const int MT = 4; CALL; } break;                             \
+    case 3: { const int MT = 3; CALL; } break;                             \
     case 2: { const int MT = 2; CALL; } break;                             \
     case 1: { const int MT = 1; CALL; } break;                             \
     }
@@ -93,7 +94,7 @@ void pd_cols_avx2(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int 
         for (int h = 0; h < 2 && PD_TILE_COLS * t + 8 * h < w->n; h++)
         for (int r0 = 0, mt; r0 < x->m; r0 += mt) {
             const int left = x->m - r0;
-            mt = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            mt = left >= 4 ? 4 : left;
             if (w->kind == PD_KIND_Q4) {
                 PD_T(PD_KIND_Q4, 0, 0)
             } else if (w->biased) {

@@ -68,12 +68,18 @@ PD_INLINE void tile16(const pd_qweight *w, const pd_qact *x, int t, int r0, int 
     for (int r = 0; r < mt; r++) _mm512_mask_storeu_ps(y + (size_t)(r0 + r) * ldy + n0, keep, acc[r]);
 }
 
-/* Row tiles of 8/4/2/1 rows (fewer instantiations of the unrolled kernel: a tail of
- * 7 rows runs as 4 + 2 + 1; every row's arithmetic is the same in any of them). */
+/* Row tiles of 1 to 8 rows, one instantiation of the unrolled kernel each: a product of up
+ * to 8 rows is one pass over each weight tile (a tail of 7 rows as 4 + 2 + 1 widened the Q4
+ * nibbles three times and cost more than 8 rows). Every row's arithmetic is the same in any of
+ * them. */
 #define PD_TILE(CALL)                                                      \
     switch (mt) {                                                          \
     case 8: { const int MT = 8; CALL; } break;                             \
+    case 7: { const int MT = 7; CALL; } break;                             \
+    case 6: { const int MT = 6; CALL; } break;                             \
+    case 5: { const int MT = 5; CALL; } break;                             \
     case 4: { const int MT = 4; CALL; } break;                             \
+    case 3: { const int MT = 3; CALL; } break;                             \
     case 2: { const int MT = 2; CALL; } break;                             \
     case 1: { const int MT = 1; CALL; } break;                             \
     }
@@ -84,7 +90,7 @@ void pd_cols_avx512vnni(const pd_qweight *w, const pd_qact *x, float *y, int ldy
     for (int t = t0; t < t1; t++)
         for (int r0 = 0, mt; r0 < x->m; r0 += mt) {
             const int left = x->m - r0;
-            mt = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            mt = left >= 8 ? 8 : left;
             if (w->kind == PD_KIND_Q4) {
                 PD_T(PD_KIND_Q4, 0, 0)
             } else if (w->biased) {
