@@ -101,6 +101,11 @@ def test_matching_replacement_and_budget(nat):
     with pytest.raises(ParadecError):
         PrefixCache(max_bytes=-1)
     PrefixCache(max_bytes=0).keep(long, c)  # a zero budget keeps nothing (and does not fail)
+    few = PrefixCache(max_entries=2)
+    for i in range(4):  # four different prompts: the two most recent stay
+        few.keep([60 + i] + list(range(3, 12)), c)
+    assert len(few) == 2 and few.restore([63] + list(range(3, 12)), nat.new_cache(16)) == 10
+    assert few.restore([60] + list(range(3, 12)), nat.new_cache(16)) == 0
 
 
 def test_concurrent_requests_share_one_store(nat):

@@ -200,6 +200,17 @@ def test_forced_bytes_past_the_forced_tokens_are_drafted_as_likely_nodes():
     assert m.consume_tokens([ab, colon]) and not m.is_error()  # the matcher was left at the root
 
 
+def test_matchers_are_independent_copies():
+    """A constraint hands out copies of one matcher made once: what one request consumes is
+    not seen by the next."""
+    c = constraint({"type": "grammar", "grammar": 'start: "ab" "c"'})
+    ab, cc = _ids("ab")[0], _ids("c")[0]
+    a = c.matcher()
+    assert a.consume_tokens([ab, cc]) and a.is_accepting()
+    b = c.matcher()
+    assert not b.is_accepting() and b.try_consume_tokens([cc]) == 0 and b.consume_tokens([ab])
+
+
 def test_sampled_draft_rows_are_restricted_to_the_grammar():
     c = constraint({"type": "grammar", "grammar": 'start: "a" | "b"'})
     a, b, cc = (_ids(x)[0] for x in ("a", "b", "c"))

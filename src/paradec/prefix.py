@@ -8,7 +8,8 @@ the very bits one prefill leaves). There reuse changes no output and no logit, o
 the first token; a backend without that property (transformers on torch) never reuses.
 
 The store is small and bounded: whole prompts (their prefilled tokens, all but the last),
-least recently used first out, within ``max_bytes`` of keys and values in all. A prompt takes
+least recently used first out, within ``max_bytes`` of keys and values and ``max_entries``
+prompts in all (each lookup compares the prompt with every kept one). A prompt takes
 the longest common prefix it has with any kept one (at least ``min_tokens``); after its prefill
 it is kept itself, replacing a kept prompt it extends. Thread-safe (the server's requests share
 one store).
@@ -43,10 +44,10 @@ def _common(a: np.ndarray, b: np.ndarray) -> int:
 
 
 class PrefixCache:
-    def __init__(self, max_bytes: int = 64 << 20, min_tokens: int = 4) -> None:
-        if max_bytes < 0 or min_tokens < 1:
-            raise ParadecError("a prefix cache needs max_bytes >= 0 and min_tokens >= 1")
-        self.max_bytes, self.min_tokens = int(max_bytes), int(min_tokens)
+    def __init__(self, max_bytes: int = 64 << 20, min_tokens: int = 4, max_entries: int = 16) -> None:
+        if max_bytes < 0 or min_tokens < 1 or max_entries < 1:
+            raise ParadecError("a prefix cache needs max_bytes >= 0, min_tokens >= 1 and max_entries >= 1")
+        self.max_bytes, self.min_tokens, self.max_entries = int(max_bytes), int(min_tokens), int(max_entries)
         self._entries: "OrderedDict[int, _Entry]" = OrderedDict()  # id -> entry, least recently used first
         self._next = 0
         self._lock = threading.Lock()
@@ -106,5 +107,5 @@ class PrefixCache:
                     del self._entries[k]
             self._entries[self._next] = _Entry(toks.copy(), cache.export_prefix(n), n * per)
             self._next += 1
-            while self.nbytes > self.max_bytes and len(self._entries) > 1:
+            while len(self._entries) > 1 and (self.nbytes > self.max_bytes or len(self._entries) > self.max_entries):
                 self._entries.popitem(last=False)
