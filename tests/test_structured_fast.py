@@ -153,6 +153,27 @@ def test_auto_under_a_grammar_sends_the_whole_lookup_tree():
         assert choice == "lookup" and draft == auto._lookup_tree
 
 
+def test_auto_learns_no_lookup_acceptance_under_a_grammar(constraints):
+    """Constrained steps commit the grammar's forced runs, which a lookup tree may spell without
+    predicting anything: they must not teach the shared memory (unconstrained requests size
+    their trees by it). The control: the same requests unconstrained do teach it."""
+    from helpers.tiny import tiny_llama
+    from helpers.structured import PROMPTS, run
+
+    from paradec.models.torch.hf import HFCausalLM
+    from paradec.proposers.auto import AutoDrafter, AutoMemory
+
+    jt = HFCausalLM(tiny_llama(0, vocab=VOCAB))
+    learned = lambda mem: sum(1 for e in mem.acceptance(True)[1].values() if e.value is not None)  # noqa: E731
+    mem = AutoMemory(0.25)
+    for p in PROMPTS:
+        run(jt, AutoDrafter(memory=mem), p, constraints["schema-record"])
+    assert learned(mem) == 0
+    for p in PROMPTS:
+        run(jt, AutoDrafter(memory=mem), p, None)
+    assert learned(mem) > 0
+
+
 def test_auto_rates_count_forced_tokens_as_free_drafts():
     from paradec.proposers.auto import AutoDrafter
 

@@ -266,6 +266,7 @@ class AutoDrafter:
         self._t_proposed = 0.0
         self._since_model = 0
         self._lookup_steps = 0
+        self._constrained = False  # the last proposal was under a grammar
         self._model_seen = 0  # tokens of this request the model drafter has read
         self._t_model = time.perf_counter()  # when the model drafter last ran (or the request began)
 
@@ -424,6 +425,7 @@ class AutoDrafter:
                 if r > best_rate:
                     best, best_rate = "model", r
 
+        self._constrained = ctx.forced is not None
         self._choice_before, self._choice = self._choice, best
         self.choices[best] += 1
         if best == "model":
@@ -466,7 +468,11 @@ class AutoDrafter:
 
         new = result.verdict.tokens  # accepted + the target's own token
         tree = self._lookup_tree
-        for n in self.sizes(len(tree)):  # what the target would have accepted of each size
+        # Under a grammar the lookup's acceptance is not learned: the committed tokens hold the
+        # grammar's forced runs, which a tree may spell without having predicted anything, and
+        # the shared memory would carry that into unconstrained requests (and sizes are not
+        # chosen by it under a grammar anyway).
+        for n in () if self._constrained else self.sizes(len(tree)):  # what the target would have accepted of each size
             seen = tree.truncated(n).match_length(new)
             e = self.lookup_accept.setdefault((self._bucket, n), Ema(c.ema))
             # A tree that spelled every committed token might have gone on (censored): such a
