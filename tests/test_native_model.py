@@ -12,7 +12,7 @@ from paradec.models.native import kernels
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"native kernels unavailable: {kernels.unavailable_reason()}")
 
 from helpers.lossless import PROMPTS, SV, VOCAB, assert_identical_to_ar, assert_sampling_lossless, run  # noqa: E402
-from helpers.native_tiny import tiny_hf, write_gguf  # noqa: E402
+from helpers.native_tiny import one_kernel_thread, tiny_hf, write_gguf  # noqa: E402
 from paradec.errors import ParadecError  # noqa: E402
 from paradec.models.torch.hf import HFCausalLM  # noqa: E402
 from paradec.models.native.backend import NativeCausalLM  # noqa: E402
@@ -26,13 +26,7 @@ from paradec.sampling import SamplingParams  # noqa: E402
 TOL = 0.03
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_kernel_thread():
-    """Tiny matrices: one thread (waking the pool costs more than the work; the machine is shared)."""
-    n = kernels.threads()
-    kernels.set_threads(1)
-    yield
-    kernels.set_threads(n)
+_one_kernel_thread = pytest.fixture(autouse=True, scope="module")(one_kernel_thread)
 
 
 def _pair(tmp_path, arch="llama", qtype="Q4_1", **kw):

@@ -16,7 +16,7 @@ from paradec.models.native import kernels
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"native kernels unavailable: {kernels.unavailable_reason()}")
 
 from helpers.lossless import VOCAB  # noqa: E402
-from helpers.native_tiny import tiny_hf, write_gguf  # noqa: E402
+from helpers.native_tiny import one_kernel_thread, tiny_hf, write_gguf  # noqa: E402
 from helpers.tiny import tiny_llama  # noqa: E402
 from paradec.decode import DecodeConfig, decode  # noqa: E402
 from paradec.errors import ParadecError  # noqa: E402
@@ -29,12 +29,7 @@ from paradec.proposers.base import NoDraft  # noqa: E402
 from paradec.stats import DecodeStats  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_kernel_thread():
-    n = kernels.threads()
-    kernels.set_threads(1)
-    yield
-    kernels.set_threads(n)
+_one_kernel_thread = pytest.fixture(autouse=True, scope="module")(one_kernel_thread)
 
 
 @pytest.fixture(scope="module")

@@ -104,3 +104,15 @@ def write_gguf(model, path, qtype: str = "Q4_1", embed_type: str = "Q8_0", trunc
         with open(path, "r+b") as f:
             f.truncate(truncate)
     return path
+
+
+def one_kernel_thread():
+    """A module fixture's body (``pytest.fixture(autouse=True, scope="module")(one_kernel_thread)``):
+    the native kernels on one thread for tiny matrices (waking the pool costs more than the
+    work; the machine is shared), the count restored after."""
+    from paradec.models.native import kernels
+
+    n = kernels.threads()
+    kernels.set_threads(1)
+    yield
+    kernels.set_threads(n)
