@@ -90,6 +90,8 @@ def test_quick_run_writes_json_and_report(long_tiny_dirs, tmp_path, capsys):
         (["--repeats", "0"], "--repeats"),
         (["--threads", "0"], "--threads"),
         (["--device", "tpu"], "device"),
+        (["--suite", "structured", "--json", "{tmp}/missing/out.json"], "does not exist"),
+        (["--suite", "structured", "--report", "{tmp}/file.txt"], "not a directory"),
     ],
 )
 def test_bad_input_fails_before_loading_a_model(args, message, tmp_path, capsys):

@@ -72,6 +72,12 @@ def _structured(cfg: BenchConfig) -> None:
     names = lambda spec, default: default if spec == "all" else (() if spec == "none" else  # noqa: E731
                                                                    tuple(x.strip() for x in spec.split(",") if x.strip()))
     limit = cfg.prompts_per_category or (8 if cfg.quick else None)
+    from ..bench.config import check_writable_dir, check_writable_file
+
+    if cfg.report_dir:  # the outputs are checked before minutes of work (the report folder first: it may hold the JSON)
+        check_writable_dir(cfg.report_dir, "--report")
+    if cfg.json_path:
+        check_writable_file(cfg.json_path, "--json")
     scfg = StructuredConfig(model=cfg.model, methods=names(cfg.methods, DEFAULT_METHODS), peers=names(cfg.peers, PEERS),
                             max_new_tokens=cfg.max_new_tokens or (96 if cfg.quick else 256), limit=limit, dtype=cfg.dtype,
                             device=device, threads=cfg.threads, json_path=cfg.json_path)
