@@ -318,7 +318,8 @@ def test_build_failure_leaves_kernels_unavailable(tmp_path, monkeypatch, capsys,
 def test_cpu_without_avx2_is_unavailable(monkeypatch, fresh_load):
     class NoAvx2:  # a library whose CPU check finds no AVX2
         def __init__(self):
-            for name in ("pd_paths", "pd_get_threads", "pd_set_threads", "pd_qgemm_desc"):
+            for name in ("pd_paths", "pd_get_threads", "pd_set_threads", "pd_qgemm_desc", "pd_get_amx_min_rows",
+                         "pd_set_amx_min_rows"):
                 setattr(self, name, type("F", (), {"__call__": lambda self, *a: 0})())
 
     monkeypatch.setattr(build, "load", lambda: NoAvx2())

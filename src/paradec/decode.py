@@ -23,7 +23,7 @@ import torch
 from .cache import KVCache
 from .errors import ParadecError
 from .models.causal_lm import CausalLM, NativeLM, backend_label
-from .prefix import PrefixCache
+from .prefix import PrefixCache, reuses_prefixes
 from .proposers.base import DraftsFlag, FusedProposer, ProposeContext, Proposer, StepResult
 from .sampling import SamplingParams, target_probs
 from .stats import DecodeStats
@@ -132,7 +132,7 @@ class Decoder:
             raise ParadecError("the prompt is empty")
         context_room(len(prompt), target.max_context)
         self.target, self.proposer, self.prompt, self.cfg, self.stop = target, proposer, prompt, cfg, stop
-        self._prefixes = prefixes if getattr(target, "prefill_splits_exactly", False) else None
+        self._prefixes = prefixes if reuses_prefixes(target) else None
         self.stats.method = proposer.name if isinstance(proposer, Proposer) else type(proposer).__name__
         self.stats.backend = backend_label(target)
         self._native = isinstance(target, NativeLM) and bool(target.native)  # its own thread pool (see commit)

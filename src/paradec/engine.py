@@ -13,7 +13,7 @@ from .decode import DecodeConfig, Decoder, context_room
 from .errors import ParadecError
 from .models.torch.hf import HFCausalLM
 from .models.loader import Loaded, load_hf
-from .prefix import PrefixCache
+from .prefix import PrefixCache, reuses_prefixes
 from .proposers import METHODS, Models, make_proposer
 from . import params
 from .stats import DecodeStats
@@ -167,7 +167,7 @@ class Engine:
         self.eos_ids = self._eos_ids()
         # kept prompt prefixes, shared by this engine's requests (a backend whose prefill is not
         # exact when split never uses them: prefix.py)
-        self.prefixes = PrefixCache() if getattr(self.target, "prefill_splits_exactly", False) else None
+        self.prefixes = PrefixCache() if reuses_prefixes(self.target) else None
 
     @property
     def hf_model(self):

@@ -43,6 +43,11 @@ def _common(a: np.ndarray, b: np.ndarray) -> int:
     return int(diff[0]) if len(diff) else m
 
 
+def reuses_prefixes(target) -> bool:
+    """Whether ``target``'s prefill is exact when split, so kept prefixes may be used with it."""
+    return bool(getattr(target, "prefill_splits_exactly", False))
+
+
 class PrefixCache:
     def __init__(self, max_bytes: int = 64 << 20, min_tokens: int = 4, max_entries: int = 16) -> None:
         if max_bytes < 0 or min_tokens < 1 or max_entries < 1:
@@ -51,7 +56,6 @@ class PrefixCache:
         self._entries: "OrderedDict[int, _Entry]" = OrderedDict()  # id -> entry, least recently used first
         self._next = 0
         self._lock = threading.Lock()
-        self.hits = self.reused_tokens = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -81,9 +85,6 @@ class PrefixCache:
             self._entries.move_to_end(key)
             payload = self._entries[key].payload
         cache.import_prefix(payload, best)
-        with self._lock:
-            self.hits += 1
-            self.reused_tokens += best
         return best
 
     def keep(self, tokens: Sequence[int], cache) -> None:

@@ -50,10 +50,7 @@ class Row:
     kind: str  # paradec | peer
     items: list[dict] = field(default_factory=list)
     error: str = ""
-    # a paradec row's own kept prompt prefixes, as its own server would have them: it reuses
-    # what its previous request left (the chat template's system prompt), never another row's
-    # run of the same prompt; the llama.cpp row likewise reuses its previous prompt's prefix
-    prefixes: PrefixCache | bool = False
+    prefixes: PrefixCache | bool = False  # a paradec row's own kept prompt prefixes (see the module docstring)
 
     def summary(self) -> dict[str, Any]:
         it = [i for i in self.items if "error" not in i]

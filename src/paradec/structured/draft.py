@@ -41,9 +41,17 @@ class Shaped:
     rows: torch.Tensor | None  # [n+1, words] int32: row 0 the root's state, row i+1 the state after node i (None: not computed)
     kept: int  # nodes of the proposer's draft kept (the first ``kept`` nodes of ``tree``)
     pruned: int  # nodes of the proposer's draft dropped
-    forced: int  # forced nodes added (among the nodes after the kept ones)
-    likely: int = 0  # likely nodes added (the forced bytes' tokens that are not forced)
-    forced_nodes: frozenset[int] = frozenset()  # which nodes of ``tree`` are forced
+    forced_nodes: frozenset[int] = frozenset()  # which of the nodes after the kept ones are forced (the rest: likely)
+
+    @property
+    def forced(self) -> int:
+        """Forced nodes the grammar added."""
+        return len(self.forced_nodes)
+
+    @property
+    def likely(self) -> int:
+        """Likely nodes the grammar added (the forced bytes' tokens that are not forced)."""
+        return len(self.tree) - self.kept - self.forced
 
 
 def _takes(m, row: torch.Tensor | None, t: int) -> bool:
@@ -109,9 +117,7 @@ def shape_draft(
     forced_nodes = _add_chains(forks, index, tokens, parents, out_rows, max_nodes - len(keep), max_depth, vocab)
     q = None if draft.q is None or out_rows is None else _restricted_q(draft.q, keep, parents, out_rows, len(tokens))
     tree = DraftTree(tuple(tokens), tuple(parents), q)
-    forced = len(forced_nodes)
-    return Shaped(tree, None if out_rows is None else torch.stack(out_rows), len(keep), n - len(keep), forced,
-                  len(tokens) - len(keep) - forced, frozenset(forced_nodes))
+    return Shaped(tree, None if out_rows is None else torch.stack(out_rows), len(keep), n - len(keep), frozenset(forced_nodes))
 
 
 def _add_chains(forks, index: dict[int, int], tokens: list[int], parents: list[int], out_rows: list | None, room: int,

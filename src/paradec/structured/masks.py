@@ -18,12 +18,11 @@ def new_rows(n: int, vocab: int) -> torch.Tensor:
 
 def fill(matcher, rows: torch.Tensor, i: int) -> None:
     """Write ``matcher``'s mask (the tokens allowed next) into ``rows[i]``."""
-    row = rows[i]
-    matcher.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
+    fill_numpy(matcher, rows[i].numpy())
 
 
 def fill_numpy(matcher, row: np.ndarray) -> None:
-    """``fill`` into a numpy row [words] int32."""
+    """``fill`` into a numpy row [words] int32 (contiguous)."""
     matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.nbytes)
 
 

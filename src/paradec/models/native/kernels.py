@@ -68,6 +68,10 @@ def _state() -> tuple[ctypes.CDLL | None, tuple[str, ...], str | None]:
     lib.pd_set_threads.argtypes = [i]
     lib.pd_qgemm_desc.restype = i
     lib.pd_qgemm_desc.argtypes = [i, vp, vp, i, i, vp, i]
+    lib.pd_get_amx_min_rows.restype = i
+    lib.pd_get_amx_min_rows.argtypes = []
+    lib.pd_set_amx_min_rows.restype = None
+    lib.pd_set_amx_min_rows.argtypes = [i]
     bits = lib.pd_paths()
     if not bits & PATH_BITS["avx2"]:
         return lib, (), "native kernels need a CPU with AVX2, FMA and F16C"
@@ -129,8 +133,6 @@ def set_amx_min_rows(rows: int) -> int:
     """From how many rows a product on the ``amx`` path runs AMX tiles (below: the AVX512-VNNI
     kernels, the same bits); returns the previous value. For measurements and tests."""
     lib = library()
-    lib.pd_get_amx_min_rows.restype = ctypes.c_int
-    lib.pd_set_amx_min_rows.argtypes = [ctypes.c_int]
     old = lib.pd_get_amx_min_rows()
     lib.pd_set_amx_min_rows(int(rows))
     return old
