@@ -211,6 +211,47 @@ def test_amx_tiles_at_every_row_count_match_avx2(weights, qtype):
 
 
 @needs_native
+def _quantize_reference(x: np.ndarray, kp: int):
+    """csrc/qgemm.h's activation quantization in numpy float32: per 32-block d = max|x| / 127,
+    q = round-half-even(x * (1 / d)) clamped to -127..127, s = d * sum(q), and each 16-group's sum."""
+    m, k = x.shape
+    xp = np.zeros((m, kp), np.float32)
+    xp[:, :k] = x
+    blocks = xp.reshape(m, kp // 32, 32)
+    d = np.abs(blocks).max(-1) / np.float32(127)
+    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, np.float32(1)), np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint(blocks * inv[..., None]), -127, 127).astype(np.int8)
+    x16 = q.reshape(m, kp // 32, 2, 16).astype(np.int32).sum(-1)
+    s = (d * x16.sum(-1).astype(np.float32)).astype(np.float32)
+    return q.reshape(m, kp), d.astype(np.float32), s, x16.reshape(m, -1)
+
+
+@needs_native
+@pytest.mark.parametrize("k", [5, 32, 77, 576, 1536])
+def test_activation_quantizer_matches_reference(k):
+    """The activations' int8 blocks, scales, offsets' sums and 16-group sums equal a numpy
+    reference exactly, whole blocks and a row's last partial block alike (row stride > k)."""
+    import ctypes
+
+    lib = build.load()
+    f = lib.pd_quantize_rows
+    f.restype = None
+    f.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 4
+    m, kp = 6, (k + 31) // 32 * 32
+    x = _x(m, k + 3, seed=k).numpy()  # 3 more columns: the stride, never read
+    x[2, :] *= 1e-30  # tiny scales
+    x[3, : min(k, 40)] = 0.0
+    q = np.full((m, kp), 99, np.int8)
+    d, s = np.full((m, kp // 32), -1, np.float32), np.full((m, kp // 32), -1, np.float32)
+    x16 = np.full((m, 2 * (kp // 32)), -1, np.int32)
+    f(x.ctypes.data, m, k, k + 3, kp, q.ctypes.data, d.ctypes.data, s.ctypes.data, x16.ctypes.data)
+    rq, rd, rs, r16 = _quantize_reference(np.ascontiguousarray(x[:, :k]), kp)
+    assert np.array_equal(q, rq)
+    assert np.array_equal(d.view(np.int32), rd.view(np.int32))
+    assert np.array_equal(s.view(np.int32), rs.view(np.int32))
+    assert np.array_equal(x16, r16)
+
+
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q4_0"])
 def test_float16_and_float32_scales_agree(weights, qtype):
     """Scales stored as float16 where exact (fewer bytes) give the very same results as float32."""

@@ -105,7 +105,9 @@ void pd_cols_avx2(const pd_qweight *w, const pd_qact *x, float *y, int ldy, int 
         }
 }
 
-/* Per row, per 32-block: d = max|x| / 127, q = round-to-nearest-even(x * (1/d)), s = d * sum(q). */
+/* Per row, per 32-block: d = max|x| / 127, q = round-to-nearest-even(x * (1/d)), s = d * sum(q).
+ * A whole block is loaded straight from the row; only a row's last, partial block goes through a
+ * zero-padded copy (copying every block cost 4x the whole quantization). */
 void pd_quantize_rows(const float *x, int m, int k, int ldx, int kp, int8_t *q, float *d, float *s, int32_t *x16) {
     const int nb = kp / 32;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
@@ -113,14 +115,16 @@ void pd_quantize_rows(const float *x, int m, int k, int ldx, int kp, int8_t *q, 
         const float *xr = x + (size_t)r * ldx;
         int8_t *qr = q + (size_t)r * kp;
         for (int b = 0; b < nb; b++) {
-            float buf[32];
             const int base = 32 * b, valid = k - base < 32 ? k - base : 32;
-            for (int j = 0; j < 32; j++) buf[j] = j < valid ? xr[base + j] : 0.0f;
             __m256 v[4], mx = _mm256_setzero_ps();
-            for (int j = 0; j < 4; j++) {
-                v[j] = _mm256_loadu_ps(buf + 8 * j);
-                mx = _mm256_max_ps(mx, _mm256_and_ps(v[j], absmask));
+            if (valid == 32) { /* a whole block: straight from the row */
+                for (int j = 0; j < 4; j++) v[j] = _mm256_loadu_ps(xr + base + 8 * j);
+            } else { /* the row's last block: zeros past its end */
+                float buf[32];
+                for (int j = 0; j < 32; j++) buf[j] = j < valid ? xr[base + j] : 0.0f;
+                for (int j = 0; j < 4; j++) v[j] = _mm256_loadu_ps(buf + 8 * j);
             }
+            for (int j = 0; j < 4; j++) mx = _mm256_max_ps(mx, _mm256_and_ps(v[j], absmask));
             __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
             m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
             m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
