@@ -87,6 +87,35 @@ def test_greedy_walk_leaves_the_matcher_at_the_root(constraints):
     assert torch.equal(a.rows(), b.rows())
 
 
+def test_rows_whose_mask_allows_one_token_read_no_logits(constraints):
+    """A path row whose mask allows one token (the grammar forces it) is decided by the mask: its
+    logits may be anything, NaN included; the other rows are read as before."""
+    c = constraints["schema-record"]
+    guide = Guide(c, frozenset({EOS}))
+    guide.shape(DraftTree(), 8, 8)  # the forced chain from the start
+    rows = guide.rows()
+    single = [i for i in range(rows.shape[0]) if masks.only_numpy(rows[i].numpy()) is not None]
+    assert single and len(single) < rows.shape[0] + 1
+    logits = torch.randn(rows.shape[0], VOCAB, generator=torch.Generator().manual_seed(5))
+    want = guide.greedy_best(logits)
+    logits[single] = float("nan")
+    assert guide.greedy_best(logits) == want
+    assert [want[i] for i in single] == [masks.only_numpy(rows[i].numpy()) for i in single]
+
+
+def test_only_numpy():
+    row = masks.new_rows(1, 100)[0].numpy()
+    assert masks.only_numpy(row) is None  # none allowed
+    row[2] = -(1 << 31)  # token 95 (the sign bit of an int32 word)
+    assert masks.only_numpy(row) == 95
+    row[0] = 1 << 4
+    assert masks.only_numpy(row) is None  # two
+    row[2] = 0
+    assert masks.only_numpy(row) == 4
+    row[0] = 0b11000
+    assert masks.only_numpy(row) is None  # two in one word
+
+
 def test_greedy_best_on_bfloat16_and_wide_logits(constraints):
     """Rows wider than the bitmask (tokens past it are never allowed) and a dtype numpy lacks."""
     c = constraints["schema-record"]

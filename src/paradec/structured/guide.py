@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from ..tree import DraftTree
-from ..verify import argmax_rows
 from . import masks
 from .constraint import Constraint
 from .draft import Shaped, shape_draft
@@ -97,18 +96,21 @@ class Guide:
     def greedy_best(self, logits: torch.Tensor) -> list[int]:
         """What greedy verification reads of ``mask(logits).argmax(-1)``: the argmax of every
         masked row on the path it takes (root, then the child spelling that row's argmax, while
-        there is one); the other rows keep their unmasked argmax, which it never reads. So
+        there is one); the other rows hold -1, which it never reads. So
         ``verify_greedy_best(tree, greedy_best(logits))`` is greedy verification against the
         constrained target, ties included. Each path row's mask is computed here with the
-        matcher walked down the path (none were computed when shaping, see ``shape``), and a
-        row is masked in full only where its own argmax is a token the grammar rules out: an
-        allowed argmax is also the masked row's (the first maximum among the allowed tokens:
-        every token before it is smaller)."""
+        matcher walked down the path (none were computed when shaping, see ``shape``):
+        - a mask that allows one token decides the row (its masked argmax is that token,
+          whatever the logits): its logits are not read;
+        - else the row's own argmax, if the grammar allows it, is also the masked row's (the
+          first maximum among the allowed tokens: every token before it is smaller); a row is
+          masked in full only where its argmax is a token the grammar rules out.
+        Only the path rows' argmaxes are taken (one row at a time)."""
         t0 = time.perf_counter()
         x = logits.detach()
         on_numpy = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.float16)
-        best = argmax_rows(x)
         tree, given = self.shaped.tree, self.shaped.rows
+        best = [-1] * (len(tree) + 1)
         kids = tree.children()
         words = masks.words(self.vocab)
         bits = np.zeros(words, np.int32)
@@ -119,18 +121,22 @@ class Guide:
                 row = given[r].numpy() if given is not None else bits
                 if given is None:
                     masks.fill_numpy(m, row)
-                t = best[r]
-                u = self.eos if t in self._other_eos else t  # the other EOS tokens follow the grammar's
-                if not (u < 32 * words and (int(row[u >> 5]) >> (u & 31)) & 1):  # masked in full, as mask() does
-                    allow = self._allow(row[None], x.shape[-1])
-                    if on_numpy:
-                        best[r] = int(np.where(allow[0], x[r].numpy(), -np.inf).argmax())
-                    else:  # a dtype numpy lacks
-                        best[r] = int(masks.apply(x[r : r + 1], torch.from_numpy(allow)).argmax(-1))
-                nxt = next((c for c in kids[r] if tree.tokens[c] == best[r]), None)
+                t = masks.only_numpy(row)
+                if t is None or t == self.eos or t in self._other_eos:  # the logits decide
+                    xr = x[r]  # [V]
+                    t = int(xr.numpy().argmax()) if on_numpy else int(xr.argmax())
+                    u = self.eos if t in self._other_eos else t  # the other EOS tokens follow the grammar's
+                    if not (u < 32 * words and (int(row[u >> 5]) >> (u & 31)) & 1):  # masked in full, as mask() does
+                        allow = self._allow(row[None], x.shape[-1])
+                        if on_numpy:
+                            t = int(np.where(allow[0], xr.numpy(), -np.inf).argmax())
+                        else:  # a dtype numpy lacks
+                            t = int(masks.apply(xr[None], torch.from_numpy(allow)).argmax(-1))
+                best[r] = t
+                nxt = next((c for c in kids[r] if tree.tokens[c] == t), None)
                 if nxt is None:
                     break
-                m.consume_token(best[r])  # the parser took it when the node was kept, in this state
+                m.consume_token(t)  # the parser took it when the node was kept, in this state
                 depth += 1
                 node = nxt
         finally:

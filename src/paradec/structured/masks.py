@@ -32,6 +32,15 @@ def allowed(row: torch.Tensor, token: int) -> bool:
     return 0 <= w < row.shape[0] and (int(row[w]) >> (token & 31)) & 1 == 1
 
 
+def only_numpy(row: np.ndarray) -> int | None:
+    """The one token a bitmask row [words] int32 allows, or None (none or several)."""
+    nz = np.flatnonzero(row)
+    if len(nz) != 1:
+        return None
+    w = int(row[nz[0]]) & 0xFFFFFFFF
+    return None if w & (w - 1) else 32 * int(nz[0]) + w.bit_length() - 1
+
+
 def count(row: torch.Tensor) -> int:
     """How many tokens bitmask ``row`` allows."""
     return int(unpack(row[None], row.shape[0] * 32).sum())
