@@ -146,6 +146,73 @@ def test_decoding_with_kept_prefixes_gives_the_same_tokens(nat, method):
         assert with_store.cached_prompt_tokens == (len(head) if i else 0)  # the head, from the previous prompt
 
 
+@pytest.mark.parametrize("n_prompt", [1, 2, 12, 64, 65, 150])
+def test_the_prompts_last_tokens_ride_the_first_steps_forward(nat, n_prompt, monkeypatch):
+    """The first step's forward also prefills the prompt's last tokens (up to one chunk): its
+    logits are bit for bit those of a separate prefill and forward, and so is the cache."""
+    import paradec.decode as D
+
+    prompt = torch.randint(3, VOCAB, (n_prompt,), generator=torch.Generator().manual_seed(n_prompt)).tolist()
+    draft_tokens = [5, 6, 7]
+
+    class Chain:  # a fixed three-token draft
+        name = "chain"
+
+        def begin(self, prompt, sampling):
+            pass
+
+        def propose(self, ctx):
+            from paradec.tree import DraftTree
+
+            return DraftTree(tuple(draft_tokens), (-1, 0, 1))
+
+        def observe(self, result):
+            pass
+
+    def first_step(merged_rows):
+        monkeypatch.setattr(D, "MERGED_PROMPT_ROWS", merged_rows)
+        dec = D.Decoder(nat, Chain(), prompt, D.DecodeConfig(max_new_tokens=8))
+        step = dec.prepare()
+        logits = dec.forward(step)
+        return step, logits, dec
+
+    rows = D.MERGED_PROMPT_ROWS
+    assert rows >= 16
+    sep_step, sep_logits, sep = first_step(0)
+    step, logits, dec = first_step(rows)
+    assert sep_step.prompt_rows == 0
+    assert step.prompt_rows == min(n_prompt - 1, rows)
+    assert not step.plain and step.ids.shape[1] == step.prompt_rows + len(draft_tokens) + 1
+    assert torch.equal(logits, sep_logits)  # [n+1, V]
+    n = sep.cache.length
+    assert dec.cache.length == n
+    assert np.array_equal(dec.cache.keys[:, :, :n], sep.cache.keys[:, :, :n])
+    assert np.array_equal(dec.cache.values[:, :, :n], sep.cache.values[:, :, :n])
+    assert dec.commit(logits) == sep.commit(sep_logits)
+    assert dec.stats.prefill_s > 0 and dec.stats.forward_s >= 0
+
+
+@pytest.mark.parametrize("method", ["ar", "suffix", "auto"])
+def test_decoding_with_the_prompts_end_in_the_first_step_gives_the_same_tokens(nat, method, monkeypatch):
+    """Whole requests, with and without the merged first step, with a store filled after it
+    (the next request takes its head from there): the same tokens every time."""
+    import paradec.decode as D
+
+    head = [3 + (7 * i) % (VOCAB - 3) for i in range(77)]  # longer than one merged chunk
+    prompts = [head + [10 + i, 11, 12 + i] for i in range(3)]
+    got = {}
+    for rows in (0, D.MERGED_PROMPT_ROWS):
+        monkeypatch.setattr(D, "MERGED_PROMPT_ROWS", rows)
+        store, models = PrefixCache(), Models(nat)
+        for i, p in enumerate(prompts):
+            stats = DecodeStats()
+            proposer = make_proposer(method, models) if method != "ar" else NoDraft()
+            got.setdefault(i, []).append([t for s in decode(nat, proposer, p, DecodeConfig(max_new_tokens=24), stats,
+                                                            prefixes=store) for t in s])
+            assert stats.cached_prompt_tokens == (len(head) if i else 0)
+    assert all(a == b for a, b in got.values())
+
+
 def test_the_torch_backend_never_reuses():
     hf = tiny_llama(vocab=VOCAB)
     target = HFCausalLM(hf)

@@ -22,7 +22,7 @@ import torch
 
 from .cache import KVCache
 from .errors import ParadecError
-from .models.causal_lm import CausalLM, NativeLM, backend_label
+from .models.causal_lm import CausalLM, NativeLM, TailLogitsLM, backend_label
 from .prefix import PrefixCache, reuses_prefixes
 from .proposers.base import DraftsFlag, FusedProposer, ProposeContext, Proposer, StepResult
 from .sampling import SamplingParams, target_probs
@@ -54,11 +54,17 @@ class ForwardInput:
     mask: torch.Tensor  # [1, n+1, base+n+1] bool
     cache: KVCache
     fused: bool = False  # the proposer runs this forward itself (it drafts inside it)
+    prompt_rows: int = 0  # leading rows that are the prompt's last tokens (prefilled here; no logits)
 
     @property
     def plain(self) -> bool:
         """A plain decoding step: one token, no draft (what the server batches across requests)."""
-        return self.ids.shape[1] == 1 and not self.fused
+        return self.ids.shape[1] == 1 and not self.fused and not self.prompt_rows
+
+
+# the prompt's last tokens prefilled in the first step's forward (TailLogitsLM), at most one
+# prefill chunk: that forward then reads the weights for them and the first draft at once
+MERGED_PROMPT_ROWS = 64
 
 
 def decode(
@@ -156,14 +162,23 @@ class Decoder:
         self._eos = cfg.eos_ids if self.guide is None else cfg.eos_ids | {self.guide.eos}
         # ar, the baseline, takes no forced drafts
         self._forced = proposer.drafts if isinstance(proposer, DraftsFlag) else True
+        # the prompt's last tokens ride the first step's forward (see _start), where that leaves
+        # the same bits as a prefill (a batch-invariant target) and the loop runs the forward
+        self._merge = reuses_prefixes(target)
+        self._merge = self._merge and isinstance(target, TailLogitsLM) and self._fused is None
+        self._pending: list[int] = []  # prompt tokens to prefill in the first step's forward
 
     def _start(self) -> None:
         self.cache = self.target.new_cache(capacity=self._limit + self.cfg.max_draft + 1)
         head = self.prompt[:-1]  # the prompt's last token is the first step's root
         reused = 0 if self._prefixes is None or not head else self._prefixes.restore(head, self.cache)
-        if len(head) > reused:
-            self.target.prefill(torch.tensor([head[reused:]]), self.cache)
-        if self._prefixes is not None and head:
+        rest = head[reused:]
+        if self._merge:  # up to one prefill chunk of it is prefilled in the first step's forward
+            cut = len(rest) - min(len(rest), MERGED_PROMPT_ROWS)
+            rest, self._pending = rest[:cut], rest[cut:]
+        if rest:
+            self.target.prefill(torch.tensor([rest]), self.cache)
+        if self._prefixes is not None and head and not self._pending:
             self._prefixes.keep(head, self.cache)
         self.stats.cached_prompt_tokens = reused
         self.stats.prefill_s = time.perf_counter() - self._t_start
@@ -195,13 +210,21 @@ class Decoder:
             self.stats.forced_tokens += self.guide.shaped.forced
             self.stats.likely_tokens += self.guide.shaped.likely
         self._draft = draft
-        self._base = base = self.cache.seq_len  # == len(tokens) - 1; the root sits at position `base`
+        pending = self._pending  # the prompt's last tokens (first step only): P rows ahead of the root
+        self._base = base = self.cache.seq_len + len(pending)  # == len(tokens) - 1; the root sits at position `base`
+        mask = attention_mask(draft, base)  # [n+1, base+n+1]
+        if pending:  # causal rows for them, and the tree's rows see them all
+            start = base - len(pending)
+            lead = torch.ones(len(pending), mask.shape[1], dtype=torch.bool)
+            lead[:, start:] = torch.arange(mask.shape[1] - start)[None, :] <= torch.arange(len(pending))[:, None]
+            mask = torch.cat([lead, mask])  # [P+n+1, base+n+1]
         step = ForwardInput(
-            ids=torch.tensor([draft.input_ids(self.tokens[-1])]),  # [1, n+1]
-            positions=torch.tensor([[base + o for o in draft.position_offsets()]]),  # [1, n+1]
-            mask=attention_mask(draft, base)[None],  # [1, n+1, base+n+1]
+            ids=torch.tensor([pending + draft.input_ids(self.tokens[-1])]),  # [1, P+n+1]
+            positions=torch.tensor([list(range(base - len(pending), base)) + [base + o for o in draft.position_offsets()]]),
+            mask=mask[None],  # [1, P+n+1, base+n+1]
             cache=self.cache,
             fused=self._fused is not None,
+            prompt_rows=len(pending),
         )
         self.stats.draft_s += time.perf_counter() - t0
         return step
@@ -210,6 +233,8 @@ class Decoder:
         """Run ``step`` on the target: logits [n+1, V]. The cache gains exactly the n+1 inputs."""
         if self._fused is not None:
             return self._fused(self.target, step)
+        if step.prompt_rows:
+            return self.target.forward_tail(step.ids, step.positions, step.cache, step.mask, step.prompt_rows)[0]
         return self.target.forward(step.ids, step.positions, step.cache, step.mask)[0]
 
     def commit(self, logits: torch.Tensor, forward_s: float = 0.0) -> list[int]:
@@ -232,6 +257,13 @@ class Decoder:
             cache.truncate(base + 1 + len(verdict.accepted))
         else:
             cache.compact([base] + [base + 1 + i for i in verdict.accepted], offset=base)
+        if self._pending:  # the first step prefilled the prompt's last tokens: their rows' share is prefill
+            share = forward_s * len(self._pending) / (len(self._pending) + len(draft) + 1)
+            stats.prefill_s += share
+            forward_s -= share
+            if self._prefixes is not None:
+                self._prefixes.keep(self.prompt[:-1], cache)  # slots [0, len(prompt) - 1): the prompt's
+            self._pending = []
         stats.forward_s += forward_s
         stats.verify_s += time.perf_counter() - t0
         stats.record_step(draft.depth, len(draft), len(verdict.accepted), verdict.bonus)

@@ -65,6 +65,19 @@ class HiddenStatesLM(CausalLM, Protocol):
 
 
 @runtime_checkable
+class TailLogitsLM(CausalLM, Protocol):
+    """A target that can run a forward whose first rows only fill the cache (the end of a
+    prompt, ahead of the first step's draft) and give the logits of the rows from ``start`` on:
+    the decode loop then prefills a prompt's last tokens in its first step's forward (one pass
+    over the weights fewer a request)."""
+
+    def forward_tail(
+        self, ids: torch.Tensor, positions: torch.Tensor, cache, attn_mask: torch.Tensor, start: int
+    ) -> torch.Tensor:  # [B, q - start, V] logits of rows start..q-1
+        ...
+
+
+@runtime_checkable
 class NativeLM(Protocol):
     """A target that runs on its own kernels and thread pool, not torch's (the native backend):
     torch ops beside it run on one thread (their spinning threads would take its cores), and it

@@ -193,6 +193,15 @@ class NativeCausalLM:
         return self._logits(h)[None], h[None]
 
     @torch.inference_mode()
+    def forward_tail(self, ids, positions, cache: NativeKVCache, attn_mask, start: int) -> torch.Tensor:
+        """``forward`` with the LM head run on rows ``start``.. only: [1, q - start, V]. Every
+        row's keys and values land in the cache as ``forward`` leaves them (the rows before
+        ``start``: prompt tokens prefilled in the same pass, bit-identical to ``prefill``)."""
+        h = self._body(self._tree_rows(ids, positions, cache, attn_mask))  # [q, H]
+        cache.length += ids.shape[1]
+        return self._logits(h[start:])[None]
+
+    @torch.inference_mode()
     def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, caches: list[NativeKVCache]) -> torch.Tensor:
         """B requests at one new token each (ids, positions [B, 1]), each on its own cache at
         slot ``seq_len``; returns logits [B, 1, V]."""
