@@ -3,7 +3,9 @@
 Invariant: the target cache holds every committed token but the last one (the *root*), and
 slot i holds position i. Each step feeds the root plus the draft tree in one forward, commits
 the accepted path plus one target-sampled token, and rolls the cache back to the committed
-prefix (truncate for chains, compact for trees).
+prefix (truncate for chains, compact for trees). On a batch-invariant target the first step's
+forward also carries the prompt's last tokens (up to ``MERGED_PROMPT_ROWS``), which the cache
+then lacks until that forward: prefilled beside the first draft, they cost no pass of their own.
 
 The loop body is split in two halves around the forward, ``Decoder.prepare`` (propose, build
 the forward's inputs) and ``Decoder.commit`` (verify, roll back, emit), so a caller that owns
@@ -59,7 +61,7 @@ class ForwardInput:
     @property
     def plain(self) -> bool:
         """A plain decoding step: one token, no draft (what the server batches across requests)."""
-        return self.ids.shape[1] == 1 and not self.fused and not self.prompt_rows
+        return self.ids.shape[1] == 1 and not self.fused
 
 
 # the prompt's last tokens prefilled in the first step's forward (TailLogitsLM), at most one
@@ -164,8 +166,7 @@ class Decoder:
         self._forced = proposer.drafts if isinstance(proposer, DraftsFlag) else True
         # the prompt's last tokens ride the first step's forward (see _start), where that leaves
         # the same bits as a prefill (a batch-invariant target) and the loop runs the forward
-        self._merge = reuses_prefixes(target)
-        self._merge = self._merge and isinstance(target, TailLogitsLM) and self._fused is None
+        self._merge = reuses_prefixes(target) and isinstance(target, TailLogitsLM) and self._fused is None
         self._pending: list[int] = []  # prompt tokens to prefill in the first step's forward
 
     def _start(self) -> None:
@@ -230,7 +231,8 @@ class Decoder:
         return step
 
     def forward(self, step: ForwardInput) -> torch.Tensor:
-        """Run ``step`` on the target: logits [n+1, V]. The cache gains exactly the n+1 inputs."""
+        """Run ``step`` on the target: logits [n+1, V]. The cache gains exactly the step's inputs
+        (the n+1 of the tree, after the prompt's last tokens in the first step)."""
         if self._fused is not None:
             return self._fused(self.target, step)
         if step.prompt_rows:
