@@ -214,11 +214,13 @@ static void attend_one(const attn_job *j, int64_t r, int64_t h, float *scores, i
     for (int64_t i = 0; i < dim; i++) o[i] *= inv;
 }
 
-/* Rows of one attention item: up to ATT_ROWS rows of a tree for one head. */
+/* Queries of one attention pass: up to ATT_ROWS (row, head) pairs, the rows of one cache and the
+ * heads of one kv head (grouped-query attention: the pass reads that kv head's keys and values
+ * once for all of them). */
 #define ATT_ROWS 16
-/* Keys scored per tile: a tile's keys stay in L1 while every row of the item reads them. */
+/* Keys scored per tile: a tile's keys stay in L1 while every query of the pass reads them. */
 #define ATT_KTILE 64
-/* Room past each row's scores, so the last group of 4 (and of 8) may be written whole. */
+/* Room past each query's scores, so the last group of 4 (and of 8) may be written whole. */
 #define ATT_PAD 8
 
 /* The scores of 4 keys (k0..k3) for one query q (NV vectors of 8): each key's products in 8
@@ -251,8 +253,9 @@ static inline __m256 allowed8(const uint8_t *m, int64_t s, int64_t nk) {
     return _mm256_castsi256_ps(_mm256_cmpgt_epi32(v, _mm256_setzero_si256()));
 }
 
-/* One head h for the rows [ra, rb), which share one cache. Each row's arithmetic is its own and
- * fixed, whatever other rows or masked keys exist:
+/* The heads [h0, h1) (of one kv head) for the rows [ra, rb), which share one cache: query
+ * qi = (ra + qi / nh, h0 + qi % nh). Each query's arithmetic is its own and fixed, whatever
+ * other queries or masked keys exist:
  * - the score of slot s: score4's fma chain and tree (computed for every slot below the row's
  *   nkeys; a masked slot's score is never used);
  * - the maximum over the allowed slots (exact, so in any order);
@@ -261,24 +264,25 @@ static inline __m256 allowed8(const uint8_t *m, int64_t s, int64_t nk) {
  *   the same allowed slots in the same order as the same tokens computed alone, at other slots);
  * - the output: sum over allowed slots, in slot order, of w_s * v_s (one fma chain per element),
  *   times 1 / total.
- * The rows share only the loads: keys are scored a tile at a time for all the rows. NV (= dim /
- * 8) is a constant in each instantiation. */
-static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job *j, int64_t ra, int64_t rb, int64_t h, float *scores,
-                                                                  int32_t *idx, const int NV) {
-    const int64_t dim = 8 * NV, kvh = j->kvh, g = h / (j->heads / kvh), nr = rb - ra;
+ * The queries share only the loads: keys and values are read a tile at a time for all of them.
+ * NV (= dim / 8) is a constant in each instantiation. */
+static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job *j, int64_t ra, int64_t rb, int64_t h0,
+                                                                  int64_t h1, float *scores, int32_t *idx, const int NV) {
+    const int64_t dim = 8 * NV, kvh = j->kvh, g = h0 / (j->heads / kvh), nh = h1 - h0, nq = (rb - ra) * nh;
     const int64_t stride = (j->max_keys > 0 ? j->max_keys : 1) + ATT_PAD;
     const float *K = (const float *)(intptr_t)j->kptr[ra], *V = (const float *)(intptr_t)j->vptr[ra];
     const float *Kg = K + (j->layer * kvh + g) * j->cap[ra] * dim;
     const float *Vg = V + (j->layer * kvh + g) * j->cap[ra] * dim;
     const __m128 scale = _mm_set1_ps(j->scale);
     int64_t n = 0;
-    for (int64_t r = 0; r < nr; r++)
-        if (j->nkeys[ra + r] > n) n = j->nkeys[ra + r];
+    for (int64_t r = ra; r < rb; r++)
+        if (j->nkeys[r] > n) n = j->nkeys[r];
     for (int64_t s0 = 0; s0 < n; s0 += ATT_KTILE)
-        for (int64_t r = 0; r < nr; r++) {
-            const int64_t nk = j->nkeys[ra + r], end = s0 + ATT_KTILE < nk ? s0 + ATT_KTILE : nk;
-            const float *qh = j->q + (ra + r) * j->qstride + h * dim;
-            float *sr = scores + r * stride;
+        for (int64_t qi = 0; qi < nq; qi++) {
+            const int64_t row = ra + qi / nh, h = h0 + qi % nh;
+            const int64_t nk = j->nkeys[row], end = s0 + ATT_KTILE < nk ? s0 + ATT_KTILE : nk;
+            const float *qh = j->q + row * j->qstride + h * dim;
+            float *sr = scores + qi * stride;
             for (int64_t s = s0; s < end; s += 4) {
                 /* past the row's last key: repeat it (that lane's score is written to the padding) */
                 const float *k0 = Kg + s * dim;
@@ -287,13 +291,14 @@ static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job 
                 _mm_storeu_ps(sr + s, score4(qh, k0, k1, k2, k3, NV, scale));
             }
         }
-    int64_t cnt[ATT_ROWS], cur[ATT_ROWS]; /* allowed slots of each row; the next one to add */
+    int64_t cnt[ATT_ROWS], cur[ATT_ROWS]; /* allowed slots of each query; the next one to add */
     float inv[ATT_ROWS];
-    for (int64_t r = 0; r < nr; r++) {
-        float *sr = scores + r * stride, *o = j->out + ((ra + r) * j->heads + h) * dim;
-        int32_t *ir = idx + r * stride;
-        const int64_t nk = j->nkeys[ra + r];
-        const uint8_t *m = j->mask + (ra + r) * j->mask_stride;
+    for (int64_t qi = 0; qi < nq; qi++) {
+        const int64_t row = ra + qi / nh, h = h0 + qi % nh;
+        float *sr = scores + qi * stride, *o = j->out + (row * j->heads + h) * dim;
+        int32_t *ir = idx + qi * stride;
+        const int64_t nk = j->nkeys[row];
+        const uint8_t *m = j->mask + row * j->mask_stride;
         const __m256 ninf = _mm256_set1_ps(-INFINITY);
         __m256 vmx = ninf;
         for (int64_t s = 0; s < nk; s += 8)
@@ -302,8 +307,8 @@ static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job 
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         const float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
         for (int64_t i = 0; i < dim; i++) o[i] = 0.0f; /* the accumulators, from slot 0 on */
-        cnt[r] = cur[r] = 0;
-        inv[r] = 0.0f;
+        cnt[qi] = cur[qi] = 0;
+        inv[qi] = 0.0f;
         if (mx == -INFINITY) continue; /* no allowed key: zeros (the decode loop never asks this) */
         vmx = _mm256_set1_ps(mx);
         for (int64_t s = 0; s < nk; s += 8)
@@ -316,24 +321,24 @@ static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job 
                 ir[c] = (int32_t)s;
                 sr[c++] = sr[s];
             }
-        for (int64_t t = c; t < c + 8; t++) sr[t] = 0.0f; /* c <= nk: within the row's padding */
+        for (int64_t t = c; t < c + 8; t++) sr[t] = 0.0f; /* c <= nk: within the query's padding */
         __m256 tot = _mm256_setzero_ps();
         for (int64_t t = 0; t < c; t += 8) tot = _mm256_add_ps(tot, _mm256_loadu_ps(sr + t));
-        cnt[r] = c;
-        inv[r] = 1.0f / hsum8(tot);
+        cnt[qi] = c;
+        inv[qi] = 1.0f / hsum8(tot);
     }
-    /* The weighted values, a tile of slots at a time for all the rows (the tile's values stay in
-     * L1 while every row reads them): each row's accumulators wait in its output between tiles,
-     * so each element is still one fma chain over the allowed slots in slot order. The inner
-     * loop has no branch and no store, which keeps its accumulators in registers. */
+    /* The weighted values, a tile of slots at a time for all the queries (the tile's values stay
+     * in L1 while every query reads them): each query's accumulators wait in its output between
+     * tiles, so each element is still one fma chain over the allowed slots in slot order. The
+     * inner loop has no branch and no store, which keeps its accumulators in registers. */
     for (int64_t s0 = 0; s0 < n; s0 += ATT_KTILE)
-        for (int64_t r = 0; r < nr; r++) {
-            const float *sr = scores + r * stride;
-            const int32_t *ir = idx + r * stride;
-            int64_t t = cur[r], e = t;
-            while (e < cnt[r] && ir[e] < s0 + ATT_KTILE) e++;
+        for (int64_t qi = 0; qi < nq; qi++) {
+            const float *sr = scores + qi * stride;
+            const int32_t *ir = idx + qi * stride;
+            int64_t t = cur[qi], e = t;
+            while (e < cnt[qi] && ir[e] < s0 + ATT_KTILE) e++;
             if (e == t) continue;
-            float *o = j->out + ((ra + r) * j->heads + h) * dim;
+            float *o = j->out + ((ra + qi / nh) * j->heads + h0 + qi % nh) * dim;
             __m256 acc[NV];
             for (int i = 0; i < NV; i++) acc[i] = _mm256_loadu_ps(o + 8 * i);
             for (; t < e; t++) {
@@ -342,35 +347,53 @@ static inline __attribute__((always_inline)) void attend_rows_nv(const attn_job 
                 for (int i = 0; i < NV; i++) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vs + 8 * i), acc[i]);
             }
             for (int i = 0; i < NV; i++) _mm256_storeu_ps(o + 8 * i, acc[i]);
-            cur[r] = e;
+            cur[qi] = e;
         }
-    for (int64_t r = 0; r < nr; r++) {
-        float *o = j->out + ((ra + r) * j->heads + h) * dim;
-        const __m256 iv = _mm256_set1_ps(inv[r]);
-        if (cnt[r])
+    for (int64_t qi = 0; qi < nq; qi++) {
+        float *o = j->out + ((ra + qi / nh) * j->heads + h0 + qi % nh) * dim;
+        const __m256 iv = _mm256_set1_ps(inv[qi]);
+        if (cnt[qi])
             for (int i = 0; i < NV; i++) _mm256_storeu_ps(o + 8 * i, _mm256_mul_ps(_mm256_loadu_ps(o + 8 * i), iv));
     }
 }
 
 /* the head sizes the models use get their own unrolled copy; other multiples of 8 up to
  * PD_MAX_DIM share a general one (the same arithmetic) */
-static void attend_rows(const attn_job *j, int64_t ra, int64_t rb, int64_t h, float *scores, int32_t *idx) {
+static void attend_rows(const attn_job *j, int64_t ra, int64_t rb, int64_t h0, int64_t h1, float *scores, int32_t *idx) {
     switch (j->dim) {
-    case 64: attend_rows_nv(j, ra, rb, h, scores, idx, 8); break;
-    case 128: attend_rows_nv(j, ra, rb, h, scores, idx, 16); break;
-    case 256: attend_rows_nv(j, ra, rb, h, scores, idx, 32); break;
-    default: attend_rows_nv(j, ra, rb, h, scores, idx, (int)(j->dim / 8)); break;
+    case 64: attend_rows_nv(j, ra, rb, h0, h1, scores, idx, 8); break;
+    case 128: attend_rows_nv(j, ra, rb, h0, h1, scores, idx, 16); break;
+    case 256: attend_rows_nv(j, ra, rb, h0, h1, scores, idx, 32); break;
+    default: attend_rows_nv(j, ra, rb, h0, h1, scores, idx, (int)(j->dim / 8)); break;
     }
 }
 
-/* Items: (block of up to ATT_ROWS consecutive rows on one cache, head), dealt round robin so that
- * a causal prefill's long and short rows spread evenly over the threads. */
+/* Blocks of up to ATT_ROWS consecutive rows on one cache. */
 static int64_t row_block_end(const attn_job *j, int64_t ra) {
     int64_t rb = ra + 1;
     while (rb < j->rows && rb - ra < ATT_ROWS && j->kptr[rb] == j->kptr[ra] && j->vptr[rb] == j->vptr[ra] && j->cap[rb] == j->cap[ra]) rb++;
     return rb;
 }
 
+/* Heads [h0, h1) for the rows [ra, rb): one pass per kv head they touch, each taking as many
+ * of that kv head's query heads as fit ATT_ROWS queries. */
+static void attend_heads(const attn_job *j, int64_t ra, int64_t rb, int64_t h0, int64_t h1, float *scores, int32_t *idx) {
+    const int64_t group = j->heads / j->kvh, per = ATT_ROWS / (rb - ra) > 0 ? ATT_ROWS / (rb - ra) : 1;
+    for (int64_t h = h0; h < h1;) {
+        int64_t e = (h / group + 1) * group; /* the end of h's kv head */
+        if (e > h1) e = h1;
+        if (e - h > per) e = h + per;
+        attend_rows(j, ra, rb, h, e, scores, idx);
+        h = e;
+    }
+}
+
+/* Work split. A decoding step (its rows one block: one request's root and draft): each thread
+ * takes a contiguous run of heads, so that a kv head's query heads are mostly done in one pass
+ * that reads its keys and values once (9 heads on 3 kv heads over 2 threads: 4 such reads
+ * instead of 6). Several blocks (a prefill, batched requests): items (block, head) dealt round
+ * robin, so that a causal prefill's long and short rows spread evenly over the threads. Which
+ * thread computes a query never changes its value. */
 static void attn_task(void *arg, int tid, int nth) {
     const attn_job *j = (const attn_job *)arg;
     const int vec = j->dim % 8 == 0 && j->dim <= PD_MAX_DIM;
@@ -378,15 +401,20 @@ static void attn_task(void *arg, int tid, int nth) {
     float *scores = (float *)malloc(sizeof(float) * (vec ? (n + ATT_PAD) * ATT_ROWS : n));
     int32_t *idx = (int32_t *)malloc(sizeof(int32_t) * (n + ATT_PAD) * (vec ? ATT_ROWS : 1));
     if (scores && idx) {
-        int64_t item = 0;
-        for (int64_t ra = 0, rb; ra < j->rows; ra = rb) {
-            rb = vec ? row_block_end(j, ra) : ra + 1;
-            for (int64_t h = 0; h < j->heads; h++, item++) {
-                if (item % nth != tid) continue;
-                if (vec)
-                    attend_rows(j, ra, rb, h, scores, idx);
-                else
-                    attend_one(j, ra, h, scores, idx);
+        if (vec && row_block_end(j, 0) == j->rows) {
+            const int64_t h0 = j->heads * tid / nth, h1 = j->heads * (tid + 1) / nth;
+            if (h1 > h0) attend_heads(j, 0, j->rows, h0, h1, scores, idx);
+        } else {
+            int64_t item = 0;
+            for (int64_t ra = 0, rb; ra < j->rows; ra = rb) {
+                rb = vec ? row_block_end(j, ra) : ra + 1;
+                for (int64_t h = 0; h < j->heads; h++, item++) {
+                    if (item % nth != tid) continue;
+                    if (vec)
+                        attend_rows(j, ra, rb, h, h + 1, scores, idx);
+                    else
+                        attend_one(j, ra, h, scores, idx);
+                }
             }
         }
     }
