@@ -4,6 +4,7 @@ batch invariance bit for bit; greedy identity with ``ar`` for every drafter; bad
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,6 +145,33 @@ def test_batch_invariance_a_row_alone_or_among_k_is_bit_identical(llama):
         for i in range(q):
             path = [j for j in range(q) if mask[0, i, base + j]]
             assert torch.equal(out[i], _prefix_logits(nat, prompt[:base] + toks[path].tolist())), f"tree node {i}"
+
+
+def test_attention_split_over_threads_changes_no_bit(tmp_path):
+    """Enough attention work to share (8 heads on 2 kv heads, 300+ keys): over 1, 2 and 3
+    kernel threads (3: runs of heads that cross a kv head, passes cut at its edge) a decoding
+    step's logits, one token or a chain, and a long prefill's cache are the same bits."""
+    hf = tiny_hf("llama", seed=5, hidden=256, heads=8, kv_heads=2, ffn=128, vocab=96, std=0.5)
+    nat = NativeCausalLM(read_gguf(write_gguf(hf, tmp_path / "gqa.gguf")))
+    prompt = torch.randint(0, 96, (330,), generator=torch.Generator().manual_seed(6)).tolist()
+    base, n = kernels.threads(), 320
+    got = []
+    try:
+        for t in (1, 2, 3):
+            kernels.set_threads(t)
+            c = nat.new_cache(n + 8)
+            nat.prefill(torch.tensor([prompt[:n]]), c)
+            outs = [c.keys[:, :, :n].copy()]
+            for k in (1, 3, 8):
+                outs.append(nat.forward(torch.tensor([prompt[n : n + k]]), torch.arange(n, n + k)[None], c, _chain_mask(n, k)))
+                c.truncate(n)
+            got.append(outs)
+    finally:
+        kernels.set_threads(base)
+    for other in got[1:]:
+        assert np.array_equal(other[0], got[0][0])
+        for a, b in zip(other[1:], got[0][1:]):
+            assert torch.equal(a, b)
 
 
 def test_forward_rows_equals_each_request_alone(llama):

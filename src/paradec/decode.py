@@ -49,14 +49,15 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class ForwardInput:
-    """One target forward: the root plus the draft tree, on ``cache``."""
+    """One target forward: the root plus the draft tree, on ``cache`` (in a request's first step,
+    after P = ``prompt_rows`` rows of the prompt's last tokens; P = 0 otherwise)."""
 
-    ids: torch.Tensor  # [1, n+1] long
-    positions: torch.Tensor  # [1, n+1] long
-    mask: torch.Tensor  # [1, n+1, base+n+1] bool
+    ids: torch.Tensor  # [1, P+n+1] long
+    positions: torch.Tensor  # [1, P+n+1] long
+    mask: torch.Tensor  # [1, P+n+1, base+n+1] bool (base: the root's position)
     cache: KVCache
     fused: bool = False  # the proposer runs this forward itself (it drafts inside it)
-    prompt_rows: int = 0  # leading rows that are the prompt's last tokens (prefilled here; no logits)
+    prompt_rows: int = 0  # P: leading rows that only fill the cache (no logits)
 
     @property
     def plain(self) -> bool:

@@ -187,9 +187,7 @@ class NativeCausalLM:
     @torch.inference_mode()
     def forward_hidden(self, ids, positions, cache: NativeKVCache, attn_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward`` plus the last hidden states [1, q, H] (after the final norm)."""
-        rows = self._tree_rows(ids, positions, cache, attn_mask)
-        h = self._body(rows)
-        cache.length += ids.shape[1]
+        h = self._step(ids, positions, cache, attn_mask)
         return self._logits(h)[None], h[None]
 
     @torch.inference_mode()
@@ -197,9 +195,14 @@ class NativeCausalLM:
         """``forward`` with the LM head run on rows ``start``.. only: [1, q - start, V]. Every
         row's keys and values land in the cache as ``forward`` leaves them (the rows before
         ``start``: prompt tokens prefilled in the same pass, bit-identical to ``prefill``)."""
-        h = self._body(self._tree_rows(ids, positions, cache, attn_mask))  # [q, H]
+        return self._logits(self._step(ids, positions, cache, attn_mask)[start:])[None]
+
+    def _step(self, ids, positions, cache: NativeKVCache, attn_mask) -> torch.Tensor:
+        """The stack over one request's step (batch 1): hidden states [q, H] after the final
+        norm; the cache gains the q rows."""
+        h = self._body(self._tree_rows(ids, positions, cache, attn_mask))
         cache.length += ids.shape[1]
-        return self._logits(h[start:])[None]
+        return h
 
     @torch.inference_mode()
     def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, caches: list[NativeKVCache]) -> torch.Tensor:
